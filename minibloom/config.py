@@ -1,0 +1,201 @@
+"""BloomConfig: the hyper-parameters of a BLOOM model, read from and written to HF `config.json`.
+
+Covers every key spelling that real BLOOM configs use (`hidden_size`/`n_embed`,
+`n_layer`/`num_hidden_layers`, `n_head`/`num_attention_heads`), keeps keys it does not know so
+that a round trip loses nothing, and rejects nonsense (sizes <= 0, hidden size not divisible by
+heads) with a `ConfigError` naming the key.
+
+Leaves out: HF's `pretraining_tp`/`slow_but_exact` Megatron replay (kept as unknown keys; they do
+not change the math of released checkpoints) and generation settings (generation.py).
+"""
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from minibloom.errors import ConfigError
+
+# HF config.json spellings -> our field name. The first spelling listed is the one we write.
+_ALIASES = {
+    "hidden_size": ("hidden_size", "n_embed"),
+    "n_layer": ("n_layer", "num_hidden_layers"),
+    "n_head": ("n_head", "num_attention_heads"),
+}
+
+
+@dataclass
+class BloomConfig:
+    """BLOOM hyper-parameters, named as in HF `config.json`.
+
+    `intermediate_size` is the MLP width F; HF BLOOM always uses 4 * hidden_size and ignores any
+    other value, so None means 4 * hidden_size and only that value round-trips through
+    transformers.
+    """
+
+    vocab_size: int = 250880
+    hidden_size: int = 64
+    n_layer: int = 2
+    n_head: int = 8
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    apply_residual_connection_post_layernorm: bool = False
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    pad_token_id: int = 3
+    unk_token_id: int = 0
+    intermediate_size: int | None = None
+    extra: dict = field(default_factory=dict)  # keys we do not interpret, kept for the round trip
+
+    def __post_init__(self):
+        self.validate()
+
+    # -- derived sizes ---------------------------------------------------------------------------
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.n_head
+
+    @property
+    def ffn_size(self) -> int:
+        return 4 * self.hidden_size if self.intermediate_size is None else self.intermediate_size
+
+    def num_parameters(self) -> int:
+        """Parameter count with the tied head: V*C + L*(2*C*F + 4*C*C + 9*C + F) + 4*C."""
+        C, F, V, L = self.hidden_size, self.ffn_size, self.vocab_size, self.n_layer
+        per_layer = (3 * C * C + 3 * C) + (C * C + C) + (F * C + F) + (C * F + C) + 4 * C
+        return V * C + L * per_layer + 4 * C
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def validate(self, source: str = "config") -> None:
+        for name in ("vocab_size", "hidden_size", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{source}: `{name}` must be a positive integer, found {value!r}")
+        if self.intermediate_size is not None and (
+            isinstance(self.intermediate_size, bool) or not isinstance(self.intermediate_size, int) or self.intermediate_size <= 0
+        ):
+            raise ConfigError(f"{source}: `intermediate_size` must be a positive integer, found {self.intermediate_size!r}")
+        if self.hidden_size % self.n_head:
+            raise ConfigError(
+                f"{source}: hidden_size {self.hidden_size} is not divisible by n_head {self.n_head} "
+                f"(each head gets hidden_size / n_head features)"
+            )
+        eps = self.layer_norm_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1) or not math.isfinite(eps):
+            raise ConfigError(f"{source}: `layer_norm_epsilon` must be a small positive number, found {eps!r}")
+        for name in ("hidden_dropout", "attention_dropout"):
+            p = getattr(self, name)
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= p < 1.0):
+                raise ConfigError(f"{source}: `{name}` must be in [0, 1), found {p!r}")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size):
+                raise ConfigError(f"{source}: `{name}` must be a token id in [0, {self.vocab_size}), found {value!r}")
+
+    # -- HF config.json --------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "BloomConfig":
+        """Build from an HF-style dict, accepting every spelling real configs use."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object, found {type(d).__name__}")
+        d = dict(d)
+        model_type = d.pop("model_type", "bloom")
+        if model_type != "bloom":
+            raise ConfigError(f"{source}: model_type is {model_type!r}, expected 'bloom'")
+        kwargs = {}
+        for name, spellings in _ALIASES.items():
+            found = [s for s in spellings if s in d]
+            values = {d.pop(s) for s in found}
+            if len(values) > 1:
+                raise ConfigError(f"{source}: conflicting values for {' / '.join(found)}: {sorted(values)}")
+            if values:
+                kwargs[name] = values.pop()
+        if d.get("n_inner") is not None:
+            kwargs["intermediate_size"] = d.pop("n_inner")
+        own = {f.name for f in fields(cls)} - {"extra", "intermediate_size"} - set(_ALIASES)
+        for name in own:
+            if name in d:
+                kwargs[name] = d.pop(name)
+        # dropout spelt the keras way
+        if "dropout" in d and "hidden_dropout" not in kwargs:
+            kwargs["hidden_dropout"] = kwargs["attention_dropout"] = d.pop("dropout")
+        d.pop("architectures", None)
+        # Build without __post_init__ so that validation errors can name `source`.
+        cfg = cls.__new__(cls)
+        cfg.__dict__.update({f.name: f.default for f in fields(cls) if f.name != "extra"}, extra=d, **kwargs)
+        cfg.validate(source)
+        return cfg
+
+    def to_dict(self) -> dict:
+        """An HF `config.json` dict that transformers' BloomConfig reads back to the same model."""
+        d = dict(self.extra)
+        d.update(
+            architectures=["BloomForCausalLM"],
+            model_type="bloom",
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            initializer_range=self.initializer_range,
+            apply_residual_connection_post_layernorm=self.apply_residual_connection_post_layernorm,
+            hidden_dropout=self.hidden_dropout,
+            attention_dropout=self.attention_dropout,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            unk_token_id=self.unk_token_id,
+        )
+        if self.intermediate_size is not None and self.intermediate_size != 4 * self.hidden_size:
+            d["n_inner"] = self.intermediate_size  # not honoured by transformers (always 4h)
+        return d
+
+    @classmethod
+    def from_json_file(cls, path) -> "BloomConfig":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config ({e})") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: invalid JSON ({e})") from None
+        return cls.from_dict(d, source=str(path))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    # -- keras-hub names -------------------------------------------------------------------------
+
+    @classmethod
+    def from_keras_kwargs(
+        cls,
+        vocabulary_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        intermediate_dim=None,
+        dropout=0.0,
+        layer_norm_epsilon=1e-5,
+        **kwargs,
+    ) -> "BloomConfig":
+        """keras-hub's BloomBackbone argument names -> BloomConfig."""
+        return cls(
+            vocab_size=vocabulary_size,
+            n_layer=num_layers,
+            n_head=num_heads,
+            hidden_size=hidden_dim,
+            intermediate_size=None if intermediate_dim in (None, 4 * hidden_dim) else intermediate_dim,
+            hidden_dropout=dropout,
+            attention_dropout=dropout,
+            layer_norm_epsilon=layer_norm_epsilon,
+            **kwargs,
+        )
