@@ -10,6 +10,8 @@ in each section, so each of those reads on its own.
 The LM head is tied: logits = final hidden states @ word_embeddings.weight.T, no bias.
 """
 
+import numpy as np
+
 
 class BloomCausalLM:
     """A BLOOM language model with its (optional) preprocessor.
@@ -35,8 +37,252 @@ class BloomCausalLM:
 
     # --- construction and checkpoints (presets.py, checkpoint.py) -------------------------------
 
+    @classmethod
+    def from_preset(cls, preset=None, load_weights=True, preprocessor="auto", dtype="float32"):
+        """Load a model from a directory, a preset name or `hf://org/name` (see presets.resolve).
+
+        Args:
+            preset: None for the small model shipped in weights/, a directory holding config.json
+                + safetensors (+ tokenizer.json), a preset name such as "bloom_560m_multi" found in
+                $MINIBLOOM_HOME or the HF hub cache, or "hf://org/name".
+            load_weights: False builds the architecture with a seeded random init instead.
+            preprocessor: "auto" builds a BloomCausalLMPreprocessor from the directory's
+                tokenizer.json when there is one; None for none; or a preprocessor object.
+            dtype: in-memory parameter dtype, "float32" or "float16" (half the memory; the ops
+                widen weights to float32 per use, see checkpoint.py).
+        """
+        from minibloom import presets
+        from minibloom.checkpoint import load_params
+        from minibloom.config import BloomConfig
+        from minibloom.errors import ArgumentError
+        from minibloom.model import BloomBackbone
+
+        directory = presets.default_model_dir() if preset is None else presets.resolve(preset)
+        config = BloomConfig.from_json_file(directory / "config.json")
+        params = load_params(directory, config, dtype=dtype) if load_weights else None
+        backbone = BloomBackbone.from_config(config, params)
+        if isinstance(preprocessor, str):
+            if preprocessor != "auto":
+                raise ArgumentError(f"preprocessor: expected 'auto', None or a preprocessor, found {preprocessor!r}")
+            preprocessor = None
+            if (directory / "tokenizer.json").is_file():
+                from minibloom.preprocessor import BloomCausalLMPreprocessor
+                from minibloom.tokenizer import BloomTokenizer
+
+                preprocessor = BloomCausalLMPreprocessor(BloomTokenizer.from_file(directory / "tokenizer.json"))
+        return cls(backbone, preprocessor)
+
+    def save_to_preset(self, directory, dtype="float32", max_shard_bytes=None):
+        """Write config.json, model.safetensors (and tokenizer.json) into `directory`, atomically.
+
+        Everything is written into a temporary sibling directory that is renamed into place at the
+        end, so `directory` never holds a half-written model. An existing `directory` is replaced
+        only if it is empty or a model directory (holds config.json); anything else is refused,
+        so a mistyped path cannot delete unrelated files.
+        transformers' `BloomForCausalLM.from_pretrained(directory)` loads the result.
+        `dtype` is the stored dtype ("float32", "float16" or "bfloat16").
+        """
+        import os
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from minibloom.checkpoint import save_params
+        from minibloom.errors import ArgumentError
+
+        directory = Path(directory).expanduser()
+        if directory.exists() and not (
+            directory.is_dir() and ((directory / "config.json").is_file() or not any(directory.iterdir()))
+        ):
+            raise ArgumentError(f"{directory}: exists and is not a model directory (no config.json); refusing to replace it")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+        try:
+            (tmp / "config.json").write_text(self.backbone.config.to_json_string(), encoding="utf-8")
+            save_params(tmp, self.backbone.params, dtype=dtype, max_shard_bytes=max_shard_bytes)
+            if self.tokenizer is not None:
+                self.tokenizer.save(tmp / "tokenizer.json")
+            if directory.exists():  # swap: move the old one aside first, drop it only at the end
+                old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".old"))
+                os.replace(directory, old / "model")
+                os.replace(tmp, directory)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    save_pretrained = save_to_preset  # the transformers spelling
+
     # --- forward, loss and gradients (model.py, losses.py) --------------------------------------
+
+    def _token_inputs(self, x):
+        """x as (token_ids, padding_mask): a token dict, or raw strings run through the preprocessor."""
+        from minibloom.errors import ArgumentError
+
+        if not isinstance(x, dict):
+            if self.preprocessor is None:
+                raise ArgumentError("x: raw strings need a preprocessor; pass {'token_ids', 'padding_mask'} instead")
+            x = self.preprocessor(x)[0]
+        if "token_ids" not in x:
+            raise ArgumentError("x: expected a dict with 'token_ids' (and 'padding_mask')")
+        ids = x["token_ids"]
+        mask = x.get("padding_mask")
+        return ids, (np.ones(np.shape(ids), dtype=bool) if mask is None else mask)
+
+    def predict(self, x, batch_size=None):
+        """Logits (B, T, V) float32 for {"token_ids", "padding_mask"} (or raw strings with a
+        preprocessor), computed `batch_size` rows at a time (None: all at once)."""
+        from minibloom.errors import ArgumentError
+
+        ids, mask = self._token_inputs(x)
+        ids, mask = np.asarray(ids), np.asarray(mask)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0):
+            raise ArgumentError(f"batch_size: expected a positive integer or None, found {batch_size!r}")
+        step = max(len(ids), 1) if batch_size is None else int(batch_size)
+        outs = [self.backbone.logits(self.backbone.forward(ids[i : i + step], mask[i : i + step]).hidden) for i in range(0, len(ids), step)]
+        return np.concatenate(outs, axis=0)
+
+    def loss_and_grads(self, x, y, sample_weight=None, reduction="mean", rng=None):
+        """Cross-entropy loss and the gradient of every parameter: (loss float, grads dict like params).
+
+        x: {"token_ids", "padding_mask"} (B, T); y: (B, T) targets already shifted (y[b, t] follows
+        position t; -100 = ignore). sample_weight: (B, T) weights; None means the padding mask of x
+        (a position counts when its input token is real). keras-hub's preprocessor returns
+        mask[:, 1:] instead, which also drops the last real token's prediction of a pad: pass the
+        preprocessor's sample_weight to get exactly that. reduction: "mean" = HF's
+        sum(w * ce) / sum(w), "sum_over_batch_size" = keras' sum(w * ce) / (B * T) (losses.py).
+        Dropout runs when the config has a rate > 0 and then needs `rng` (np.random.Generator).
+        """
+        from minibloom import losses
+
+        ids, mask = self._token_inputs(x)
+        if sample_weight is None:
+            sample_weight = np.asarray(mask, dtype=np.float32)
+        result = self.backbone.forward(ids, mask, training=True, rng=rng)
+        logits = self.backbone.logits(result.hidden)  # (B, T, V)
+        loss, cache = losses.softmax_cross_entropy_forward(logits, y, sample_weight, reduction)
+        del logits  # the cache holds the probabilities in their own (B, T, V) buffer
+        dlogits = losses.softmax_cross_entropy_backward(1.0, cache)
+        grads = self.backbone.backward(result.saved, dlogits=dlogits, hidden=result.hidden)
+        return loss, grads
 
     # --- training (train.py, optim.py) ----------------------------------------------------------
 
+    def compile(self, optimizer="auto", loss="auto", sampler="greedy"):
+        """Choose the optimizer, the loss reduction and the generation sampler (keras-hub style).
+
+        optimizer: "auto" = AdamW(2e-5, weight_decay=0), i.e. keras-hub's Adam(2e-5); "adamw" =
+            AdamW(1e-3) with torch's defaults; or a `minibloom.AdamW` instance.
+        loss: "auto" or "mean" = HF's mean over target tokens; "sum_over_batch_size" = keras'
+            reduction (sum / (B * T), see losses.py).
+        sampler: stored as given in `self.sampler` for `generate` (generate.py interprets it).
+        """
+        from minibloom.errors import ArgumentError
+        from minibloom.optim import AdamW
+
+        if isinstance(optimizer, str):
+            if optimizer not in ("auto", "adamw"):
+                raise ArgumentError(f"optimizer: expected 'auto', 'adamw' or an AdamW, found {optimizer!r}")
+            optimizer = AdamW(2e-5, weight_decay=0.0) if optimizer == "auto" else AdamW(1e-3)
+        elif not hasattr(optimizer, "apply") or not hasattr(optimizer, "state_dict"):
+            raise ArgumentError(f"optimizer: expected 'auto', 'adamw' or an AdamW, found {type(optimizer).__name__}")
+        if loss not in ("auto", "mean", "sum_over_batch_size"):
+            raise ArgumentError(f"loss: expected 'auto', 'mean' or 'sum_over_batch_size', found {loss!r}")
+        self.optimizer = optimizer
+        self.loss_reduction = "mean" if loss == "auto" else loss
+        self.sampler = sampler
+
+    def _compiled(self):
+        if getattr(self, "optimizer", None) is None:
+            self.compile()
+        return self.optimizer, self.loss_reduction
+
+    def fit(self, x, y=None, sample_weight=None, batch_size=8, epochs=1, validation_data=None, shuffle=True,
+            seed=0, accumulate_steps=1, checkpoint_dir=None, save_every=None, resume=False, verbose=1):
+        """Train on raw strings (with a preprocessor), a token dict plus y (and sample_weight), or
+        a dataset (`minibloom.data.TokenWindows`, `minibloom.train.ArrayDataset`).
+
+        Runs `epochs` epochs of shuffled batches (order seeded by (seed, epoch)), evaluating
+        `validation_data` (same kinds as x, or an (x, y, sample_weight) tuple) after each epoch.
+        With `checkpoint_dir`, the full training state is saved there (every `save_every` steps,
+        on Ctrl-C and at the end); `resume=True` continues from its latest checkpoint.
+        Returns a History-like dict: "loss" (per epoch), "val_loss" / "val_accuracy" /
+        "val_perplexity" (per epoch, with validation_data), and per step "step", "step_loss",
+        "learning_rate". See minibloom/train.py.
+        """
+        from minibloom import train
+
+        optimizer, reduction = self._compiled()
+        data = train.as_dataset(self, x, y, sample_weight)
+        val = None if validation_data is None else train.as_dataset(self, validation_data)
+        trainer = train.Trainer(self, optimizer, data, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                reduction=reduction, accumulate_steps=accumulate_steps,
+                                checkpoint_dir=checkpoint_dir, save_every=save_every)
+        if resume and train.latest_checkpoint(checkpoint_dir) is not None:
+            trainer.load_checkpoint()
+        for _ in range(trainer.epoch, epochs):
+            bar = None
+            if verbose:
+                from tqdm import tqdm
+
+                bar = tqdm(total=trainer.batches_per_epoch, initial=trainer.batch, desc=f"epoch {trainer.epoch + 1}/{epochs}")
+
+            def show(t, loss, grad_norm, lr):
+                bar.update(t.batch - bar.n)  # batches done in this epoch (several per step when accumulating)
+                bar.set_postfix(loss=f"{loss:.4f}")
+
+            trainer.run(epochs=trainer.epoch + 1, on_step=show if bar is not None else None)
+            if bar is not None:
+                bar.close()
+            if val is not None:
+                metrics = train.evaluate(self, val, batch_size, reduction)
+                for k in ("loss", "accuracy", "perplexity"):
+                    trainer.history.setdefault(f"val_{k}", []).append(metrics[k])
+        return trainer.history
+
+    def evaluate(self, x, y=None, sample_weight=None, batch_size=8):
+        """{"loss", "accuracy", "perplexity", "tokens"} over the data (same kinds as `fit`); the loss
+        uses the compiled reduction, accuracy is the weighted share of argmax hits."""
+        from minibloom import train
+
+        _, reduction = self._compiled()
+        return train.evaluate(self, train.as_dataset(self, x, y, sample_weight), batch_size, reduction)
+
     # --- generation (generate.py, samplers.py) --------------------------------------------------
+
+    def generate(self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False, stream=False):
+        """Continue prompts with the compiled sampler (greedy if `compile` was never called).
+
+        Args:
+            inputs: a string, a list of strings (batched; LEFT-padded as HF does), or, with or
+                without a preprocessor, a dict {"token_ids", "padding_mask"} of (B, P) prompts.
+            max_length: prompt + completion tokens (keras-hub and HF count the same way); default
+                the preprocessor's sequence_length. Required for dict inputs without a preprocessor.
+            stop_token_ids: "auto" (the tokenizer's `</s>`), None (run to max_length) or a tuple
+                of ids. A row that stops is padded with `<pad>` after its stop id.
+            strip_prompt: return only the completion.
+            stream: return an iterator of text pieces instead (see `stream`).
+
+        Returns: a string (one prompt) or a list of strings, special tokens removed; for dict
+        inputs the dict {"token_ids", "padding_mask"} (B, P + N) (plus "scores" for beam search).
+        With BeamSampler(return_all_beams=True): (texts per prompt per beam, scores).
+
+        The default sampler is greedy, where keras-hub defaults to an unseeded top_k(5): greedy is
+        reproducible and equals HF's default `generate`. See generate.py for the other places
+        where we follow HF rather than keras-hub (padding side, no `<s>`, beam search).
+        """
+        from minibloom import generate as gen
+
+        return gen.generate(self, inputs, max_length, stop_token_ids, strip_prompt, stream, getattr(self, "sampler", None))
+
+    def stream(self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False):
+        """Yield the text of one string prompt piece by piece as it is generated.
+
+        Pieces never split a UTF-8 character and concatenate to what `generate` returns.
+        """
+        from minibloom import generate as gen
+
+        return gen.stream_text(self, inputs, max_length, stop_token_ids, strip_prompt, getattr(self, "sampler", None))

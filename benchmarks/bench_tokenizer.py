@@ -1,0 +1,137 @@
+"""Tokenizer speed: minibloom vs HF `tokenizers` (single thread) vs `tiktoken`, in one run.
+
+    python benchmarks/bench_tokenizer.py [--data DIR] [--tokenizer tokenizer.json]
+
+Encodes the full UDHR (every language, texts joined by newlines) + tinyshakespeare, about 7 MB of
+UTF-8, with the same tokenizer in all three libraries, checks that all give identical ids, and prints
+MB/s and ratios. The tokenizer defaults to the golden one (tests/golden/tokenizer.json: 8000 tokens,
+trained by HF on this very data, so pieces merge deeply; a 250k BLOOM vocab would merge further and
+cost somewhat more per byte in every library).
+
+- minibloom: `encode` on one long string, and `encode_batch` over lines; the first call's cost is
+  measured in fresh processes, once compiling the numba kernels (empty NUMBA_CACHE_DIR) and once
+  loading them from numba's on-disk cache (the normal case after the first run).
+- HF tokenizers: RAYON_NUM_THREADS=1 / TOKENIZERS_PARALLELISM=false; one long string and
+  `encode_batch` over lines.
+- tiktoken: an `Encoding` built from the same ranks (token bytes -> id; the trained ids follow merge
+  order, which is what tiktoken's rank-based merging needs) and a split pattern equivalent to
+  BLOOM's Isolated split (tiktoken drops text between matches, so the pattern also matches gaps).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["RAYON_NUM_THREADS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from minibloom.kernels.bpe import SPLIT_EXCLUDED  # noqa: E402
+from minibloom.tokenizer import BloomTokenizer, bytes_to_unicode  # noqa: E402
+
+
+def load_text(data_dir: Path) -> str:
+    with open(data_dir / "udhr.jsonl", encoding="utf-8") as f:
+        udhr = [json.loads(row)["text"] for row in f]
+    return "\n".join(udhr) + "\n" + (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def first_call_seconds(tokenizer: Path, cold: bool) -> float:
+    """Seconds for the first `encode` in a fresh process (numba compile if cold, cache load if warm)."""
+    code = (
+        "import time, sys; sys.path.insert(0, %r)\n"
+        "from minibloom.tokenizer import BloomTokenizer\n"
+        "tok = BloomTokenizer.from_file(%r)\n"
+        "t = time.perf_counter(); tok.encode('Hello world'); print(time.perf_counter() - t)\n"
+    ) % (str(ROOT), str(tokenizer))
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as cache:
+        if cold:
+            env["NUMBA_CACHE_DIR"] = cache
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().split()[-1])
+
+
+def tiktoken_encoding(tok: BloomTokenizer):
+    """A tiktoken Encoding with the same ranks and a split pattern equivalent to BLOOM's."""
+    import tiktoken
+
+    char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    specials = {t: i for i, t in enumerate(tok.get_vocabulary()) if i in tok._special_ids}
+    ranks = {}
+    for token, i in tok._vocab.items():
+        if token not in specials:
+            ranks[bytes(char_to_byte[c] for c in token)] = i
+    excluded = "".join(f"\\x{{{ord(c):x}}}" for c in SPLIT_EXCLUDED)
+    excluded_but_space = "".join(f"\\x{{{ord(c):x}}}" for c in SPLIT_EXCLUDED if c != " ")
+    # A match: optional space + a run of word chars. A gap: excluded chars, where a space counts only
+    # when it does not start a match (is not followed by a word char).
+    pattern = f" ?[^{excluded}]+|(?:[{excluded_but_space}]| (?![^{excluded}]))+"
+    return tiktoken.Encoding("bloom-bench", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="directory with udhr.jsonl and tinyshakespeare.txt")
+    ap.add_argument("--tokenizer", type=Path, default=ROOT / "tests" / "golden" / "tokenizer.json", help="tokenizer.json to use")
+    args = ap.parse_args(argv)
+
+    text = load_text(args.data)
+    lines = text.split("\n")
+    mb = len(text.encode("utf-8")) / 1e6
+    print(f"corpus: {mb:.2f} MB UTF-8, {len(lines)} lines; tokenizer: {args.tokenizer}")
+
+    print(f"minibloom first call: {first_call_seconds(args.tokenizer, cold=True):.2f} s compiling numba, "
+          f"{first_call_seconds(args.tokenizer, cold=False):.3f} s from numba's cache")
+    tok = BloomTokenizer.from_file(args.tokenizer)
+    tok.encode("warm up")
+    rows = []
+    ids, t = timed(tok.encode, text)
+    rows.append(("minibloom encode (one string)", t))
+    batch, t = timed(tok.encode_batch, lines)
+    rows.append(("minibloom encode_batch (lines)", t))
+    n_tokens = len(ids)
+
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(str(args.tokenizer))
+    hf_one, t = timed(hf.encode, text)
+    rows.append(("HF tokenizers encode (one string)", t))
+    hf_batch, t = timed(hf.encode_batch, lines)
+    rows.append(("HF tokenizers encode_batch (lines)", t))
+    assert hf_one.ids == ids, "HF ids differ on the long string"
+    assert [e.ids for e in hf_batch] == batch, "HF ids differ on lines"
+
+    enc = tiktoken_encoding(tok)
+    tk_ids, t = timed(enc.encode_ordinary, text)
+    rows.append(("tiktoken encode_ordinary (one string)", t))
+    assert tk_ids == ids, "tiktoken ids differ (split pattern or ranks not equivalent)"
+
+    print(f"all three give identical ids ({n_tokens} tokens, {mb * 1e6 / n_tokens:.2f} bytes/token)\n")
+    base = dict(rows)
+    for name, t in rows:
+        print(f"{name:<40} {t:7.2f} s {mb / t:8.2f} MB/s")
+    ours = base["minibloom encode (one string)"]
+    print()
+    print(f"minibloom vs HF (one string):       {base['HF tokenizers encode (one string)'] / ours:6.1f}x")
+    print(f"minibloom vs HF encode_batch:       {base['HF tokenizers encode_batch (lines)'] / ours:6.1f}x "
+          f"(minibloom batch: {base['HF tokenizers encode_batch (lines)'] / base['minibloom encode_batch (lines)']:.1f}x)")
+    print(f"minibloom vs tiktoken:              {base['tiktoken encode_ordinary (one string)'] / ours:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Training-step throughput and peak memory: minibloom vs transformers + torch.optim.AdamW (CPU).
+
+    python benchmarks/bench_train.py                  # small model, then the bloom-560m shape
+    python benchmarks/bench_train.py --shapes small   # only the small one
+
+A step is forward + backward + AdamW update on one (B, T) batch: minibloom's
+`BloomCausalLM.loss_and_grads` + `AdamW.apply`, and torch's `BloomForCausalLM` forward, weighted
+cross-entropy, `loss.backward()` and `torch.optim.AdamW.step()`. Each (library, shape) runs in its
+own subprocess so that ru_maxrss is that run's peak; both get the same thread count (torch
+`set_num_threads`, OpenBLAS/OMP/numba thread variables). One warm-up step (numba compiles, torch
+allocates) is not timed. Printed: tokens/s of each, the ratio minibloom / torch (> 1 = minibloom
+faster), peak resident memory of each and its ratio (< 1 = minibloom smaller).
+
+The bloom-560m shape needs about 10 GB per run (params, grads and two AdamW moments in float32);
+it is skipped with a message when /proc/meminfo reports less than 13 GB available.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SHAPES = {
+    # name: (vocab V, layers L, heads H, hidden C, batch B, sequence T, timed steps)
+    "small": (8000, 4, 4, 256, 8, 128, 5),  # V = the size of the project's own tokenizer
+    "560m": (250880, 24, 16, 1024, 1, 32, 2),  # bigscience/bloom-560m, short sequence
+}
+
+
+def _batch(V, B, T, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(4, V, size=(B, T + 1), dtype=np.int64)
+    return ids[:, :-1], ids[:, 1:]
+
+
+def _worker_minibloom(V, L, H, C, B, T, steps):
+    import numpy as np
+
+    from minibloom.causal_lm import BloomCausalLM
+    from minibloom.model import BloomBackbone
+    from minibloom.optim import AdamW
+
+    lm = BloomCausalLM(BloomBackbone(vocabulary_size=V, num_layers=L, num_heads=H, hidden_dim=C, seed=0))
+    opt = AdamW(1e-4, weight_decay=0.1)
+    ids, y = _batch(V, B, T)
+    x = {"token_ids": ids, "padding_mask": np.ones((B, T), dtype=bool)}
+    w = np.ones((B, T), dtype=np.float32)
+
+    def step():
+        loss, grads = lm.loss_and_grads(x, y, w)
+        opt.apply(lm.params, grads)
+        return loss
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - start
+
+
+def _worker_torch(V, L, H, C, B, T, steps):
+    import torch
+    from transformers import BloomConfig, BloomForCausalLM
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    torch.manual_seed(0)
+    model = BloomForCausalLM(BloomConfig(vocab_size=V, n_layer=L, n_head=H, hidden_size=C,
+                                         attn_implementation="eager"))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    ids, y = (torch.tensor(a) for a in _batch(V, B, T))
+    mask = torch.ones_like(ids)
+    w = torch.ones(B, T)
+
+    def step():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction="none")
+        loss = (w.reshape(-1) * ce).sum() / w.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - start
+
+
+def _worker(lib, shape):
+    import resource
+
+    V, L, H, C, B, T, steps = SHAPES[shape]
+    seconds = (_worker_minibloom if lib == "minibloom" else _worker_torch)(V, L, H, C, B, T, steps)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"tokens_per_s": B * T * steps / seconds, "peak_mb": peak_mb}))
+
+
+def _available_gb():
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("inf")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worker", nargs=2, metavar=("LIB", "SHAPE"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        _worker(*args.worker)
+        return 0
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               NUMBA_NUM_THREADS=str(args.threads))
+    print(f"training step (forward + backward + AdamW), {args.threads} threads, CPU")
+    print(f"{'shape':<8} {'B x T':>8} {'minibloom tok/s':>16} {'torch tok/s':>12} {'speed ratio':>12} "
+          f"{'minibloom MB':>13} {'torch MB':>9} {'mem ratio':>10}")
+    for shape in args.shapes:
+        V, L, H, C, B, T, steps = SHAPES[shape]
+        if shape == "560m" and _available_gb() < 13:
+            print(f"{shape:<8} skipped: {_available_gb():.1f} GB available, about 10 GB per run needed")
+            continue
+        res = {}
+        for lib in ("minibloom", "torch"):
+            out = subprocess.run([sys.executable, __file__, "--worker", lib, shape], env=env, capture_output=True,
+                                 text=True, check=False)
+            if out.returncode != 0:
+                print(f"{shape}: {lib} worker failed:\n{out.stderr[-2000:]}")
+                break
+            res[lib] = json.loads(out.stdout.strip().splitlines()[-1])
+        if len(res) < 2:
+            continue
+        m, t = res["minibloom"], res["torch"]
+        print(f"{shape:<8} {f'{B}x{T}':>8} {m['tokens_per_s']:>16,.1f} {t['tokens_per_s']:>12,.1f} "
+              f"{m['tokens_per_s'] / t['tokens_per_s']:>11.2f}x {m['peak_mb']:>13,.0f} {t['peak_mb']:>9,.0f} "
+              f"{m['peak_mb'] / t['peak_mb']:>9.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

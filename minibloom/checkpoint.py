@@ -1,0 +1,444 @@
+"""Reading and writing HF safetensors checkpoints of BLOOM, by hand.
+
+Covers:
+  * the safetensors container: 8-byte little-endian header length N, N bytes of JSON
+    `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`, then the raw
+    little-endian tensor bytes (offsets are relative to the end of the header);
+  * dtypes F32, F16 and BF16. NumPy has no bfloat16, so BF16 is read as raw uint16 words and widened
+    by hand (a bfloat16 is the top 16 bits of a float32), and written with round-to-nearest-even;
+  * memory mapping: a file is mapped once (`mmap`, private copy-on-write) and every tensor is a view
+    into the mapping, so nothing is read until it is used and a 3B checkpoint never sits in RAM
+    twice. The only real copy is the conversion to the in-memory dtype. (A mapped array stays
+    valid when its file is replaced with os.replace, as our writer does, but not if another
+    program truncates the file in place.)
+  * sharded checkpoints (`model.safetensors.index.json` + `model-0000k-of-0000n.safetensors`);
+  * HF key mapping: keys with or without the `transformer.` prefix (BloomForCausalLM vs
+    BloomModel), and `lm_head.weight` present or absent (minibloom always ties the head to
+    `word_embeddings.weight`, so a present head must equal the embedding);
+  * validation against a `BloomConfig`: missing, unexpected or mis-shaped tensors raise
+    `CheckpointError` naming the tensor, the expected and the found shape;
+  * writing: F32/F16/BF16, optionally sharded by size, each file written to a temporary name and
+    moved into place with `os.replace`, so a crash never leaves a half-written file.
+
+The in-memory dtype (`load_params(..., dtype=...)`), agreed with model.py:
+  * "float32" (default): every tensor converted to a C-contiguous float32 array. An F32 file
+    costs no copy at all: the arrays are copy-on-write views of the mapping.
+  * "float16": tensors are kept in half precision to halve memory. F16 files are used as stored
+    (zero-copy views); BF16 and F32 tensors are rounded to float16. model.py's ops widen a
+    float16 weight to float32 per use, so all arithmetic still happens in float32.
+
+Leaves out: PyTorch `.bin` files (never unpickled: unpickling runs arbitrary code; see
+`_pytorch_bin_message` for how to convert), integer/quantized dtypes, and big-endian machines.
+"""
+
+import json
+import mmap
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from minibloom.config import BloomConfig
+from minibloom.errors import ArgumentError, CheckpointError
+from minibloom.model import param_shapes
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PREFIX = "transformer."  # what BloomForCausalLM puts in front of BloomModel's keys
+HEAD_KEY = "lm_head.weight"
+
+# safetensors dtype name -> (numpy dtype of the stored words, bytes per element).
+# BF16 is stored as uint16 words: numpy has no bfloat16, we widen them by hand.
+_STORED = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+_SAVE_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+_LOAD_DTYPES = ("float32", "float16")
+_MAX_HEADER = 100 * 1024 * 1024  # the reference implementation refuses headers above 100 MB
+
+
+# ------------------------------------------------------------------------------------------------
+# bfloat16 by hand
+# ------------------------------------------------------------------------------------------------
+
+
+def bf16_to_f32(words: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint16 bfloat16 words -> float32: the word becomes the top half of a float32 bit pattern."""
+    out = np.empty(words.shape, dtype=np.float32) if out is None else out
+    bits = out.view(np.uint32)
+    bits[...] = words  # zero-extend each 16-bit word into the 32-bit slot ...
+    bits <<= 16  # ... and move it to the top: sign, 8 exponent bits, 7 mantissa bits
+    return out
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> uint16 bfloat16 words, rounding to nearest, ties to even (as torch does).
+
+    Adding 0x7FFF plus the lowest kept bit to the 32-bit pattern and dropping the low 16 bits
+    rounds the mantissa to nearest-even; a carry out of the mantissa correctly bumps the exponent
+    (up to infinity). NaN is kept a (quiet) NaN instead of being rounded into infinity.
+    """
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    lsb = (bits >> 16) & 1
+    rounded = ((bits + np.uint32(0x7FFF) + lsb) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return rounded
+
+
+# ------------------------------------------------------------------------------------------------
+# one .safetensors file
+# ------------------------------------------------------------------------------------------------
+
+
+def read_header(path) -> tuple[dict, int]:
+    """Parse and validate a safetensors header.
+
+    Returns ({name: {"dtype", "shape", "data_offsets"}}, data_start) where data_start is the file
+    offset of the first tensor byte. Raises CheckpointError naming the file and the tensor.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: {size} bytes is too short for a safetensors file (needs an 8-byte header length)")
+            n = int.from_bytes(head, "little")
+            if n > _MAX_HEADER or 8 + n > size:
+                raise CheckpointError(
+                    f"{path}: header length {n} does not fit in a {size}-byte file (not a safetensors file, or truncated)"
+                )
+            raw = f.read(n)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: weights file not found") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, expected a .safetensors file") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header must be a JSON object, found {type(header).__name__}")
+    header.pop("__metadata__", None)
+    data_start = 8 + n
+    data_size = size - data_start
+    for name, info in header.items():
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise CheckpointError(f"{path}: tensor {name!r} header entry needs dtype, shape and data_offsets, found {info!r}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in _STORED:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r}; minibloom reads {sorted(_STORED)}")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise CheckpointError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
+        begin, end = offsets
+        nbytes = int(np.prod(shape, dtype=np.int64)) * _STORED[dtype].itemsize
+        if not (0 <= begin <= end <= data_size) or end - begin != nbytes:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes, but data_offsets {offsets} "
+                f"give {end - begin} within a {data_size}-byte data section (file truncated or corrupt?)"
+            )
+    return header, data_start
+
+
+def read_safetensors(path) -> dict[str, tuple[str, np.ndarray]]:
+    """Map a safetensors file; returns {name: (dtype_name, stored_words)} without reading any data.
+
+    Each array is a copy-on-write view of the file mapping (writable; pages are copied only if
+    written), holding the stored words: float32, float16, or uint16 for BF16.
+    """
+    header, data_start = read_header(path)
+    if not header:
+        return {}
+    size = Path(path).stat().st_size
+    if size == data_start:  # only empty tensors: nothing to map
+        return {name: (info["dtype"], np.zeros(info["shape"], _STORED[info["dtype"]])) for name, info in header.items()}
+    with open(path, "rb") as f:  # the mapping stays valid after the file is closed
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private, copy-on-write
+    data = np.frombuffer(mapping, dtype=np.uint8, offset=data_start)  # (bytes,) the data section
+    tensors = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        arr = data[begin:end].view(_STORED[info["dtype"]]).reshape(info["shape"])  # as in the header
+        tensors[name] = (info["dtype"], arr)
+    return tensors
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(file) on a temporary file next to `path`, then move it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _encode(name: str, x: np.ndarray, dtype: str) -> np.ndarray:
+    """An array -> its stored words in safetensors dtype `dtype` (little-endian, C order)."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise CheckpointError(f"tensor {name!r}: expected a floating-point array, found dtype {x.dtype}")
+    if dtype == "BF16":
+        return f32_to_bf16(x.astype(np.float32, copy=False))
+    return np.ascontiguousarray(x, dtype=_STORED[dtype])
+
+
+def write_safetensors(path, tensors: dict, dtype: str = "F32", metadata: dict | None = None) -> None:
+    """Write {name: array} as one safetensors file in `dtype` ("F32", "F16" or "BF16"), atomically."""
+    if dtype not in _STORED:
+        raise ArgumentError(f"dtype: expected one of {sorted(_STORED)}, found {dtype!r}")
+    words = {name: _encode(name, x, dtype) for name, x in sorted(tensors.items())}
+    header, offset = {}, 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, w in words.items():
+        header[name] = {"dtype": dtype, "shape": list(w.shape), "data_offsets": [offset, offset + w.nbytes]}
+        offset += w.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # pad so the data section starts 8-byte aligned
+
+    def write(f):
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for w in words.values():
+            f.write(w.tobytes() if w.ndim == 0 else memoryview(w.reshape(-1)).cast("B"))
+
+    _atomic_write(Path(path), write)
+
+
+# ------------------------------------------------------------------------------------------------
+# a checkpoint directory: single file or shards
+# ------------------------------------------------------------------------------------------------
+
+_PYTORCH_BIN_HINT = """\
+minibloom reads only safetensors and never unpickles PyTorch .bin files (unpickling can run \
+arbitrary code). Convert the checkpoint once, with transformers installed:
+
+    from transformers import BloomForCausalLM, AutoTokenizer
+    model = BloomForCausalLM.from_pretrained("{dir}")
+    model.save_pretrained("{dir}-safetensors", safe_serialization=True)
+    AutoTokenizer.from_pretrained("{dir}").save_pretrained("{dir}-safetensors")
+
+then load "{dir}-safetensors"."""
+
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
+
+
+def checkpoint_files(directory) -> list[Path]:
+    """The .safetensors files making up the checkpoint in `directory` (index file first if sharded)."""
+    directory = Path(directory)
+    index = directory / INDEX_FILE
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index (needs a JSON 'weight_map'; {e!r})") from None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names")
+        names = sorted(set(weight_map.values()))
+        for name in names:
+            # the index is data from the internet: refuse names that would leave the directory
+            if not isinstance(name, str) or not _SHARD_NAME.match(name) or ".." in name:
+                raise CheckpointError(f"{index}: shard file name {name!r} is not a plain *.safetensors file name")
+            if not (directory / name).exists():
+                raise CheckpointError(f"{index}: lists shard {name!r}, which is missing from {directory}")
+        return [directory / n for n in names]
+    if (directory / SINGLE_FILE).exists():
+        return [directory / SINGLE_FILE]
+    others = sorted(directory.glob("*.safetensors"))
+    if len(others) == 1:
+        return others
+    if others:
+        raise CheckpointError(
+            f"{directory}: {len(others)} .safetensors files but no {INDEX_FILE} to say how they fit together"
+        )
+    if list(directory.glob("pytorch_model*.bin")):
+        raise CheckpointError(f"{directory}: holds only pytorch_model*.bin. " + _PYTORCH_BIN_HINT.format(dir=directory))
+    raise CheckpointError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE} found")
+
+
+def read_checkpoint(path) -> dict[str, tuple[str, np.ndarray]]:
+    """Map every tensor of a checkpoint (a directory or one .safetensors file), keys as stored.
+
+    Returns {name: (dtype_name, stored_words)}; see `read_safetensors`.
+    """
+    path = Path(path)
+    files = checkpoint_files(path) if path.is_dir() else [path]
+    tensors, where = {}, {}
+    for file in files:
+        for name, value in read_safetensors(file).items():
+            if name in tensors:
+                raise CheckpointError(f"tensor {name!r} appears in both {where[name]} and {file}")
+            tensors[name], where[name] = value, file
+    return tensors
+
+
+# ------------------------------------------------------------------------------------------------
+# BLOOM parameters: HF names (model.param_shapes), dtype conversion
+# ------------------------------------------------------------------------------------------------
+
+
+def _empty_float32(shape) -> np.ndarray:
+    """np.empty(shape, float32), but with every page mapped up front for large arrays.
+
+    A speed hack for loading, nothing else: on some virtual machines the first touch of each
+    fresh 4 KB page is slow (we measured 6 s of page faults to fill bloom-560m's 1 GB embedding,
+    versus 0.7 s to pre-fault it with MAP_POPULATE). Linux only; elsewhere plain np.empty.
+    """
+    nbytes = int(np.prod(shape, dtype=np.int64)) * 4
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if populate is None or nbytes < (1 << 22):
+        return np.empty(shape, np.float32)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    return np.frombuffer(buf, dtype=np.float32).reshape(shape)
+
+
+def _release_pages(words: np.ndarray) -> None:
+    """Let the kernel drop the mapped file pages under `words` once they have been converted.
+
+    Without this, a converted checkpoint stays resident twice until load_params returns (the
+    file pages plus the float32 copy), which sets the peak memory of a load. The pages are clean
+    (nothing wrote to them), so dropping them loses nothing: a later read re-faults them.
+    """
+    base = words
+    while isinstance(base, np.ndarray):
+        base = base.base
+    dontneed = getattr(mmap, "MADV_DONTNEED", None)
+    if dontneed is None or words.nbytes == 0 or not (isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)):
+        return
+    mapping = base.obj
+    start = words.ctypes.data - np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
+    aligned = start - start % mmap.PAGESIZE
+    mapping.madvise(dontneed, aligned, start + words.nbytes - aligned)
+
+
+def _convert(dtype_name: str, words: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored words -> an array in the in-memory dtype ("float32" or "float16")."""
+    if dtype == "float32":
+        if dtype_name == "F32":
+            return words if words.flags.aligned else words.copy()  # zero-copy view of the mapping
+        out = _empty_float32(words.shape)
+        if dtype_name == "F16":
+            out[...] = words
+            return out
+        return bf16_to_f32(words, out)
+    if dtype_name == "F16":
+        return words if words.flags.aligned else words.copy()
+    if dtype_name == "BF16":
+        return bf16_to_f32(words).astype(np.float16)
+    return words.astype(np.float16)
+
+
+def _list(items, n=5) -> str:
+    items = sorted(items)
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def load_params(path, config: BloomConfig, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Load BLOOM parameters from a checkpoint directory (or one .safetensors file).
+
+    Keys come back without the `transformer.` prefix, as in ARCHITECTURE.md. Every tensor is
+    checked against `config`: a missing, unexpected or mis-shaped tensor raises CheckpointError
+    naming it. `lm_head.weight`, if stored, must equal `word_embeddings.weight` (minibloom ties
+    the head and would otherwise compute different logits than the checkpoint's author).
+    """
+    if dtype not in _LOAD_DTYPES:
+        raise ArgumentError(f"dtype: expected one of {_LOAD_DTYPES}, found {dtype!r}")
+    stored = read_checkpoint(path)
+    tensors = {}
+    for key, value in stored.items():
+        name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
+        if name in tensors:
+            raise CheckpointError(f"{path}: tensor {name!r} is stored both with and without the {PREFIX!r} prefix")
+        tensors[name] = value
+
+    expected = param_shapes(config)
+    head = tensors.pop(HEAD_KEY, None)
+    missing = expected.keys() - tensors.keys()
+    unexpected = tensors.keys() - expected.keys()
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s): {_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensor(s): {_list(unexpected)}")
+        raise CheckpointError(
+            f"{path}: checkpoint does not match its config (n_layer={config.n_layer}): " + "; ".join(parts)
+        )
+    for name, shape in expected.items():
+        found = tuple(tensors[name][1].shape)
+        if found != shape:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {found}, expected {shape} from the config")
+    if head is not None:
+        emb = tensors["word_embeddings.weight"]
+        if head[0] == emb[0]:  # same stored dtype: compare the stored words, no conversion
+            same = head[1].shape == emb[1].shape and np.array_equal(head[1], emb[1])
+        else:
+            same = head[1].shape == emb[1].shape and np.array_equal(_convert(*head, "float32"), _convert(*emb, "float32"))
+        if not same:
+            raise CheckpointError(
+                f"{path}: {HEAD_KEY} differs from word_embeddings.weight; minibloom ties the LM head to the "
+                f"embedding (as every released BLOOM does) and cannot load an untied head"
+            )
+    params = {}
+    for name in expected:
+        params[name] = _convert(*tensors[name], dtype)
+        if params[name] is not tensors[name][1]:  # converted: the mapped words are no longer needed
+            _release_pages(tensors[name][1])
+    return params
+
+
+def save_params(
+    directory, params: dict, dtype: str = "float32", max_shard_bytes: int | None = None, prefix: str = ""
+) -> list[Path]:
+    """Write parameters as an HF checkpoint into `directory`; returns the files written.
+
+    `dtype` is the stored dtype: "float32", "float16" or "bfloat16" (rounded to nearest even).
+    With `max_shard_bytes`, tensors are packed in order into shards of at most that size (a
+    tensor bigger than the limit gets a shard of its own) plus `model.safetensors.index.json`,
+    as transformers' `save_pretrained(max_shard_size=...)` does. `prefix` is put before every key
+    ("transformer." writes BloomForCausalLM-style keys; the default "" is BloomModel-style, as in
+    the official bigscience repositories; transformers loads both).
+    Every file is written atomically; files of an earlier checkpoint in the directory that the new
+    one does not use are not removed (save into a fresh directory, as save_to_preset does).
+    """
+    if dtype not in _SAVE_DTYPES:
+        raise ArgumentError(f"dtype: expected one of {sorted(_SAVE_DTYPES)}, found {dtype!r}")
+    st_dtype = _SAVE_DTYPES[dtype]
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    names = list(params)  # keep the model's order (embedding, blocks, ln_f)
+    if max_shard_bytes is None:
+        path = directory / SINGLE_FILE
+        write_safetensors(path, {prefix + n: params[n] for n in names}, st_dtype, {"format": "pt"})
+        return [path]
+
+    itemsize = _STORED[st_dtype].itemsize
+    shards, current, current_bytes = [], [], 0
+    for n in names:
+        nbytes = int(np.asarray(params[n]).size) * itemsize
+        if current and current_bytes + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, current_bytes = [], 0
+        current.append(n)
+        current_bytes += nbytes
+    if current:
+        shards.append(current)
+    written, weight_map = [], {}
+    for k, shard in enumerate(shards, 1):
+        fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(directory / fname, {prefix + n: params[n] for n in shard}, st_dtype, {"format": "pt"})
+        written.append(directory / fname)
+        weight_map.update({prefix + n: fname for n in shard})
+    total = sum(int(np.asarray(params[n]).size) * itemsize for n in names)
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    _atomic_write(directory / INDEX_FILE, lambda f: f.write((json.dumps(index, indent=2) + "\n").encode("utf-8")))
+    return [directory / INDEX_FILE] + written

@@ -1,0 +1,453 @@
+"""The tokenizer's hot loops: BLOOM's pre-token split and the BPE merge loop, numba + plain twins.
+
+Covers `encode_ordinary_batch(texts, tables)` / `encode_ordinary(text, tables)`, which turn text
+holding no added/special tokens into token ids, and `split_pieces(text)`, the pre-tokenizer on its
+own. Leaves out everything that is
+about files, added tokens and decoding (minibloom/tokenizer.py) and training (bpe_train.py).
+
+The pipeline, as HF `tokenizers` runs it for BLOOM's tokenizer.json:
+
+1. Split (behaviour "Isolated") on the Oniguruma regex ` ?[^(\\s|[.,!?…。，、।۔،])]+`. Oniguruma reads
+   the nested class as "not one of: ( ) | whitespace . , ! ? … 。 ， 、 । ۔ ،", where whitespace is
+   Unicode White_Space (`WHITESPACE` below: not Python's `\\s`, which adds U+001C-001F). Every match
+   is a piece and every gap between two matches is ONE piece too (gaps are never split further).
+2. ByteLevel without its own regex: each piece becomes its UTF-8 bytes, each byte one symbol.
+3. BPE: repeatedly merge the adjacent pair with the lowest merge rank (ties: leftmost) until no
+   adjacent pair is in the merge table.
+
+Two twins give identical ids (tests/test_tokenizer.py checks it):
+
+- plain: the `regex` module does the split and a Python dict holds the merges, with a per-call
+  piece cache. Short and obviously right; about 1 MB/s.
+- numba: one compiled pass over the UTF-8 bytes of all texts of a batch, which finds piece
+  boundaries with a hand-written scanner (the regex above is simple enough to scan: an optional
+  space, then a run of "word" characters), merges each piece over a linked list of symbols, looking
+  pairs up in an open-addressing hash table, and keeps a small cache of recent short pieces (most
+  pieces of real text are repeats). About 10 MB/s here, 10x HF `tokenizers`, 0.5x tiktoken
+  (benchmarks/bench_tokenizer.py).
+
+Speed notes, measured: a bigger piece cache is slower, not faster (past the L2 cache every hit is a
+memory stall), and so is a cache that keeps the first pieces seen (UDHR changes language every few
+kB); inside numba kernels, `return a or b` compiles to a slow generic path (20x, see `_is_word`).
+
+`MINIBLOOM_NUMBA=0` selects the plain twin (read at call time through `minibloom.jit.use_numba`).
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+import regex
+
+from minibloom.jit import njit, use_numba
+
+# ------------------------------------------------------------------------------------------------
+# the split regex and the characters it excludes
+# ------------------------------------------------------------------------------------------------
+
+# The regex exactly as BLOOM's tokenizer.json spells it (Oniguruma syntax).
+BLOOM_SPLIT_REGEX = " ?[^(\\s|[.,!?…。，、।۔،])]+"
+
+# Oniguruma's \s in Unicode mode: the White_Space property (checked against `tokenizers` for
+# every code point: U+001C-001F, U+180E and U+200B are NOT in it; U+0085 and U+00A0 are).
+WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+# Every character that cannot be part of a "word" run: the nested class flattened.
+SPLIT_EXCLUDED = "()|" + WHITESPACE + ".,!?…。，、।۔،"
+
+# The same class as a flat Python-`regex` pattern (the nested form does not compile in regex's
+# default mode, and `\s` would be Python's). Written out character by character with escapes.
+_SPLIT_PATTERN = regex.compile(" ?[^" + "".join(f"\\u{ord(c):04x}" for c in SPLIT_EXCLUDED) + "]+")
+
+
+def split_pieces(text: str) -> list:
+    """BLOOM's pre-tokenizer: the pieces of `text` (matches and the gaps between them, in order).
+
+    >>> split_pieces("Hello  world... (x)")
+    ['Hello', ' ', ' world', '...', ' ', '(', 'x', ')']
+    """
+    pieces, gap_start = [], 0
+    for m in _SPLIT_PATTERN.finditer(text):
+        if m.start() > gap_start:
+            pieces.append(text[gap_start : m.start()])  # the gap before this match: one piece
+        pieces.append(m.group())
+        gap_start = m.end()
+    if gap_start < len(text):
+        pieces.append(text[gap_start:])
+    return pieces
+
+
+def _excluded_table() -> np.ndarray:
+    """bool[65536]: True for the code points in SPLIT_EXCLUDED (all of them are in the BMP)."""
+    table = np.zeros(65536, dtype=np.bool_)
+    for c in SPLIT_EXCLUDED:
+        table[ord(c)] = True
+    return table
+
+
+# ------------------------------------------------------------------------------------------------
+# the merge tables, in the two forms the twins use
+# ------------------------------------------------------------------------------------------------
+
+
+class BpeTables(NamedTuple):
+    """Everything the BPE step needs, built once per tokenizer by `build_tables`.
+
+    byte_ids:    int64 (256,)  id of the one-byte token for each byte, -1 if the vocab lacks it
+                 (HF then drops that byte silently; BLOOM's vocab has all 256).
+    merges:      dict {(left_id, right_id): (rank, merged_id)} for the plain twin.
+    hash_keys:   int64 (N,)  open-addressing table for the numba twin: key = left << 32 | right,
+                 -1 marks an empty slot; N is a power of two >= 2 * number of merges.
+    hash_ranks:  int64 (N,)  merge rank stored with each key.
+    hash_merged: int64 (N,)  merged token id stored with each key.
+    excluded:    bool (65536,)  the split's excluded code points (see SPLIT_EXCLUDED).
+    """
+
+    byte_ids: np.ndarray
+    merges: dict
+    hash_keys: np.ndarray
+    hash_ranks: np.ndarray
+    hash_merged: np.ndarray
+    excluded: np.ndarray
+
+
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing constant (2^64 / golden ratio)
+
+
+def build_tables(byte_ids, merge_left, merge_right, merge_into) -> BpeTables:
+    """Build both lookup forms from merges given in rank order (index = rank).
+
+    Args:
+        byte_ids: int64 (256,), see BpeTables.
+        merge_left, merge_right, merge_into: int64 (M,), the pair and its merged id, rank = index.
+            A pair listed twice keeps its last rank, as HF does (its map is filled in order).
+    """
+    byte_ids = np.ascontiguousarray(byte_ids, dtype=np.int64)
+    merge_left = np.asarray(merge_left, dtype=np.int64)
+    merge_right = np.asarray(merge_right, dtype=np.int64)
+    merge_into = np.asarray(merge_into, dtype=np.int64)
+    merges = {}
+    for rank, (a, b, ab) in enumerate(zip(merge_left.tolist(), merge_right.tolist(), merge_into.tolist())):
+        merges[(a, b)] = (rank, ab)
+    size = 1 << max(4, int(2 * max(len(merges), 1) - 1).bit_length())
+    keys = np.full(size, -1, dtype=np.int64)
+    ranks = np.zeros(size, dtype=np.int64)
+    merged = np.zeros(size, dtype=np.int64)
+    fill = _fill_hash_numba if use_numba() else _fill_hash_plain
+    fill(merge_left, merge_right, merge_into, keys, ranks, merged)
+    return BpeTables(byte_ids, merges, keys, ranks, merged, _excluded_table())
+
+
+@njit
+def _hash_slot(key, mask):
+    """Slot of a pair key: Fibonacci hashing, bits 32.. of key * _HASH_MUL (mod 2^64)."""
+    return np.int64((np.uint64(key) * _HASH_MUL) >> np.uint64(32)) & mask
+
+
+def _hash_slot_plain(key: int, mask: int) -> int:
+    return ((key * int(_HASH_MUL)) & 0xFFFFFFFFFFFFFFFF) >> 32 & mask
+
+
+@njit
+def _fill_hash_numba(left, right, into, keys, ranks, merged):
+    mask = keys.shape[0] - 1
+    for rank in range(left.shape[0]):
+        key = (left[rank] << 32) | right[rank]
+        slot = _hash_slot(key, mask)
+        while keys[slot] != -1 and keys[slot] != key:  # linear probing
+            slot = (slot + 1) & mask
+        keys[slot] = key  # a repeated pair overwrites its slot: the last rank wins
+        ranks[slot] = rank
+        merged[slot] = into[rank]
+
+
+def _fill_hash_plain(left, right, into, keys, ranks, merged):
+    mask = keys.shape[0] - 1
+    for rank, (a, b, ab) in enumerate(zip(left.tolist(), right.tolist(), into.tolist())):
+        key = (a << 32) | b
+        slot = _hash_slot_plain(key, mask)
+        while keys[slot] != -1 and keys[slot] != key:
+            slot = (slot + 1) & mask
+        keys[slot], ranks[slot], merged[slot] = key, rank, ab
+
+
+# ------------------------------------------------------------------------------------------------
+# BPE on one piece: plain twin
+# ------------------------------------------------------------------------------------------------
+
+
+def _bpe_piece_plain(symbols: list, merges: dict) -> list:
+    """Merge a piece's symbols (token ids) by rank: lowest rank first, leftmost on ties."""
+    while len(symbols) > 1:
+        best_rank, best_i, best_id = None, -1, -1
+        for i in range(len(symbols) - 1):
+            hit = merges.get((symbols[i], symbols[i + 1]))
+            if hit is not None and (best_rank is None or hit[0] < best_rank):
+                best_rank, best_i, best_id = hit[0], i, hit[1]
+        if best_rank is None:
+            break
+        symbols[best_i : best_i + 2] = [best_id]
+    return symbols
+
+
+def _encode_ordinary_plain(text: str, tables: BpeTables, cache: dict) -> list:
+    """ids of one text; cache maps piece -> its ids (pieces repeat a lot in real text)."""
+    ids = []
+    byte_ids = tables.byte_ids.tolist()
+    for piece in split_pieces(text):
+        hit = cache.get(piece)
+        if hit is None:
+            symbols = [byte_ids[b] for b in piece.encode("utf-8")]
+            hit = cache[piece] = _bpe_piece_plain([s for s in symbols if s >= 0], tables.merges)
+        ids.extend(hit)
+    return ids
+
+
+# ------------------------------------------------------------------------------------------------
+# the same, compiled: scan UTF-8 bytes for pieces and merge each in place
+# ------------------------------------------------------------------------------------------------
+
+_NO_RANK = np.int64(1 << 62)
+
+
+@njit
+def _pair_rank(a, b, keys, ranks, merged, mask):
+    """(rank, merged id) of the pair (a, b), or (_NO_RANK, -1) when it is not a merge."""
+    key = (a << 32) | b
+    slot = _hash_slot(key, mask)
+    while True:
+        k = keys[slot]
+        if k == key:
+            return ranks[slot], merged[slot]
+        if k == -1:
+            return _NO_RANK, np.int64(-1)
+        slot = (slot + 1) & mask
+
+
+@njit
+def _bpe_piece_numba(data, start, stop, byte_ids, keys, ranks, merged, out, n_out, scratch):
+    """BPE-merge the bytes data[start:stop]; append the ids to out[n_out:]; return the new n_out.
+
+    The symbols form a linked list (so a merge unlinks one node instead of shifting arrays), and
+    pair_rank[i] is the rank of (sym[i], sym[next[i]]), so a merge re-looks-up only its two
+    neighbouring pairs. scratch: int64 (5, >= stop - start) for sym, pair_rank, pair_into, next, prev.
+    """
+    sym, pair_rank, pair_into, nxt, prv = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
+    mask = keys.shape[0] - 1
+    n = 0
+    for p in range(start, stop):
+        t = byte_ids[data[p]]
+        if t >= 0:
+            sym[n] = t
+            nxt[n] = n + 1
+            prv[n] = n - 1
+            n += 1
+    if n == 0:
+        return n_out
+    nxt[n - 1] = -1
+    pair_rank[n - 1] = _NO_RANK
+    for i in range(n - 1):
+        pair_rank[i], pair_into[i] = _pair_rank(sym[i], sym[i + 1], keys, ranks, merged, mask)
+    while True:
+        best, best_rank = -1, _NO_RANK
+        i = 0  # node 0 is always the head: merges keep the left node
+        while i != -1:  # strict < keeps the leftmost of equal ranks
+            if pair_rank[i] < best_rank:
+                best, best_rank = i, pair_rank[i]
+            i = nxt[i]
+        if best == -1:
+            break
+        gone = nxt[best]  # (sym[best], sym[gone]) -> merged token in node best
+        sym[best] = pair_into[best]
+        nxt[best] = nxt[gone]
+        if nxt[gone] != -1:
+            prv[nxt[gone]] = best
+            pair_rank[best], pair_into[best] = _pair_rank(sym[best], sym[nxt[best]], keys, ranks, merged, mask)
+        else:
+            pair_rank[best] = _NO_RANK
+        if prv[best] != -1:
+            left = prv[best]
+            pair_rank[left], pair_into[left] = _pair_rank(sym[left], sym[best], keys, ranks, merged, mask)
+    i = 0
+    while i != -1:
+        out[n_out] = sym[i]
+        n_out += 1
+        i = nxt[i]
+    return n_out
+
+
+@njit
+def _code_point_at(data, p):
+    """(code point, byte length) of the UTF-8 character starting at data[p] (input is valid UTF-8)."""
+    b = np.int64(data[p])
+    if b < 0x80:
+        return b, 1
+    if b < 0xE0:
+        return ((b & 0x1F) << 6) | (np.int64(data[p + 1]) & 0x3F), 2
+    if b < 0xF0:
+        return ((b & 0x0F) << 12) | ((np.int64(data[p + 1]) & 0x3F) << 6) | (np.int64(data[p + 2]) & 0x3F), 3
+    return (
+        ((b & 0x07) << 18)
+        | ((np.int64(data[p + 1]) & 0x3F) << 12)
+        | ((np.int64(data[p + 2]) & 0x3F) << 6)
+        | (np.int64(data[p + 3]) & 0x3F)
+    ), 4
+
+
+@njit
+def _is_word(c, excluded):
+    """True if code point c may be part of a match (written without `or`: numba compiles
+    `return a or b` into a slow generic path, 20x slower here)."""
+    if c >= 65536:
+        return True
+    return not excluded[c]
+
+
+PIECE_CACHE_SLOTS = 1 << 15  # x 64 bytes = 2 MB: fits the L2 cache (bigger tables lose to memory latency)
+CACHED_BYTES = 24  # pieces up to 24 bytes ...
+CACHED_IDS = 8  # ... that encode to at most 8 ids are cached (98% of occurrences of longer pieces)
+CACHE_PROBES = 4
+_HASH_MUL_2 = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+@njit
+def _piece_ids(data, start, stop, tables, out, n_out, scratch, cache):
+    """Append the ids of piece data[start:stop] to out[n_out:]; return the new n_out.
+
+    The piece cache is a hash table of 64-byte rows, one per distinct short piece: (length | id
+    count << 8, the piece's bytes packed little-endian into 3 words, up to 8 ids packed two per word
+    (ids < 2^31)), 0 in the
+    first word meaning empty. A piece is looked for in CACHE_PROBES consecutive slots; a miss is
+    stored in the first empty one, else it evicts the piece in its home slot (text changes topic and
+    language, so recent pieces beat first-seen ones). Long or many-token pieces are merged every time.
+    """
+    byte_ids, keys, ranks, merged = tables
+    length = stop - start
+    if length == 1:  # one byte: nothing to merge
+        if byte_ids[data[start]] >= 0:
+            out[n_out] = byte_ids[data[start]]
+            n_out += 1
+        return n_out
+    if length > CACHED_BYTES:
+        return _bpe_piece_numba(data, start, stop, byte_ids, keys, ranks, merged, out, n_out, scratch)
+    w0, w1, w2 = np.uint64(0), np.uint64(0), np.uint64(0)  # the piece's bytes, 8 per word
+    for k in range(length):
+        byte = np.uint64(data[start + k]) << np.uint64(8 * (k & 7))
+        if k < 8:
+            w0 |= byte
+        elif k < 16:
+            w1 |= byte
+        else:
+            w2 |= byte
+    h = ((w0 * _HASH_MUL) ^ w1) * _HASH_MUL_2
+    h = ((h ^ w2) * _HASH_MUL) ^ np.uint64(length)
+    mask = cache.shape[0] - 1
+    home = np.int64(h >> np.uint64(32)) & mask
+    i0, i1, i2 = np.int64(w0), np.int64(w1), np.int64(w2)
+    free = home  # where a miss will be stored: the first empty probed slot, else the home slot
+    for probe in range(CACHE_PROBES):
+        slot = (home + probe) & mask
+        meta = cache[slot, 0]
+        if meta == 0:
+            free = slot
+            break
+        if ((meta & 0xFF) == length) & (cache[slot, 1] == i0) & (cache[slot, 2] == i1) & (cache[slot, 3] == i2):
+            count = meta >> 8
+            for k in range(count):  # two 32-bit ids per word
+                out[n_out + k] = (cache[slot, 4 + (k >> 1)] >> (32 * (k & 1))) & 0xFFFFFFFF
+            return n_out + count
+    n_new = _bpe_piece_numba(data, start, stop, byte_ids, keys, ranks, merged, out, n_out, scratch)
+    count = n_new - n_out
+    if count <= CACHED_IDS:
+        cache[free, 0] = length | (count << 8)
+        cache[free, 1], cache[free, 2], cache[free, 3] = i0, i1, i2
+        cache[free, 4], cache[free, 5], cache[free, 6], cache[free, 7] = 0, 0, 0, 0
+        for k in range(count):
+            cache[free, 4 + (k >> 1)] |= out[n_out + k] << (32 * (k & 1))
+    return n_new
+
+
+@njit
+def _fit(scratch, length):
+    """scratch, or a twice-as-long replacement when a piece is longer than its rows."""
+    if length <= scratch.shape[1]:
+        return scratch
+    return np.empty((scratch.shape[0], 2 * length), dtype=np.int64)
+
+
+@njit
+def _encode_ordinary_numba(data, seg_bounds, byte_ids, keys, ranks, merged, excluded):
+    """ids of UTF-8 segments data[seg_bounds[i]:seg_bounds[i+1]], split and merged in one pass.
+
+    data: uint8 (n,), all segments back to back; seg_bounds: int64 (G+1,) byte offsets.
+    Returns (ids int64 (<= n,), id_bounds int64 (G+1,)): segment i's ids are ids[id_bounds[i]:id_bounds[i+1]].
+    Pieces never cross a segment boundary; the piece cache is shared by all segments.
+    """
+    n = data.shape[0]
+    out = np.empty(n, dtype=np.int64)  # every byte yields at most one token
+    scratch = np.empty((5, 256), dtype=np.int64)  # merge-loop buffers, grown for longer pieces
+    size = 256
+    while size < min(n // 4, PIECE_CACHE_SLOTS):
+        size *= 2
+    cache = np.zeros((size, 8), dtype=np.int64)  # (N, 8), see _piece_ids
+    tables = (byte_ids, keys, ranks, merged)
+    id_bounds = np.zeros(seg_bounds.shape[0], dtype=np.int64)
+    n_out = 0
+    for g in range(seg_bounds.shape[0] - 1):
+        end = seg_bounds[g + 1]
+        gap_start = p = seg_bounds[g]
+        while p < end:
+            c, width = _code_point_at(data, p)
+            # A match starts here if this is a word char, or a space followed by a word char.
+            starts = _is_word(c, excluded)
+            if (not starts) & (c == 32) & (p + 1 < end):
+                c2, _ = _code_point_at(data, p + 1)
+                starts = _is_word(c2, excluded)
+            if not starts:
+                p += width
+                continue
+            if gap_start < p:  # the gap before the match is one piece
+                scratch = _fit(scratch, p - gap_start)
+                n_out = _piece_ids(data, gap_start, p, tables, out, n_out, scratch, cache)
+            q = p + width
+            while q < end:  # extend over the run of word characters
+                c, width = _code_point_at(data, q)
+                if not _is_word(c, excluded):
+                    break
+                q += width
+            scratch = _fit(scratch, q - p)
+            n_out = _piece_ids(data, p, q, tables, out, n_out, scratch, cache)
+            gap_start = p = q
+        if gap_start < end:
+            scratch = _fit(scratch, end - gap_start)
+            n_out = _piece_ids(data, gap_start, end, tables, out, n_out, scratch, cache)
+        id_bounds[g + 1] = n_out
+    return out[:n_out], id_bounds
+
+
+# ------------------------------------------------------------------------------------------------
+# dispatch
+# ------------------------------------------------------------------------------------------------
+
+
+def encode_ordinary_batch(texts: list, tables: BpeTables) -> list:
+    """Token ids of each text, which must hold no added/special tokens (the caller splits those out).
+
+    The numba twin encodes all texts in one compiled call (one piece cache, no per-text overhead).
+    """
+    if not use_numba():
+        cache = {}
+        return [_encode_ordinary_plain(t, tables, cache) for t in texts]
+    encoded = [t.encode("utf-8") for t in texts]
+    data = np.frombuffer(b"".join(encoded), dtype=np.uint8)  # (n,) all texts back to back
+    seg_bounds = np.zeros(len(encoded) + 1, dtype=np.int64)  # (G+1,)
+    np.cumsum([len(e) for e in encoded], out=seg_bounds[1:])
+    ids, id_bounds = _encode_ordinary_numba(data, seg_bounds, tables.byte_ids, tables.hash_keys, tables.hash_ranks, tables.hash_merged, tables.excluded)
+    ids, id_bounds = ids.tolist(), id_bounds.tolist()
+    return [ids[id_bounds[g] : id_bounds[g + 1]] for g in range(len(texts))]
+
+
+def encode_ordinary(text: str, tables: BpeTables) -> list:
+    """Token ids of one text without added/special tokens."""
+    return encode_ordinary_batch([text], tables)[0]

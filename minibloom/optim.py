@@ -1,0 +1,245 @@
+"""AdamW, learning-rate schedules, global-norm gradient clipping and gradient accumulation.
+
+Everything here works on flat parameter dicts (`{name: float32 array}`, the keys of
+`BloomCausalLM.params`); gradients and the optimizer moments are dicts with the same keys.
+The numbers follow PyTorch, the golden reference:
+
+- `AdamW.apply` equals `torch.optim.AdamW(..., foreach=False)` step for step (bias correction,
+  eps added outside the square root, decoupled weight decay `p *= 1 - lr * wd` applied before the
+  moment update). The element-wise loop is in `minibloom/kernels/adamw.py`.
+- `clip_grad_norm` equals `torch.nn.utils.clip_grad_norm_` (the norm of all gradients together,
+  scale by `max_norm / (norm + 1e-6)` when that is below 1).
+- The schedules equal transformers' `get_constant_schedule_with_warmup`,
+  `get_linear_schedule_with_warmup` and `get_cosine_schedule_with_warmup` (a multiplier on the peak
+  learning rate, evaluated at the number of updates already made).
+
+Left out: other optimizers, per-group hyper-parameters beyond "decay or not", AMSGrad, mixed
+precision. The training loop that uses these pieces is `minibloom/train.py`.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from minibloom.errors import ArgumentError, TrainingError
+from minibloom.kernels.adamw import adamw_update
+
+# Substrings of the parameter names that are usually kept out of weight decay: every bias and
+# every LayerNorm gain (the embedding LayerNorm, each block's two, and ln_f). Pass it as
+# `AdamW(..., exclude_from_weight_decay=BIAS_AND_NORM)`.
+BIAS_AND_NORM = ("bias", "layernorm", "ln_f")
+
+
+# ------------------------------------------------------------------------------------------------
+# learning-rate schedules: callables step -> learning rate, step = updates already made (0 first)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConstantSchedule:
+    """The same learning rate at every step, after an optional linear warmup from 0."""
+
+    learning_rate: float
+    warmup_steps: int = 0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.learning_rate * step / max(1, self.warmup_steps)
+        return self.learning_rate
+
+
+@dataclass(frozen=True)
+class WarmupLinearSchedule:
+    """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then linear decay to 0 at
+    `total_steps` (transformers' `get_linear_schedule_with_warmup`)."""
+
+    learning_rate: float
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.learning_rate * step / max(1, self.warmup_steps)
+        remaining = (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps)
+        return self.learning_rate * max(0.0, remaining)
+
+
+@dataclass(frozen=True)
+class WarmupCosineSchedule:
+    """Linear warmup from 0 to `learning_rate`, then half a cosine down to 0 at `total_steps`
+    (transformers' `get_cosine_schedule_with_warmup` with num_cycles=0.5)."""
+
+    learning_rate: float
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.learning_rate * step / max(1, self.warmup_steps)
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return self.learning_rate * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def get_schedule(name: str, learning_rate: float, warmup_steps: int = 0, total_steps: int = 0):
+    """A schedule by name: "constant", "linear" or "cosine" (the last two need `total_steps`)."""
+    if name == "constant":
+        return ConstantSchedule(learning_rate, warmup_steps)
+    if name in ("linear", "cosine"):
+        if total_steps <= 0:
+            raise ArgumentError(f"schedule {name!r} needs total_steps > 0, found {total_steps}")
+        cls = WarmupLinearSchedule if name == "linear" else WarmupCosineSchedule
+        return cls(learning_rate, warmup_steps, total_steps)
+    raise ArgumentError(f"schedule: expected 'constant', 'linear' or 'cosine', found {name!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# gradient clipping and accumulation
+# ------------------------------------------------------------------------------------------------
+
+
+def global_norm(grads: dict) -> float:
+    """sqrt(sum of squares of every gradient entry), as one number (accumulated in float64)."""
+    return math.sqrt(sum(float(np.dot(g.reshape(-1).astype(np.float64), g.reshape(-1))) for g in grads.values()))
+
+
+def clip_grad_norm(grads: dict, max_norm: float) -> float:
+    """Scale all gradients in place so their global norm is at most `max_norm`; return the norm
+    before clipping. Same rule as `torch.nn.utils.clip_grad_norm_`: coef = max_norm / (norm + 1e-6),
+    applied only when coef < 1. A non-finite norm raises TrainingError (nothing is scaled)."""
+    norm = global_norm(grads)
+    if not math.isfinite(norm):
+        raise TrainingError(f"gradient global norm is {norm}: the loss or the gradients overflowed")
+    coef = np.float32(max_norm / (norm + 1e-6))
+    if coef < 1.0:
+        for g in grads.values():
+            g *= coef
+    return norm
+
+
+class GradientAccumulator:
+    """Sums micro-batch gradients into the gradient of the whole batch.
+
+    Each micro-batch gradient is the gradient of a *mean* over its own target tokens (HF's loss),
+    so averaging micro-batches equally would over-weight short ones. `add(grads, n_tokens)` keeps
+    sum(n_i * grads_i) and `result()` divides by sum(n_i): the gradient of the mean over all target
+    tokens of all micro-batches, i.e. what one big batch would give (up to float32 rounding).
+    """
+
+    def __init__(self):
+        self._sum = None
+        self._tokens = 0.0
+
+    def add(self, grads: dict, n_tokens: float) -> None:
+        if self._sum is None:
+            self._sum = {k: g * np.float32(n_tokens) for k, g in grads.items()}
+        else:
+            for k, g in grads.items():
+                self._sum[k] += g * np.float32(n_tokens)
+        self._tokens += float(n_tokens)
+
+    def result(self) -> dict:
+        if self._sum is None or self._tokens <= 0:
+            raise TrainingError("gradient accumulation: no micro-batch with target tokens was added")
+        scale = np.float32(1.0 / self._tokens)
+        return {k: s * scale for k, s in self._sum.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# AdamW
+# ------------------------------------------------------------------------------------------------
+
+
+class AdamW:
+    """Adam with decoupled weight decay, numerically `torch.optim.AdamW`.
+
+    Args:
+        learning_rate: a float, or a schedule (any callable step -> float, e.g. WarmupCosineSchedule).
+        beta_1, beta_2: decay rates of the first and second moment averages.
+        epsilon: added to sqrt(v_hat), outside the square root (torch's `eps`).
+        weight_decay: decoupled decay: each step multiplies a parameter by (1 - lr * weight_decay)
+            before the Adam update. torch's AdamW default is 0.01, as here.
+        exclude_from_weight_decay: substrings of parameter names that get no decay, e.g.
+            `BIAS_AND_NORM` for biases and LayerNorm weights (torch expresses this with two
+            parameter groups). Default: decay every parameter, as torch does with one group.
+        global_clipnorm: if set, `apply` first clips the gradients' global norm to this value
+            (`clip_grad_norm`, in place on `grads`).
+
+    State: `step` (updates made) and the moments `m`, `v` (dicts like params, created as zeros on
+    the first `apply`). `state_dict()` / `load_state_dict()` round-trip it for checkpoints.
+    """
+
+    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.01,
+                 exclude_from_weight_decay=(), global_clipnorm=None):
+        if not callable(learning_rate) and not (isinstance(learning_rate, (int, float)) and learning_rate >= 0):
+            raise ArgumentError(f"learning_rate: expected a float >= 0 or a schedule, found {learning_rate!r}")
+        for name, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not 0.0 <= value < 1.0:
+                raise ArgumentError(f"{name}: expected 0 <= {name} < 1, found {value}")
+        if epsilon <= 0 or weight_decay < 0:
+            raise ArgumentError(f"epsilon must be > 0 and weight_decay >= 0, found {epsilon}, {weight_decay}")
+        if global_clipnorm is not None and global_clipnorm <= 0:
+            raise ArgumentError(f"global_clipnorm: expected None or > 0, found {global_clipnorm}")
+        self.learning_rate = learning_rate
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.weight_decay = float(weight_decay)
+        self.exclude_from_weight_decay = tuple(exclude_from_weight_decay)
+        self.global_clipnorm = global_clipnorm
+        self.step = 0
+        self.m = {}
+        self.v = {}
+
+    def current_learning_rate(self) -> float:
+        """The learning rate the next `apply` will use."""
+        lr = self.learning_rate
+        return float(lr(self.step)) if callable(lr) else float(lr)
+
+    def decays(self, name: str) -> bool:
+        """Whether parameter `name` gets weight decay."""
+        return not any(s in name for s in self.exclude_from_weight_decay)
+
+    def apply(self, params: dict, grads: dict) -> float:
+        """One update of every parameter in `params` (in place) from `grads`; returns the learning
+        rate used. If `global_clipnorm` is set, `grads` are clipped in place first."""
+        missing = sorted(set(params) - set(grads))
+        if missing:
+            raise ArgumentError(f"grads: missing gradients for {missing[:5]} ({len(missing)} tensors)")
+        if self.global_clipnorm is not None:
+            clip_grad_norm({k: grads[k] for k in params}, self.global_clipnorm)
+        lr = self.current_learning_rate()
+        self.step += 1
+        t = self.step
+        # Per-step scalars, computed in float64 like torch's Python floats, rounded to float32 once.
+        step_size = lr / (1.0 - self.beta_1**t)
+        bc2_sqrt = (1.0 - self.beta_2**t) ** 0.5
+        for name, p in params.items():
+            g = grads[name]
+            if p.dtype != np.float32 or g.dtype != np.float32 or g.shape != p.shape:
+                raise ArgumentError(
+                    f"AdamW: {name}: expected float32 param and grad of one shape, found "
+                    f"{p.dtype}{p.shape} and {g.dtype}{g.shape}")
+            if name not in self.m:
+                self.m[name] = np.zeros_like(p)
+                self.v[name] = np.zeros_like(p)
+            wd = self.weight_decay if self.decays(name) else 0.0
+            adamw_update(p, np.ascontiguousarray(g), self.m[name], self.v[name],
+                         decay=1.0 - lr * wd, one_minus_b1=1.0 - self.beta_1, b2=self.beta_2,
+                         one_minus_b2=1.0 - self.beta_2, bc2_sqrt=bc2_sqrt, eps=self.epsilon,
+                         step_size=step_size)
+        return lr
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """{"step": int, "m": {name: array}, "v": {name: array}} (arrays are the live state)."""
+        return {"step": self.step, "m": self.m, "v": self.v}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict()` returned (arrays are copied to float32)."""
+        m, v = state["m"], state["v"]
+        if set(m) != set(v):
+            raise TrainingError(f"optimizer state: first and second moments have different keys: "
+                                f"{sorted(set(m) ^ set(v))[:5]}")
+        self.step = int(state["step"])
+        self.m = {k: np.array(a, dtype=np.float32) for k, a in m.items()}
+        self.v = {k: np.array(a, dtype=np.float32) for k, a in v.items()}

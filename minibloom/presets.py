@@ -1,0 +1,232 @@
+"""The BLOOM preset table and how a preset name or path becomes a model directory.
+
+A preset is a released BLOOM checkpoint known by its keras-hub name (`bloom_560m_multi`, ...),
+mapped to its Hugging Face repository id, size and parameter count. `resolve(name_or_path)` turns
+what a user typed into a directory holding `config.json` + safetensors (+ `tokenizer.json`):
+
+  1. `hf://org/name`: the HF hub cache, then (if the optional `huggingface_hub` package is
+     installed) a download into that cache;
+  2. an existing directory;
+  3. a preset name (keras-hub name, HF short name like `bloom-560m`, or HF id like
+     `bigscience/bloom-560m`) or a plain name: looked up in the local model directory
+     (`$MINIBLOOM_HOME`, default `~/.cache/minibloom`) as `<home>/<name>`, then in the HF hub cache
+     layout (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`) as
+     `models--org--name/snapshots/<revision>/`.
+A preset that is not on disk raises `PresetNotFoundError` saying how to get it. Names are checked
+against a strict pattern before they are joined to any path, so `..` or absolute paths cannot
+escape the model directories.
+
+`default_model_dir()` is the small model shipped in the repository's `weights/` folder.
+
+Leaves out: downloading without `huggingface_hub`, Kaggle/keras-hub handles, and the weights
+themselves (checkpoint.py reads them).
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from minibloom.errors import PresetNotFoundError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_DIR = REPO_ROOT / "weights"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One released BLOOM checkpoint."""
+
+    name: str  # keras-hub style name
+    hf_id: str  # Hugging Face repository id
+    n_layer: int
+    hidden_size: int
+    n_head: int
+    params: int  # parameter count with the tied LM head (vocabulary 250880)
+    description: str
+
+    @property
+    def hf_name(self) -> str:
+        return self.hf_id.split("/", 1)[1]
+
+
+def _p(name, hf_id, n_layer, hidden, heads, description):
+    V = 250880
+    params = V * hidden + n_layer * (12 * hidden * hidden + 13 * hidden) + 4 * hidden
+    return Preset(name, hf_id, n_layer, hidden, heads, params, description)
+
+
+_BASE = "BLOOM pretrained on ROOTS: 45 natural and 12 programming languages"
+_Z = "BLOOMZ: BLOOM finetuned on the xP3 multitask prompts (follows instructions)"
+PRESETS = MappingProxyType(
+    {
+        p.name: p
+        for p in (
+            _p("bloom_560m_multi", "bigscience/bloom-560m", 24, 1024, 16, f"24 layers, hidden 1024. {_BASE}."),
+            _p("bloom_1.1b_multi", "bigscience/bloom-1b1", 24, 1536, 16, f"24 layers, hidden 1536. {_BASE}."),
+            _p("bloom_1.7b_multi", "bigscience/bloom-1b7", 24, 2048, 16, f"24 layers, hidden 2048. {_BASE}."),
+            _p("bloom_3b_multi", "bigscience/bloom-3b", 30, 2560, 32, f"30 layers, hidden 2560. {_BASE}."),
+            _p("bloom_7b_multi", "bigscience/bloom-7b1", 30, 4096, 32, f"30 layers, hidden 4096. {_BASE}."),
+            _p("bloomz_560m_multi", "bigscience/bloomz-560m", 24, 1024, 16, f"24 layers, hidden 1024. {_Z}."),
+            _p("bloomz_1.1b_multi", "bigscience/bloomz-1b1", 24, 1536, 16, f"24 layers, hidden 1536. {_Z}."),
+            _p("bloomz_1.7b_multi", "bigscience/bloomz-1b7", 24, 2048, 16, f"24 layers, hidden 2048. {_Z}."),
+            _p("bloomz_3b_multi", "bigscience/bloomz-3b", 30, 2560, 32, f"30 layers, hidden 2560. {_Z}."),
+            _p("bloomz_7b_multi", "bigscience/bloomz-7b1", 30, 4096, 32, f"30 layers, hidden 4096. {_Z}."),
+        )
+    }
+)
+
+# A name a user may type: letters, digits, `.`, `_`, `-` (no path separators, no `..`).
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_REPO_ID = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,95})/([A-Za-z0-9][A-Za-z0-9._-]{0,95})$")
+
+
+def find_preset(name: str) -> Preset | None:
+    """The preset called `name` (keras-hub name, HF short name or HF id), or None."""
+    for p in PRESETS.values():
+        if name in (p.name, p.hf_id, p.hf_name):
+            return p
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# where models live on disk
+# ------------------------------------------------------------------------------------------------
+
+
+def minibloom_home() -> Path:
+    """The local model directory: $MINIBLOOM_HOME, default ~/.cache/minibloom."""
+    return Path(os.environ.get("MINIBLOOM_HOME") or Path.home() / ".cache" / "minibloom").expanduser()
+
+
+def hf_hub_cache() -> Path:
+    """The HF hub cache: $HF_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """`models--org--name/snapshots/<rev>` in the HF cache: the `main` ref, else the newest."""
+    if not _repo_id(repo_id):
+        return None
+    repo = hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        rev = ref.read_text(encoding="utf-8").strip()
+        if _NAME.match(rev) and _is_model_dir(repo / "snapshots" / rev):
+            return repo / "snapshots" / rev
+    snapshots = [d for d in (repo / "snapshots").glob("*") if _is_model_dir(d)]
+    return max(snapshots, key=lambda d: d.stat().st_mtime) if snapshots else None
+
+
+def default_model_dir() -> Path:
+    """The small BLOOM shipped with the project: the first directory under weights/ with a config.json."""
+    candidates = sorted(d for d in WEIGHTS_DIR.glob("*") if d.is_dir() and _is_model_dir(d)) if WEIGHTS_DIR.is_dir() else []
+    if _is_model_dir(WEIGHTS_DIR):
+        candidates.insert(0, WEIGHTS_DIR)
+    if not candidates:
+        raise PresetNotFoundError(
+            f"no default model: {WEIGHTS_DIR} holds no directory with a config.json. Pass a model "
+            f"directory or a preset name (see `python -m minibloom presets`)"
+        )
+    return candidates[0]
+
+
+def _how_to_get(name: str, preset: Preset | None) -> str:
+    hf_id = preset.hf_id if preset else name
+    home = minibloom_home() / (preset.name if preset else name)
+    return (
+        f"Download it with `huggingface-cli download {hf_id}` (into the HF cache, found automatically), "
+        f"or pass `hf://{hf_id}` with huggingface_hub installed, or put config.json, *.safetensors and "
+        f"tokenizer.json in {home}"
+    )
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        import huggingface_hub  # optional: only `hf://` names need it
+    except ImportError:
+        raise PresetNotFoundError(
+            f"hf://{repo_id} is not in the HF cache ({hf_hub_cache()}) and huggingface_hub is not installed "
+            f"to download it: `pip install huggingface_hub`, or download the files by hand into a directory"
+        ) from None
+    try:
+        path = huggingface_hub.snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"]
+        )
+    except Exception as e:  # network errors, unknown repo, offline mode: all mean "not available"
+        raise PresetNotFoundError(f"hf://{repo_id}: could not download ({type(e).__name__}: {e})") from None
+    return Path(path)
+
+
+def _plain_name(text: str) -> bool:
+    return bool(_NAME.match(text)) and ".." not in text
+
+
+def _repo_id(text: str) -> bool:
+    return bool(_REPO_ID.match(text)) and ".." not in text
+
+
+def resolve(name_or_path) -> Path:
+    """A preset name, `hf://org/name` or directory -> the model directory (holding config.json)."""
+    if isinstance(name_or_path, str) and name_or_path.startswith("hf://"):
+        repo_id = name_or_path[len("hf://") :]
+        if not _repo_id(repo_id):
+            raise PresetNotFoundError(f"{name_or_path!r}: expected hf://org/name with letters, digits, '.', '_', '-'")
+        return _hub_snapshot(repo_id) or _download(repo_id)
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise PresetNotFoundError(f"preset: expected a name, `hf://org/name` or a directory, found {name_or_path!r}")
+
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not _is_model_dir(path):
+            raise PresetNotFoundError(f"{path}: directory has no config.json, so it is not a model directory")
+        return path
+    preset = find_preset(text)
+    if preset is None and not _plain_name(text) and not _repo_id(text):
+        raise PresetNotFoundError(f"{text}: no such model directory")  # it was meant as a path
+
+    # Only validated names reach the file system from here on.
+    home = minibloom_home()
+    candidates = [home / text] if _plain_name(text) else []
+    if preset is not None:
+        candidates += [home / preset.name, home / preset.hf_name]
+    for c in candidates:
+        if _is_model_dir(c):
+            return c
+    repo_id = preset.hf_id if preset else (text if _repo_id(text) else None)
+    snapshot = _hub_snapshot(repo_id) if repo_id else None
+    if snapshot is not None:
+        return snapshot
+    if preset is None and repo_id is None:
+        raise PresetNotFoundError(
+            f"{text!r} is not a directory, a model in {home}, or a known preset ({', '.join(PRESETS)})"
+        )
+    raise PresetNotFoundError(f"{text}: not found on disk. " + _how_to_get(text, preset))
+
+
+def list_presets() -> list[tuple[str, str, Path | None]]:
+    """(name, description, directory or None) for the shipped default (if any) and every preset."""
+    rows = []
+    try:
+        d = default_model_dir()
+        rows.append(("default", f"the small BLOOM shipped in {WEIGHTS_DIR.name}/{d.name}", d))
+    except PresetNotFoundError:
+        pass
+    for p in PRESETS.values():
+        try:
+            path = resolve(p.name)
+        except PresetNotFoundError:
+            path = None
+        rows.append((p.name, f"{p.hf_id}, {p.params / 1e9:.2f}B params. {p.description}", path))
+    return rows

@@ -1,0 +1,489 @@
+"""BloomTokenizer: BLOOM's byte-level BPE tokenizer, id-for-id equal to HF `tokenizers`.
+
+Covers loading and saving the two file formats (HF `tokenizer.json`; keras-hub's
+`vocabulary.json` + `merges.txt`), checking that a file describes BLOOM's pipeline, added/special
+token matching, encode and decode. The hot loops (pre-token split and BPE merges) live in
+minibloom/kernels/bpe.py; the trainer in minibloom/bpe_train.py.
+
+Encoding, in HF's order (bloom-spec.md §4):
+
+1. Added tokens are cut out of the raw text first, leftmost-longest, in two passes like HF: the
+   tokens whose `normalized` flag is false (BLOOM's specials `<unk> <s> </s> <pad>`), then, in the
+   text between those, the tokens with `normalized` true. (BLOOM has no normalizer, so the flag
+   only decides the pass.) An added token matches anywhere, even inside a word.
+2. Every stretch of text between added tokens goes through `kernels.bpe.encode_ordinary`: the
+   Split regex (Isolated), ByteLevel without regex, BPE by merge rank.
+3. Nothing is added around the ids: BLOOM's post-processor adds no BOS/EOS.
+
+Decoding maps every id to its token string (added tokens included; `skip_special_tokens` drops
+the special ones), turns each character back into its byte with the GPT-2 byte<->unicode map (a
+character outside the map stands for its own UTF-8 bytes, as in HF) and decodes the bytes as
+UTF-8 with U+FFFD for invalid sequences. Ids at or above the number of tokens decode to nothing:
+BLOOM's embedding has 250880 rows but only 250680 tokens, and a model may sample an unused row.
+
+Not supported (rejected with a TokenizerError that says which part differs): normalizers, other
+pre-tokenizers or regexes, `add_prefix_space`, BPE dropout / unk fallback / `ignore_merges` /
+subword prefixes, post-processors that add tokens, truncation and padding settings, added tokens
+with `single_word`, `lstrip` or `rstrip`. Offsets are not computed.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import regex
+
+from minibloom.errors import ArgumentError, PresetNotFoundError, TokenizerError
+from minibloom.kernels import bpe
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # BLOOM's ids 0, 1, 2, 3
+
+
+# ------------------------------------------------------------------------------------------------
+# the GPT-2 byte <-> unicode map (ByteLevel)
+# ------------------------------------------------------------------------------------------------
+
+
+def bytes_to_unicode() -> dict:
+    """{byte: stand-in character}: printable bytes stand for themselves, the other 68 bytes
+    (0-32, 127-160, 173) get U+0100, U+0101, ... in byte order (so space -> 'Ġ', '\\n' -> 'Ċ')."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    table, shifted = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + shifted)
+            shifted += 1
+    return table
+
+
+def _token_bytes(token: str, char_to_byte: dict) -> bytes:
+    """The bytes a token string stands for (ByteLevel decoder)."""
+    return b"".join(bytes([char_to_byte[c]]) if c in char_to_byte else c.encode("utf-8") for c in token)
+
+
+# ------------------------------------------------------------------------------------------------
+# atomic file writing
+# ------------------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write text to path via a temporary file in the same directory and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# the tokenizer
+# ------------------------------------------------------------------------------------------------
+
+
+class BloomTokenizer:
+    """BLOOM's tokenizer. Build it with `from_file`, `from_preset`, `from_keras_assets`, or directly.
+
+    Args:
+        vocab: dict {token string: id} of the BPE model (byte-level strings, e.g. "Ġworld").
+        merges: list of (left, right) token-string pairs, highest priority first.
+        added_tokens: list of dicts with at least "content" and "id", optionally "special"
+            (default True) and "normalized" (default: not special), as in tokenizer.json.
+            Default: the four BLOOM specials that are present in `vocab`.
+        source: a name for error messages (usually the file the tokenizer came from).
+
+    Attributes: `unk_token_id`, `start_token_id` (= `bos_token_id`), `end_token_id`
+    (= `eos_token_id`), `pad_token_id`: the ids of `<unk> <s> </s> <pad>`, or None if absent.
+    """
+
+    def __init__(self, vocab: dict, merges: list, added_tokens=None, source: str = "<in memory>"):
+        self.source = str(source)
+        self._vocab = dict(vocab)
+        self._merges = [tuple(m) for m in merges]
+        if added_tokens is None:
+            added_tokens = [{"content": t, "id": vocab[t], "special": True} for t in SPECIAL_TOKENS if t in vocab]
+        self._added = [self._check_added(t) for t in added_tokens]
+
+        # id -> token string over the model vocab and the added tokens.
+        self._token_to_id = dict(self._vocab)
+        for t in self._added:
+            self._token_to_id[t["content"]] = t["id"]
+        size = max(self._token_to_id.values(), default=-1) + 1
+        self._id_to_token = [None] * size
+        for token, i in self._token_to_id.items():
+            self._id_to_token[i] = token
+        self._special_ids = frozenset(t["id"] for t in self._added if t["special"])
+
+        # Added-token matchers, longest alternative first so that each match is leftmost-longest.
+        def matcher(tokens):
+            tokens = sorted(tokens, key=len, reverse=True)
+            return regex.compile("|".join(regex.escape(t) for t in tokens)) if tokens else None
+
+        self._match_raw = matcher([t["content"] for t in self._added if not t["normalized"]])
+        self._match_normalized = matcher([t["content"] for t in self._added if t["normalized"]])
+
+        self._tables = self._build_tables()
+        char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
+        self._id_bytes = [b"" if t is None else _token_bytes(t, char_to_byte) for t in self._id_to_token]
+
+        self.unk_token_id = self._token_to_id.get("<unk>")
+        self.start_token_id = self.bos_token_id = self._token_to_id.get("<s>")
+        self.end_token_id = self.eos_token_id = self._token_to_id.get("</s>")
+        self.pad_token_id = self._token_to_id.get("<pad>")
+
+    def _check_added(self, token: dict) -> dict:
+        where = f"{self.source}: added token {token.get('content')!r}"
+        if not isinstance(token.get("content"), str) or not token["content"] or not isinstance(token.get("id"), int):
+            raise TokenizerError(f"{where}: expected a non-empty string 'content' and an integer 'id', found {token}")
+        for flag in ("single_word", "lstrip", "rstrip"):
+            if token.get(flag, False):
+                raise TokenizerError(f"{where}: '{flag}' is true; minibloom supports only false (as in BLOOM's file)")
+        content, i = token["content"], token["id"]
+        if content in self._vocab and self._vocab[content] != i:
+            raise TokenizerError(f"{where}: id {i} differs from its id {self._vocab[content]} in model.vocab")
+        special = bool(token.get("special", True))
+        return {"content": content, "id": i, "special": special, "normalized": bool(token.get("normalized", not special))}
+
+    def _build_tables(self) -> bpe.BpeTables:
+        byte_ids = np.array([self._vocab.get(c, -1) for c in bytes_to_unicode().values()], dtype=np.int64)
+        left, right, into = [], [], []
+        for rank, (a, b) in enumerate(self._merges):
+            for part in (a, b, a + b):
+                if part not in self._vocab:
+                    raise TokenizerError(f"{self.source}: merge {rank} ({a!r} {b!r}) uses {part!r}, which is not in model.vocab")
+            left.append(self._vocab[a])
+            right.append(self._vocab[b])
+            into.append(self._vocab[a + b])
+        return bpe.build_tables(byte_ids, left, right, into)
+
+    # --- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path) -> "BloomTokenizer":
+        """Load an HF `tokenizer.json`, checking that it describes BLOOM's pipeline."""
+        path = Path(path)
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TokenizerError(f"{path}: no such tokenizer file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise TokenizerError(f"{path}: not a readable JSON tokenizer file ({e})") from None
+        vocab, merges, added = _parse_tokenizer_json(spec, path)
+        return cls(vocab, merges, added, source=path)
+
+    @classmethod
+    def from_keras_assets(cls, vocabulary_path, merges_path) -> "BloomTokenizer":
+        """Load keras-hub's `vocabulary.json` ({token: id}) and `merges.txt` (one "a b" per line).
+
+        keras-hub registers only `<s> </s> <pad>` as unsplittable; minibloom registers all four
+        BLOOM specials present in the vocabulary, so that the ids equal HF's (HF matches `<unk>` too).
+        """
+        vocabulary_path, merges_path = Path(vocabulary_path), Path(merges_path)
+        try:
+            vocab = json.loads(vocabulary_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise TokenizerError(f"{vocabulary_path}: not a readable vocabulary JSON file ({e})") from None
+        _check_vocab(vocab, vocabulary_path)
+        try:
+            lines = merges_path.read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TokenizerError(f"{merges_path}: not a readable merges file ({e})") from None
+        merges = []
+        for n, line in enumerate(lines, 1):
+            if not line or line.startswith("#version"):
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not all(parts):
+                raise TokenizerError(f"{merges_path}, line {n}: expected two tokens separated by one space, found {line!r}")
+            merges.append(tuple(parts))
+        return cls(vocab, merges, None, source=vocabulary_path.parent)
+
+    @classmethod
+    def from_preset(cls, dir_or_name) -> "BloomTokenizer":
+        """Load from a directory holding `tokenizer.json`, or keras-hub assets (`vocabulary.json` +
+        `merges.txt`, directly or under `assets/tokenizer/`). Anything that is not a directory (a
+        preset name, `hf://org/name`) is resolved to a model directory by `minibloom.presets.resolve`."""
+        path = Path(dir_or_name).expanduser()
+        if not path.is_dir():
+            from minibloom.presets import resolve
+
+            path = Path(resolve(str(dir_or_name)))
+        if (path / "tokenizer.json").is_file():
+            return cls.from_file(path / "tokenizer.json")
+        for assets in (path, path / "assets" / "tokenizer"):
+            if (assets / "vocabulary.json").is_file() and (assets / "merges.txt").is_file():
+                return cls.from_keras_assets(assets / "vocabulary.json", assets / "merges.txt")
+        raise PresetNotFoundError(
+            f"{path}: expected tokenizer.json, or vocabulary.json + merges.txt (keras-hub assets), found neither"
+        )
+
+    # --- saving --------------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        """The HF `tokenizer.json` content: BLOOM's pipeline, merges as "a b" strings like BLOOM's file."""
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [
+                {
+                    "id": t["id"],
+                    "content": t["content"],
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": t["normalized"],
+                    "special": t["special"],
+                }
+                for t in sorted(self._added, key=lambda t: t["id"])
+            ],
+            "normalizer": None,
+            "pre_tokenizer": {
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": bpe.BLOOM_SPLIT_REGEX}, "behavior": "Isolated", "invert": False},
+                    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+                ],
+            },
+            "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": False},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": False},
+            "model": {
+                "type": "BPE",
+                "dropout": None,
+                "unk_token": None,
+                "continuing_subword_prefix": None,
+                "end_of_word_suffix": None,
+                "fuse_unk": False,
+                "byte_fallback": False,
+                "ignore_merges": False,
+                "vocab": self._vocab,
+                "merges": [f"{a} {b}" for a, b in self._merges],
+            },
+        }
+
+    def save(self, path) -> Path:
+        """Write an HF `tokenizer.json` (atomically). `path` may be a file or a directory."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        _write_atomic(path, json.dumps(self.to_json(), ensure_ascii=False, indent=None))
+        return path
+
+    def save_keras_assets(self, directory) -> tuple:
+        """Write keras-hub's `vocabulary.json` and `merges.txt` into `directory` (atomically each)."""
+        directory = Path(directory)
+        vocab_path, merges_path = directory / "vocabulary.json", directory / "merges.txt"
+        _write_atomic(vocab_path, json.dumps(self._token_to_id, ensure_ascii=False))
+        _write_atomic(merges_path, "".join(f"{a} {b}\n" for a, b in self._merges))
+        return vocab_path, merges_path
+
+    # --- encoding ------------------------------------------------------------------------------
+
+    def _split_added(self, text: str) -> list:
+        """[(segment, id or None)]: added tokens (id) and the ordinary text between them (None)."""
+        parts = [(text, None)] if text else []
+        for matcher in (self._match_raw, self._match_normalized):
+            if matcher is None:
+                continue
+            split = []
+            for segment, token_id in parts:
+                if token_id is not None:
+                    split.append((segment, token_id))
+                    continue
+                start = 0
+                for m in matcher.finditer(segment):
+                    if m.start() > start:
+                        split.append((segment[start : m.start()], None))
+                    split.append((m.group(), self._token_to_id[m.group()]))
+                    start = m.end()
+                if start < len(segment):
+                    split.append((segment[start:], None))
+            parts = split
+        return parts
+
+    def encode(self, text: str) -> list:
+        """Token ids of `text` (no BOS/EOS added, as in HF for BLOOM)."""
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts) -> list:
+        """`encode` over a list of strings (all ordinary text goes to the BPE kernel in one call)."""
+        if isinstance(texts, str):
+            raise ArgumentError("encode_batch: texts must be a list of str, found a single str (use encode)")
+        split = []  # per text: [(segment, added-token id or None)]
+        for n, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ArgumentError(f"encode: text {n} must be a str, found {type(text).__name__}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ArgumentError(f"encode: text {n} is not valid Unicode (lone surrogate at index {e.start})") from None
+            split.append(self._split_added(text))
+        ordinary = iter(bpe.encode_ordinary_batch([seg for parts in split for seg, i in parts if i is None], self._tables))
+        out = []
+        for parts in split:
+            ids = []
+            for _, token_id in parts:
+                if token_id is None:
+                    ids.extend(next(ordinary))
+                else:
+                    ids.append(token_id)
+            out.append(ids)
+        return out
+
+    def tokenize(self, text):
+        """keras-hub name: ids of a string, or a list of id lists for a list of strings."""
+        return self.encode(text) if isinstance(text, str) else self.encode_batch(text)
+
+    __call__ = tokenize
+
+    def pieces(self, text: str) -> list:
+        """The token strings of `text` (byte-level spelling, e.g. 'Ġworld'), like HF's `tokens`."""
+        return [self._id_to_token[i] for i in self.encode(text)]
+
+    # --- decoding ------------------------------------------------------------------------------
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Text of a sequence of ids. Ids >= `vocabulary_size()` decode to nothing (see module doc)."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise ArgumentError(f"decode: ids must be a 1-D sequence of integers, found shape {ids.shape} dtype {ids.dtype}")
+        if ids.size and ids.min() < 0:
+            raise ArgumentError(f"decode: ids must be >= 0, found {int(ids.min())}")
+        table, size = self._id_bytes, len(self._id_bytes)
+        skip = self._special_ids if skip_special_tokens else ()
+        data = b"".join(table[i] for i in ids.tolist() if i < size and i not in skip)
+        return data.decode("utf-8", errors="replace")
+
+    def decode_batch(self, batch, skip_special_tokens: bool = False) -> list:
+        """`decode` over a list of id sequences (or a 2-D array)."""
+        return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+    def detokenize(self, ids):
+        """keras-hub name: text of one id sequence, or a list of texts for a batch (2-D)."""
+        if len(ids) and np.ndim(ids[0]) == 1:
+            return self.decode_batch(ids)
+        return self.decode(ids)
+
+    # --- vocabulary ----------------------------------------------------------------------------
+
+    def vocabulary_size(self) -> int:
+        """Number of ids (max id + 1, added tokens included): 250680 for BLOOM."""
+        return len(self._id_to_token)
+
+    def get_vocabulary(self) -> list:
+        """Token strings by id (None for an unused id)."""
+        return list(self._id_to_token)
+
+    def id_to_token(self, token_id: int):
+        """Token string of an id, or None when the id is not a token (HF returns None too)."""
+        if not 0 <= int(token_id) < len(self._id_to_token):
+            return None
+        return self._id_to_token[int(token_id)]
+
+    def token_to_id(self, token: str):
+        """Id of a token string (byte-level spelling, or an added token's content), or None."""
+        return self._token_to_id.get(token)
+
+    def __repr__(self):
+        return f"BloomTokenizer({self.vocabulary_size()} tokens, {len(self._merges)} merges, from {self.source})"
+
+
+def default_tokenizer_path() -> Path:
+    """tokenizer.json of the project's default model (`minibloom.presets.default_model_dir()`, the
+    model shipped under weights/). Used by the CLI when no --tokenizer is given."""
+    from minibloom.presets import default_model_dir
+
+    try:
+        directory = default_model_dir()
+    except PresetNotFoundError as e:
+        raise TokenizerError(f"no tokenizer given and no default model ({e}); pass --tokenizer PATH") from None
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise TokenizerError(f"no tokenizer given and the default model {directory} has no tokenizer.json; pass --tokenizer PATH")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenizer.json validation
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_vocab(vocab, path) -> None:
+    if not isinstance(vocab, dict) or not all(isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in vocab.items()):
+        raise TokenizerError(f"{path}: vocab must be an object {{token string: id >= 0}}")
+    if len(set(vocab.values())) != len(vocab):
+        raise TokenizerError(f"{path}: vocab maps two tokens to the same id")
+
+
+def _differs(path, part: str, expected: str, found) -> TokenizerError:
+    return TokenizerError(f"{path}: not BLOOM's pipeline: {part} should be {expected}, found {json.dumps(found, ensure_ascii=False)}")
+
+
+def _parse_tokenizer_json(spec, path):
+    """Check every part of a tokenizer.json against BLOOM's pipeline; return (vocab, merges, added)."""
+    if not isinstance(spec, dict) or "model" not in spec:
+        raise TokenizerError(f"{path}: not an HF tokenizer.json (no 'model' key)")
+    for key in ("truncation", "padding"):
+        if spec.get(key) is not None:
+            raise _differs(path, key, "null (minibloom does not truncate or pad in the tokenizer)", spec[key])
+    if spec.get("normalizer") is not None:
+        raise _differs(path, "normalizer", "null", spec["normalizer"])
+
+    pre = spec.get("pre_tokenizer")
+    expected_pre = f'Sequence[Split(Regex "{bpe.BLOOM_SPLIT_REGEX}", Isolated), ByteLevel(add_prefix_space=false, use_regex=false)]'
+    steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else None
+    if not isinstance(steps, list) or len(steps) != 2 or not all(isinstance(s, dict) for s in steps):
+        raise _differs(path, "pre_tokenizer", expected_pre, pre)
+    split, byte_level = steps
+    if (
+        split.get("type") != "Split"
+        or split.get("pattern") != {"Regex": bpe.BLOOM_SPLIT_REGEX}
+        or split.get("behavior") != "Isolated"
+        or split.get("invert", False)
+    ):
+        raise _differs(path, "pre_tokenizer's Split", f'Split(Regex "{bpe.BLOOM_SPLIT_REGEX}", behavior Isolated, invert false)', split)
+    if byte_level.get("type") != "ByteLevel" or byte_level.get("add_prefix_space") or byte_level.get("use_regex", True):
+        raise _differs(path, "pre_tokenizer's ByteLevel", "ByteLevel(add_prefix_space=false, use_regex=false)", byte_level)
+
+    post = spec.get("post_processor")
+    if post is not None and post.get("type") != "ByteLevel":
+        raise _differs(path, "post_processor", "null or ByteLevel (BLOOM adds no tokens)", post)
+    decoder = spec.get("decoder")
+    if not isinstance(decoder, dict) or decoder.get("type") != "ByteLevel":
+        raise _differs(path, "decoder", "ByteLevel", decoder)
+
+    model = spec["model"]
+    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE":
+        raise _differs(path, "model", "BPE", model.get("type") if isinstance(model, dict) else model)
+    if model.get("dropout") not in (None, 0, 0.0):
+        raise _differs(path, "model.dropout", "null", model["dropout"])
+    for key, ok in (("continuing_subword_prefix", None), ("end_of_word_suffix", None), ("byte_fallback", False), ("ignore_merges", False)):
+        if model.get(key) not in (ok, None, "", False):
+            raise _differs(path, f"model.{key}", json.dumps(ok), model[key])
+    vocab = model.get("vocab")
+    _check_vocab(vocab, path)
+    if model.get("unk_token") is not None and any(c not in vocab for c in bytes_to_unicode().values()):
+        raise _differs(path, "model.unk_token", "null (or a vocab holding all 256 byte tokens, so it is never used)", model["unk_token"])
+
+    merges = []
+    for rank, m in enumerate(model.get("merges") or []):
+        if isinstance(m, str) and len(m.split(" ")) == 2:
+            merges.append(tuple(m.split(" ")))
+        elif isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m):
+            merges.append(tuple(m))
+        else:
+            raise TokenizerError(f'{path}: model.merges[{rank}] should be "a b" or ["a", "b"], found {json.dumps(m, ensure_ascii=False)}')
+
+    added = spec.get("added_tokens") or []
+    if not isinstance(added, list) or not all(isinstance(t, dict) for t in added):
+        raise TokenizerError(f"{path}: added_tokens should be a list of objects")
+    return vocab, merges, added

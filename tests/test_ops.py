@@ -1,0 +1,205 @@
+"""ops.py and kernels/attention.py: every backward against float64 central differences,
+ALiBi slopes/positions against known values, and each numba kernel against its NumPy twin."""
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+from minibloom import losses, ops
+from minibloom.kernels import attention as attention_kernels
+
+EPS = 1e-6  # central-difference step (float64)
+GRAD_ATOL, GRAD_RTOL = 1e-7, 1e-6  # analytic vs numeric, float64
+TWIN_ATOL = 2e-6  # numba vs NumPy twin, float32 (tanh/exp may differ in the last ulp)
+
+
+def numeric_grad(f, x, eps=EPS):
+    """d f() / d x by central differences, perturbing x in place entry by entry (f reads x)."""
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        up = f()
+        x[i] = old - eps
+        down = f()
+        x[i] = old
+        g[i] = (up - down) / (2 * eps)
+    return g
+
+
+def check_backward(name, forward, backward, inputs, seed=0):
+    """Project the output on a random r, then compare backward(r) with numeric gradients of sum(r * out)."""
+    out, cache = forward(*inputs)
+    r = np.random.default_rng(seed).standard_normal(out.shape)
+    grads = backward(r, cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    for j, (x, g) in enumerate(zip(inputs, grads)):
+        if g is None:
+            continue
+        num = numeric_grad(lambda: float((forward(*inputs)[0] * r).sum()), x)
+        assert_close(f"{name} d(input {j})", g, num, GRAD_ATOL, GRAD_RTOL)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_embedding_backward_accumulates_repeated_ids(rng):
+    E = rng.standard_normal((7, 4))
+    ids = np.array([[1, 3, 1], [1, 6, 0]])  # id 1 three times
+    check_backward("embedding", lambda E: ops.embedding_forward(ids, E), ops.embedding_backward, (E,))
+
+
+def test_layernorm_backward(rng):
+    x, w, b = rng.standard_normal((2, 3, 5)) * 2 + 1, rng.standard_normal(5), rng.standard_normal(5)
+    check_backward("layernorm", lambda x, w, b: ops.layernorm_forward(x, w, b, 1e-5), ops.layernorm_backward, (x, w, b))
+
+
+def test_linear_backward(rng):
+    x, W, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((6, 4)), rng.standard_normal(6)
+    check_backward("linear", ops.linear_forward, ops.linear_backward, (x, W, b))
+
+
+def test_gelu_backward(rng):
+    x = rng.standard_normal((3, 7)) * 3
+    check_backward("gelu", ops.gelu_forward, ops.gelu_backward, (x,))
+
+
+def test_dropout_backward_reuses_the_mask(rng):
+    x = rng.standard_normal((4, 6))
+    keep_rng = lambda: np.random.default_rng(5)  # noqa: E731  same mask on every call
+    check_backward("dropout", lambda x: ops.dropout_forward(x, 0.3, keep_rng()), ops.dropout_backward, (x,))
+    y, cache = ops.dropout_forward(x, 0.3, keep_rng())
+    assert cache.keep is not None and 0 < cache.keep.mean() < 1
+    assert np.array_equal(y[~cache.keep], np.zeros((~cache.keep).sum()))
+    assert ops.dropout_forward(x, 0.0, None)[0] is x
+
+
+def _attention_inputs(rng, B=2, H=3, T=4, P=2, D=5):
+    S = P + T
+    q, k, v = rng.standard_normal((B, H, T, D)), rng.standard_normal((B, H, S, D)), rng.standard_normal((B, H, S, D))
+    mask = np.ones((B, S), dtype=bool)
+    mask[0, :2] = False  # left padding
+    mask[1, 3] = False  # a hole
+    alibi = ops.alibi_bias(mask, ops.alibi_slopes(H)).astype(np.float64)
+    return q, k, v, alibi, ops.attention_visibility(mask, T)
+
+
+@pytest.mark.parametrize("numba", ["1", "0"])
+@pytest.mark.parametrize("p", [0.0, 0.4])
+def test_attention_backward(rng, monkeypatch, p, numba):
+    monkeypatch.setenv("MINIBLOOM_NUMBA", numba)
+    q, k, v, alibi, visible = _attention_inputs(rng)
+    fwd = lambda q, k, v: ops.attention_forward(q, k, v, alibi, visible, p, np.random.default_rng(3))  # noqa: E731
+    check_backward("attention", fwd, ops.attention_backward, (q, k, v))
+
+
+def test_qkv_split_is_head_interleaved_and_merge_inverts_it(rng):
+    B, T, H, D = 2, 3, 4, 5
+    fused = rng.standard_normal((B, T, 3 * H * D))
+    q, k, v = ops.split_heads(fused, H)
+    # head h's query is fused rows [h*3D, h*3D + D), its key the next D, its value the next D
+    assert np.array_equal(q[:, 1], fused[:, :, 3 * D : 4 * D])
+    assert np.array_equal(k[:, 1], fused[:, :, 4 * D : 5 * D])
+    assert np.array_equal(v[:, 2], fused[:, :, 8 * D : 9 * D])
+    assert np.array_equal(ops.merge_qkv_grads(q, k, v), fused)
+    ctx = rng.standard_normal((B, H, T, D))
+    assert np.array_equal(ops.split_merged_grad(ops.merge_heads(ctx), H), ctx)
+
+
+def test_alibi_slopes_known_values():
+    assert_close("H=16", ops.alibi_slopes(16), 2.0 ** (-np.arange(1, 17) / 2), 0, 1e-7)
+    twelve = [2.0 ** (-k) for k in range(1, 9)] + [2.0 ** (-k / 2) for k in (1, 3, 5, 7)]
+    assert_close("H=12", ops.alibi_slopes(12), twelve, 0, 1e-7)
+    six = [2.0 ** (-2 * k) for k in range(1, 5)] + [2.0 ** (-k) for k in (1, 3)]
+    assert_close("H=6", ops.alibi_slopes(6), six, 0, 1e-7)
+    assert ops.alibi_slopes(112).shape == (112,) and ops.alibi_slopes(6).dtype == np.float32
+
+
+def test_alibi_positions_skip_pads():
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 0, 0, 1]], dtype=bool)
+    bias = ops.alibi_bias(mask, np.array([1.0, 0.5], dtype=np.float32))
+    assert np.array_equal(bias[0, 0], [0, 0, 0, 1, 2])  # left padding restarts at 0
+    assert np.array_equal(bias[1, 0], [0, 1, 0, 0, 2])  # a hole is skipped: distance 2, not 4
+    assert np.array_equal(bias[1, 1], [0, 0.5, 0, 0, 1])
+
+
+def test_visibility_is_causal_over_the_cached_past():
+    mask = np.array([[0, 1, 1, 1, 1]], dtype=bool)
+    vis = ops.attention_visibility(mask, T=2)  # 3 cached, 2 new: queries at absolute 3 and 4
+    assert vis.tolist() == [[[False, True, True, True, False], [False, True, True, True, True]]]
+
+
+@pytest.mark.parametrize("reduction", losses.REDUCTIONS)
+def test_cross_entropy_backward(rng, reduction):
+    logits = rng.standard_normal((2, 3, 5))
+    y = np.array([[1, 4, -100], [0, 0, 2]])
+    w = rng.uniform(0, 2, size=(2, 3))
+
+    def forward(z):  # the loss as a 0-d array, so check_backward can project it
+        loss, cache = losses.softmax_cross_entropy_forward(z, y, w, reduction)
+        return np.array(loss), cache
+
+    check_backward("cross-entropy", forward, lambda r, cache: losses.softmax_cross_entropy_backward(float(r), cache), (logits,))
+
+
+def test_cross_entropy_reductions_differ_by_the_weight_sum(rng):
+    logits = rng.standard_normal((2, 4, 6)).astype(np.float32)
+    y = rng.integers(0, 6, size=(2, 4))
+    w = np.array([[0, 1, 1, 1], [1, 1, 0, 0]], dtype=np.float32)
+    mean, _ = losses.softmax_cross_entropy_forward(logits, y, w, "mean")
+    keras, _ = losses.softmax_cross_entropy_forward(logits, y, w, "sum_over_batch_size")
+    assert keras == pytest.approx(mean * w.sum() / w.size, rel=1e-6)
+    # HF's definition: mean over counted targets of -log softmax
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, y[..., None], -1)[..., 0]
+    assert mean == pytest.approx(float(ce[w > 0].mean()), rel=1e-6)
+
+
+# --- numba twins ---------------------------------------------------------------------------------
+
+
+def _both(monkeypatch, f):
+    monkeypatch.setenv("MINIBLOOM_NUMBA", "1")
+    a = f()
+    monkeypatch.setenv("MINIBLOOM_NUMBA", "0")
+    b = f()
+    return a, b
+
+
+def test_gelu_uses_hf_constant_and_order():
+    x = np.linspace(-6, 6, 101, dtype=np.float32)
+    expected = x * 0.5 * (1.0 + np.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))  # HF's expression
+    y = ops.gelu_forward(x)[0]
+    assert y.dtype == np.float32
+    assert_close("gelu vs HF expression", y, expected, 1e-7)
+
+
+def test_attention_numba_matches_plain(rng, monkeypatch):
+    q, k, v, alibi, visible = (a.astype(np.float32) if a.dtype == np.float64 else a for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8))
+    (pa, ca), (pb, cb) = _both(monkeypatch, lambda: attention_kernels.attention(q, k, v, alibi, visible, 0.125))
+    assert pa.dtype == pb.dtype == ca.dtype == cb.dtype == np.float32
+    assert_close("probs numba vs plain", pa, pb, TWIN_ATOL)
+    assert_close("ctx numba vs plain", ca, cb, TWIN_ATOL)
+    assert_close("rows sum to 1", pa.sum(-1), np.ones(pa.shape[:-1]), 1e-6)
+    assert (pa[~np.broadcast_to(visible[:, None], pa.shape)] == 0).all()
+    # keys read from a KVCache are strided views; the loop must give the same result on them
+    big_k, big_v = np.zeros((2, 4, 12, 8), np.float32), np.zeros((2, 4, 12, 8), np.float32)
+    big_k[:, :, :9], big_v[:, :, :9] = k, v
+    monkeypatch.setenv("MINIBLOOM_NUMBA", "1")
+    pc, cc = attention_kernels.attention(q, big_k[:, :, :9], big_v[:, :, :9], alibi, visible, 0.125)
+    assert np.array_equal(pc, pa) and np.array_equal(cc, ca)
+
+
+def test_attention_backward_numba_matches_plain(rng, monkeypatch):
+    q, k, v, alibi, visible = (a.astype(np.float32) if a.dtype == np.float64 else a for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8))
+    visible = visible.copy()
+    visible[0, 0, :] = False  # a query with no visible key (a left pad): uniform over all keys
+    probs, _ = attention_kernels.attention(q, k, v, alibi, visible, 0.125)
+    assert_close("uniform row", probs[0, :, 0], np.full((4, 9), 1 / 9), 1e-7)
+    dctx = rng.standard_normal(q.shape).astype(np.float32)
+    a, b = _both(monkeypatch, lambda: attention_kernels.attention_backward(dctx, q, k, v, probs, 0.125))
+    for name, x, y in zip(("dq", "dk", "dv"), a, b):
+        assert x.dtype == y.dtype == np.float32
+        assert_close(f"{name} numba vs plain", x, y, TWIN_ATOL)
