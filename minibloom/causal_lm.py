@@ -70,47 +70,82 @@ class BloomCausalLM:
                 from minibloom.tokenizer import BloomTokenizer
 
                 preprocessor = BloomCausalLMPreprocessor(BloomTokenizer.from_file(directory / "tokenizer.json"))
+        tokenizer = getattr(preprocessor, "tokenizer", None)
+        if tokenizer is not None and tokenizer.vocabulary_size() > config.vocab_size:
+            from minibloom.errors import ConfigError
+
+            # an id past the embedding's last row would have no vector: refuse the pair up front
+            raise ConfigError(
+                f"{directory / 'config.json'}: vocab_size {config.vocab_size} is smaller than the tokenizer's "
+                f"{tokenizer.vocabulary_size()} ids; expected vocab_size >= the tokenizer's size"
+            )
         return cls(backbone, preprocessor)
 
     def save_to_preset(self, directory, dtype="float32", max_shard_bytes=None):
         """Write config.json, model.safetensors (and tokenizer.json) into `directory`, atomically.
 
-        Everything is written into a temporary sibling directory that is renamed into place at the
-        end, so `directory` never holds a half-written model. An existing `directory` is replaced
-        only if it is empty or a model directory (holds config.json); anything else is refused,
-        so a mistyped path cannot delete unrelated files.
+        Everything is written into a temporary sibling directory .NAME.<random>.tmp, flushed to
+        disk (fsync) and renamed into place at the end, so `directory` never holds a half-written
+        model. An existing model is first renamed to .NAME.<random>.old/model and deleted only
+        once the new one is in place. A writer killed between those two renames leaves no
+        `directory` for an instant; the next save_to_preset puts the old model back before
+        anything else, and removes the leftovers of killed writers. An existing `directory` is
+        replaced only if it is empty or a model directory (holds config.json); anything else is
+        refused, so a mistyped path cannot delete unrelated files. A disk-full or permission
+        error raises CheckpointError naming the path, with `directory` unchanged.
         transformers' `BloomForCausalLM.from_pretrained(directory)` loads the result.
         `dtype` is the stored dtype ("float32", "float16" or "bfloat16").
         """
+        import glob
         import os
         import shutil
         import tempfile
         from pathlib import Path
 
-        from minibloom.checkpoint import save_params
-        from minibloom.errors import ArgumentError
+        from minibloom.checkpoint import fsync_directory, save_params, write_bytes_atomic
+        from minibloom.errors import ArgumentError, CheckpointError
 
         directory = Path(directory).expanduser()
+        parent, hidden = directory.parent, f".{glob.escape(directory.name)}."
+        if not directory.exists():  # a writer killed between its two renames: restore the old model
+            for old in sorted(parent.glob(hidden + "*.old")):
+                if (old / "model" / "config.json").is_file():
+                    os.replace(old / "model", directory)
+                    break
+        for leftover in [*parent.glob(hidden + "*.tmp"), *parent.glob(hidden + "*.old")]:
+            shutil.rmtree(leftover, ignore_errors=True)
         if directory.exists() and not (
             directory.is_dir() and ((directory / "config.json").is_file() or not any(directory.iterdir()))
         ):
             raise ArgumentError(f"{directory}: exists and is not a model directory (no config.json); refusing to replace it")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+        tmp = old = None
         try:
-            (tmp / "config.json").write_text(self.backbone.config.to_json_string(), encoding="utf-8")
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name}.", suffix=".tmp"))
+            write_bytes_atomic(tmp / "config.json", self.backbone.config.to_json_string().encode("utf-8"))
             save_params(tmp, self.backbone.params, dtype=dtype, max_shard_bytes=max_shard_bytes)
             if self.tokenizer is not None:
                 self.tokenizer.save(tmp / "tokenizer.json")
+            fsync_directory(tmp)
             if directory.exists():  # swap: move the old one aside first, drop it only at the end
-                old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".old"))
+                old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name}.", suffix=".old"))
                 os.replace(directory, old / "model")
                 os.replace(tmp, directory)
-                shutil.rmtree(old)
+                fsync_directory(parent)
+                shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, directory)
+                fsync_directory(parent)
+        except (OSError, CheckpointError) as e:
+            if old is not None and not directory.exists():  # the second rename failed: undo the first
+                os.replace(old / "model", directory)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            detail = str(e) if not isinstance(e, OSError) else ": ".join(str(x) for x in (e.strerror or e, e.filename) if x)
+            raise CheckpointError(f"{directory}: cannot save the model ({detail}); {directory} is unchanged") from None
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
         return directory
 

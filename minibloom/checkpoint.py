@@ -17,8 +17,9 @@ Covers:
     `word_embeddings.weight`, so a present head must equal the embedding);
   * validation against a `BloomConfig`: missing, unexpected or mis-shaped tensors raise
     `CheckpointError` naming the tensor, the expected and the found shape;
-  * writing: F32/F16/BF16, optionally sharded by size, each file written to a temporary name and
-    moved into place with `os.replace`, so a crash never leaves a half-written file.
+  * writing: F32/F16/BF16, optionally sharded by size, each file written to a temporary name,
+    flushed to disk (fsync) and moved into place with `os.replace`, so a crash never leaves a
+    half-written file.
 
 The in-memory dtype (`load_params(..., dtype=...)`), agreed with model.py:
   * "float32" (default): every tensor converted to a C-contiguous float32 array. An F32 file
@@ -32,10 +33,12 @@ Leaves out: PyTorch `.bin` files (never unpickled: unpickling runs arbitrary cod
 """
 
 import json
+import math
 import mmap
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,9 @@ _STORED = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2
 _SAVE_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _LOAD_DTYPES = ("float32", "float16")
 _MAX_HEADER = 100 * 1024 * 1024  # the reference implementation refuses headers above 100 MB
+_MAX_NDIM = 32  # numpy allows 64 dimensions; no real checkpoint comes near either
+_MAX_DIM = 1 << 48  # a larger dimension cannot describe bytes in any file (and keeps reshape safe)
+_NONFINITE = ("error", "warn", "ignore")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,11 +98,28 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 
+def _json_error(e: Exception) -> str:
+    """A short reason for a json.loads failure (bad syntax, absurd nesting, an enormous number)."""
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def read_header(path) -> tuple[dict, int]:
     """Parse and validate a safetensors header.
 
     Returns ({name: {"dtype", "shape", "data_offsets"}}, data_start) where data_start is the file
     offset of the first tensor byte. Raises CheckpointError naming the file and the tensor.
+
+    Everything is checked against the file size before anything is allocated or mapped: the
+    header length (at most 100 MB, like the reference reader), each tensor's dtype, shape (at
+    most _MAX_NDIM non-negative dimensions) and data_offsets (inside the data section, matching
+    shape * itemsize, no two tensors overlapping). A header claiming a 2**40-element tensor is
+    rejected by arithmetic on Python ints, never by trying to allocate it.
     """
     path = Path(path)
     try:
@@ -115,32 +138,50 @@ def read_header(path) -> tuple[dict, int]:
         raise CheckpointError(f"{path}: weights file not found") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a directory, expected a .safetensors file") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read weights file ({e.strerror or e})") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({_json_error(e)})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header must be a JSON object, found {type(header).__name__}")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: __metadata__ must be a JSON object of strings, found {type(metadata).__name__}")
     data_start = 8 + n
     data_size = size - data_start
+    spans = []  # (begin, end, name) of every non-empty tensor, to find overlaps
     for name, info in header.items():
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-            raise CheckpointError(f"{path}: tensor {name!r} header entry needs dtype, shape and data_offsets, found {info!r}")
+            raise CheckpointError(f"{path}: tensor {name!r} header entry needs dtype, shape and data_offsets, found {info!r:.200}")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _STORED:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r}; minibloom reads {sorted(_STORED)}")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise CheckpointError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
+        if not isinstance(dtype, str) or dtype not in _STORED:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r:.50}; minibloom reads {sorted(_STORED)}")
+        if not (
+            isinstance(shape, list)
+            and len(shape) <= _MAX_NDIM
+            and all(_is_int(d) and 0 <= d <= _MAX_DIM for d in shape)
+        ):
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has an invalid shape {shape!r:.200}; expected a list of at most {_MAX_NDIM} "
+                f"integers in [0, 2**48]"
+            )
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise CheckpointError(f"{path}: tensor {name!r} has data_offsets {offsets!r:.200}; expected [begin, end] integers")
         begin, end = offsets
-        nbytes = int(np.prod(shape, dtype=np.int64)) * _STORED[dtype].itemsize
+        nbytes = math.prod(shape) * _STORED[dtype].itemsize  # Python ints: no overflow, no allocation
         if not (0 <= begin <= end <= data_size) or end - begin != nbytes:
             raise CheckpointError(
                 f"{path}: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes, but data_offsets {offsets} "
                 f"give {end - begin} within a {data_size}-byte data section (file truncated or corrupt?)"
             )
+        if end > begin:
+            spans.append((begin, end, name))
+    spans.sort()
+    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+        if begin_b < end_a:
+            raise CheckpointError(f"{path}: tensors {a!r} and {b!r} overlap in the data section (bytes {begin_b}..{end_a})")
     return header, data_start
 
 
@@ -167,18 +208,55 @@ def read_safetensors(path) -> dict[str, tuple[str, np.ndarray]]:
     return tensors
 
 
+def fsync_directory(directory) -> None:
+    """Flush a directory's entries (the names created or renamed in it) to disk.
+
+    A rename is durable only once its directory is flushed. Windows cannot open a directory
+    for this; there the call does nothing.
+    """
+    if os.name == "nt":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(path: Path, write) -> None:
-    """Call write(file) on a temporary file next to `path`, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Call write(file) on a temporary file next to `path`, then move it into place.
+
+    The order is what makes a crash (even a power cut) harmless: write the temporary file,
+    flush it to disk (fsync), rename it over `path`, flush the directory. Before the rename the
+    old `path` is untouched; after it `path` has the complete new bytes, never an empty or
+    partial file. An OSError (disk full, no permission) becomes a CheckpointError naming `path`;
+    whatever was at `path` before is then unchanged.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Write `data` to `path` atomically and durably (see `_atomic_write`)."""
+    _atomic_write(Path(path), lambda f: f.write(data))
 
 
 def _encode(name: str, x: np.ndarray, dtype: str) -> np.ndarray:
@@ -232,24 +310,47 @@ then load "{dir}-safetensors"."""
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
 
 
+def _shard_roots(directory: Path) -> list[Path]:
+    """Where the real files of a checkpoint's shards may live once symlinks are followed.
+
+    The directory itself; and for an HF hub cache snapshot (`models--org--name/snapshots/<rev>/`,
+    whose files are symlinks to `../../blobs/<hash>`) also that repository's `blobs/` folder.
+    """
+    roots = [directory.resolve()]
+    if directory.resolve().parent.name == "snapshots":
+        roots.append(directory.resolve().parent.parent / "blobs")
+    return roots
+
+
 def checkpoint_files(directory) -> list[Path]:
     """The .safetensors files making up the checkpoint in `directory` (index file first if sharded)."""
     directory = Path(directory)
     index = directory / INDEX_FILE
     if index.exists():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index (needs a JSON 'weight_map'; {e!r})") from None
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names")
+            spec = json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index, expected JSON ({_json_error(e)})") from None
+        weight_map = spec.get("weight_map") if isinstance(spec, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(
+                f"{index}: expected an object with a non-empty 'weight_map' {{tensor name: shard file}}, found "
+                f"{type(weight_map if isinstance(spec, dict) else spec).__name__}"
+            )
+        for tensor, name in weight_map.items():
+            if not isinstance(name, str):
+                raise CheckpointError(f"{index}: weight_map[{tensor!r}] should be a shard file name, found {name!r:.100}")
         names = sorted(set(weight_map.values()))
+        roots = _shard_roots(directory)
         for name in names:
-            # the index is data from the internet: refuse names that would leave the directory
-            if not isinstance(name, str) or not _SHARD_NAME.match(name) or ".." in name:
-                raise CheckpointError(f"{index}: shard file name {name!r} is not a plain *.safetensors file name")
+            # the index is data from the internet: refuse names that would leave the directory,
+            # by spelling (`../x`, `/etc/x`, `a\b`) and after following symlinks
+            if not _SHARD_NAME.fullmatch(name) or ".." in name:
+                raise CheckpointError(f"{index}: shard file name {name!r:.100} is not a plain *.safetensors file name in {directory}")
             if not (directory / name).exists():
                 raise CheckpointError(f"{index}: lists shard {name!r}, which is missing from {directory}")
+            if not any((directory / name).resolve().is_relative_to(root) for root in roots):
+                raise CheckpointError(f"{index}: shard {name!r} is a symlink leading outside {directory}; refused")
         return [directory / n for n in names]
     if (directory / SINGLE_FILE).exists():
         return [directory / SINGLE_FILE]
@@ -342,16 +443,33 @@ def _list(items, n=5) -> str:
     return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
-def load_params(path, config: BloomConfig, dtype: str = "float32") -> dict[str, np.ndarray]:
+def _first_nonfinite(x: np.ndarray):
+    """(index, value) of the first NaN/inf in x, or None. Cheap when all is well: min and max
+    propagate NaN and expose +-inf without allocating anything; only a bad tensor is searched."""
+    if x.size == 0 or (np.isfinite(x.min()) and np.isfinite(x.max())):
+        return None
+    flat = int(np.flatnonzero(~np.isfinite(x))[0])
+    idx = np.unravel_index(flat, x.shape)
+    return tuple(int(i) for i in idx), float(x[idx])
+
+
+def load_params(path, config: BloomConfig, dtype: str = "float32", nonfinite: str = "error") -> dict[str, np.ndarray]:
     """Load BLOOM parameters from a checkpoint directory (or one .safetensors file).
 
     Keys come back without the `transformer.` prefix, as in ARCHITECTURE.md. Every tensor is
     checked against `config`: a missing, unexpected or mis-shaped tensor raises CheckpointError
     naming it. `lm_head.weight`, if stored, must equal `word_embeddings.weight` (minibloom ties
     the head and would otherwise compute different logits than the checkpoint's author).
+
+    `nonfinite` says what a NaN or infinite weight does: "error" (default: raise CheckpointError
+    naming the tensor and the first bad element; a released checkpoint never holds one, so it
+    means corruption), "warn" (a RuntimeWarning, then load anyway) or "ignore" (no check; skips a
+    min+max pass over every tensor, which also reads every page of a memory-mapped F32 file).
     """
     if dtype not in _LOAD_DTYPES:
         raise ArgumentError(f"dtype: expected one of {_LOAD_DTYPES}, found {dtype!r}")
+    if nonfinite not in _NONFINITE:
+        raise ArgumentError(f"nonfinite: expected one of {_NONFINITE}, found {nonfinite!r}")
     stored = read_checkpoint(path)
     tensors = {}
     for key, value in stored.items():
@@ -393,6 +511,15 @@ def load_params(path, config: BloomConfig, dtype: str = "float32") -> dict[str, 
         params[name] = _convert(*tensors[name], dtype)
         if params[name] is not tensors[name][1]:  # converted: the mapped words are no longer needed
             _release_pages(tensors[name][1])
+        bad = None if nonfinite == "ignore" else _first_nonfinite(params[name])
+        if bad is not None:
+            msg = (
+                f"{path}: tensor {name!r} holds non-finite values (first: {bad[1]} at index {bad[0]}); "
+                f"expected finite weights (file corrupt, or saved from a diverged run)"
+            )
+            if nonfinite == "error":
+                raise CheckpointError(msg + "; pass nonfinite='warn' or 'ignore' to load it anyway")
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return params
 
 

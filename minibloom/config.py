@@ -23,6 +23,8 @@ _ALIASES = {
     "n_head": ("n_head", "num_attention_heads"),
 }
 
+_MAX_PARAMETERS = 10**12  # 5x the largest BLOOM; more is a typo, and would be a huge allocation
+
 
 @dataclass
 class BloomConfig:
@@ -84,6 +86,20 @@ class BloomConfig:
                 f"{source}: hidden_size {self.hidden_size} is not divisible by n_head {self.n_head} "
                 f"(each head gets hidden_size / n_head features)"
             )
+        if self.num_parameters() > _MAX_PARAMETERS:
+            raise ConfigError(
+                f"{source}: sizes describe {self.num_parameters():.3g} parameters (vocab_size {self.vocab_size}, "
+                f"hidden_size {self.hidden_size}, n_layer {self.n_layer}); expected at most {_MAX_PARAMETERS:.0e} "
+                f"(BLOOM-176B has 1.8e11): a typo or a corrupt config"
+            )
+        init = self.initializer_range
+        if isinstance(init, bool) or not isinstance(init, (int, float)) or not (0 <= init < math.inf):
+            raise ConfigError(f"{source}: `initializer_range` must be a finite number >= 0, found {init!r}")
+        if not isinstance(self.apply_residual_connection_post_layernorm, bool):
+            raise ConfigError(
+                f"{source}: `apply_residual_connection_post_layernorm` must be true or false, "
+                f"found {self.apply_residual_connection_post_layernorm!r}"
+            )
         eps = self.layer_norm_epsilon
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1) or not math.isfinite(eps):
             raise ConfigError(f"{source}: `layer_norm_epsilon` must be a small positive number, found {eps!r}")
@@ -105,16 +121,18 @@ class BloomConfig:
             raise ConfigError(f"{source}: expected a JSON object, found {type(d).__name__}")
         d = dict(d)
         model_type = d.pop("model_type", "bloom")
+        if not isinstance(model_type, str):
+            raise ConfigError(f"{source}: model_type must be the string 'bloom', found {model_type!r}")
         if model_type != "bloom":
             raise ConfigError(f"{source}: model_type is {model_type!r}, expected 'bloom'")
         kwargs = {}
         for name, spellings in _ALIASES.items():
             found = [s for s in spellings if s in d]
-            values = {d.pop(s) for s in found}
-            if len(values) > 1:
-                raise ConfigError(f"{source}: conflicting values for {' / '.join(found)}: {sorted(values)}")
+            values = [d.pop(s) for s in found]
+            if any(v != values[0] for v in values):  # a list, not a set: values may be unhashable junk
+                raise ConfigError(f"{source}: conflicting values for {' / '.join(found)}: {values}")
             if values:
-                kwargs[name] = values.pop()
+                kwargs[name] = values[0]
         if d.get("n_inner") is not None:
             kwargs["intermediate_size"] = d.pop("n_inner")
         own = {f.name for f in fields(cls)} - {"extra", "intermediate_size"} - set(_ALIASES)
@@ -166,8 +184,9 @@ class BloomConfig:
             raise ConfigError(f"{path}: cannot read config ({e})") from None
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: invalid JSON ({e})") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, or a number with 5000 digits
+            reason = "nested too deeply" if isinstance(e, RecursionError) else e
+            raise ConfigError(f"{path}: invalid JSON ({reason})") from None
         return cls.from_dict(d, source=str(path))
 
     def to_json_string(self) -> str:

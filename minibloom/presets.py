@@ -79,6 +79,7 @@ PRESETS = MappingProxyType(
 
 # A name a user may type: letters, digits, `.`, `_`, `-` (no path separators, no `..`).
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_MAX_PATH = 4096  # Linux PATH_MAX: a longer argument cannot name a directory
 _REPO_ID = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,95})/([A-Za-z0-9][A-Za-z0-9._-]{0,95})$")
 
 
@@ -122,7 +123,7 @@ def _hub_snapshot(repo_id: str) -> Path | None:
     ref = repo / "refs" / "main"
     if ref.is_file():
         rev = ref.read_text(encoding="utf-8").strip()
-        if _NAME.match(rev) and _is_model_dir(repo / "snapshots" / rev):
+        if _plain_name(rev) and _is_model_dir(repo / "snapshots" / rev):
             return repo / "snapshots" / rev
     snapshots = [d for d in (repo / "snapshots").glob("*") if _is_model_dir(d)]
     return max(snapshots, key=lambda d: d.stat().st_mtime) if snapshots else None
@@ -169,11 +170,11 @@ def _download(repo_id: str) -> Path:
 
 
 def _plain_name(text: str) -> bool:
-    return bool(_NAME.match(text)) and ".." not in text
+    return bool(_NAME.fullmatch(text)) and ".." not in text  # fullmatch: `$` alone lets "x\n" through
 
 
 def _repo_id(text: str) -> bool:
-    return bool(_REPO_ID.match(text)) and ".." not in text
+    return bool(_REPO_ID.fullmatch(text)) and ".." not in text
 
 
 def resolve(name_or_path) -> Path:
@@ -187,14 +188,23 @@ def resolve(name_or_path) -> Path:
         raise PresetNotFoundError(f"preset: expected a name, `hf://org/name` or a directory, found {name_or_path!r}")
 
     text = str(name_or_path)
+    if not text or "\0" in text or len(text) > _MAX_PATH:
+        raise PresetNotFoundError(
+            f"preset: expected a name, `hf://org/name` or a directory path (non-empty, no NUL byte, at most "
+            f"{_MAX_PATH} characters), found {text[:100]!r}{'...' if len(text) > 100 else ''}"
+        )
     path = Path(text).expanduser()
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as e:  # e.g. a path component longer than the file system allows
+        raise PresetNotFoundError(f"{text[:100]!r}: not a usable path ({e.strerror})") from None
+    if is_dir:
         if not _is_model_dir(path):
             raise PresetNotFoundError(f"{path}: directory has no config.json, so it is not a model directory")
         return path
     preset = find_preset(text)
     if preset is None and not _plain_name(text) and not _repo_id(text):
-        raise PresetNotFoundError(f"{text}: no such model directory")  # it was meant as a path
+        raise PresetNotFoundError(f"{text!r}: no such model directory")  # it was meant as a path
 
     # Only validated names reach the file system from here on.
     home = minibloom_home()

@@ -39,6 +39,7 @@ from minibloom.errors import ArgumentError, PresetNotFoundError, TokenizerError
 from minibloom.kernels import bpe
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # BLOOM's ids 0, 1, 2, 3
+_MAX_ID_SPREAD = 4  # ids may leave holes, but the largest id stays below 4 x tokens + 1024
 
 
 # ------------------------------------------------------------------------------------------------
@@ -78,7 +79,12 @@ def _write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a crash never exposes an empty file
         os.replace(tmp, path)
+        from minibloom.checkpoint import fsync_directory
+
+        fsync_directory(path.parent)  # the rename itself made durable
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -118,8 +124,15 @@ class BloomTokenizer:
         for t in self._added:
             self._token_to_id[t["content"]] = t["id"]
         size = max(self._token_to_id.values(), default=-1) + 1
+        if size > _MAX_ID_SPREAD * len(self._token_to_id) + 1024:  # refuse before allocating the table
+            raise TokenizerError(
+                f"{self.source}: largest id {size - 1} is far above the {len(self._token_to_id)} tokens; expected "
+                f"ids below {_MAX_ID_SPREAD} x the number of tokens + 1024 (a corrupt or hostile file?)"
+            )
         self._id_to_token = [None] * size
         for token, i in self._token_to_id.items():
+            if self._id_to_token[i] is not None:
+                raise TokenizerError(f"{self.source}: id {i} is given to two tokens, {self._id_to_token[i]!r} and {token!r}")
             self._id_to_token[i] = token
         self._special_ids = frozenset(t["id"] for t in self._added if t["special"])
 
@@ -142,8 +155,9 @@ class BloomTokenizer:
 
     def _check_added(self, token: dict) -> dict:
         where = f"{self.source}: added token {token.get('content')!r}"
-        if not isinstance(token.get("content"), str) or not token["content"] or not isinstance(token.get("id"), int):
-            raise TokenizerError(f"{where}: expected a non-empty string 'content' and an integer 'id', found {token}")
+        i = token.get("id")
+        if not isinstance(token.get("content"), str) or not token["content"] or isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise TokenizerError(f"{where}: expected a non-empty string 'content' and an integer 'id' >= 0, found {token}")
         for flag in ("single_word", "lstrip", "rstrip"):
             if token.get(flag, False):
                 raise TokenizerError(f"{where}: '{flag}' is true; minibloom supports only false (as in BLOOM's file)")
@@ -175,8 +189,8 @@ class BloomTokenizer:
             spec = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise TokenizerError(f"{path}: no such tokenizer file") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TokenizerError(f"{path}: not a readable JSON tokenizer file ({e})") from None
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: bad JSON
+            raise TokenizerError(f"{path}: not a readable JSON tokenizer file ({_reason(e)})") from None
         vocab, merges, added = _parse_tokenizer_json(spec, path)
         return cls(vocab, merges, added, source=path)
 
@@ -190,8 +204,8 @@ class BloomTokenizer:
         vocabulary_path, merges_path = Path(vocabulary_path), Path(merges_path)
         try:
             vocab = json.loads(vocabulary_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TokenizerError(f"{vocabulary_path}: not a readable vocabulary JSON file ({e})") from None
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise TokenizerError(f"{vocabulary_path}: not a readable vocabulary JSON file ({_reason(e)})") from None
         _check_vocab(vocab, vocabulary_path)
         try:
             lines = merges_path.read_text(encoding="utf-8").split("\n")
@@ -417,11 +431,22 @@ def default_tokenizer_path() -> Path:
 # ------------------------------------------------------------------------------------------------
 
 
+def _reason(e: Exception) -> str:
+    return "nested too deeply" if isinstance(e, RecursionError) else str(e)
+
+
 def _check_vocab(vocab, path) -> None:
-    if not isinstance(vocab, dict) or not all(isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in vocab.items()):
-        raise TokenizerError(f"{path}: vocab must be an object {{token string: id >= 0}}")
+    if not isinstance(vocab, dict):
+        raise TokenizerError(f"{path}: vocab must be an object {{token string: id >= 0}}, found {type(vocab).__name__}")
+    for k, v in vocab.items():
+        if not k or isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise TokenizerError(f"{path}: vocab must map non-empty token strings to ids >= 0, found {k!r:.50}: {v!r:.50}")
     if len(set(vocab.values())) != len(vocab):
-        raise TokenizerError(f"{path}: vocab maps two tokens to the same id")
+        seen = {}
+        for k, v in vocab.items():
+            if v in seen:
+                raise TokenizerError(f"{path}: vocab maps two tokens to the same id {v}: {seen[v]!r} and {k!r}")
+            seen[v] = k
 
 
 def _differs(path, part: str, expected: str, found) -> TokenizerError:
@@ -455,7 +480,7 @@ def _parse_tokenizer_json(spec, path):
         raise _differs(path, "pre_tokenizer's ByteLevel", "ByteLevel(add_prefix_space=false, use_regex=false)", byte_level)
 
     post = spec.get("post_processor")
-    if post is not None and post.get("type") != "ByteLevel":
+    if post is not None and (not isinstance(post, dict) or post.get("type") != "ByteLevel"):
         raise _differs(path, "post_processor", "null or ByteLevel (BLOOM adds no tokens)", post)
     decoder = spec.get("decoder")
     if not isinstance(decoder, dict) or decoder.get("type") != "ByteLevel":
@@ -475,6 +500,8 @@ def _parse_tokenizer_json(spec, path):
         raise _differs(path, "model.unk_token", "null (or a vocab holding all 256 byte tokens, so it is never used)", model["unk_token"])
 
     merges = []
+    if not isinstance(model.get("merges") or [], list):
+        raise TokenizerError(f"{path}: model.merges should be a list of merges, found {type(model['merges']).__name__}")
     for rank, m in enumerate(model.get("merges") or []):
         if isinstance(m, str) and len(m.split(" ")) == 2:
             merges.append(tuple(m.split(" ")))

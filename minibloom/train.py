@@ -18,9 +18,10 @@ all of it, so a resumed run reaches bit-identical parameters to an uninterrupted
                              /config.json             the model config (to rebuild it on resume)
     checkpoints/LATEST                                name of the newest complete checkpoint
 
-A checkpoint directory is written under a temporary name and renamed when complete; LATEST is
-replaced atomically afterwards; only then are older checkpoints removed. A crash at any moment
-leaves LATEST pointing at a complete checkpoint. Ctrl-C during `run` finishes the current step,
+A checkpoint directory is written under a temporary name, flushed to disk and renamed when
+complete; LATEST is replaced atomically afterwards; only then are older checkpoints removed. A
+crash at any moment (SIGKILL, power cut) leaves LATEST pointing at a complete checkpoint, see
+`Trainer.save_checkpoint` and docs/RELIABILITY.md. Ctrl-C during `run` finishes the current step,
 saves, and raises KeyboardInterrupt (a second Ctrl-C interrupts at once). A non-finite loss or
 gradient stops the run with TrainingError before the parameters are touched, naming the last
 good checkpoint.
@@ -213,7 +214,10 @@ class Trainer:
         acc = GradientAccumulator()
         loss_sum = weight_sum = 0.0
         for x, y, w in micro_batches:
-            loss, grads = self.lm.loss_and_grads(x, y, w, reduction=self.reduction, rng=self.rng)
+            # A diverging run overflows somewhere inside; numpy's warnings would bury the one-line
+            # TrainingError below, which reports the same thing with the step and the checkpoint.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                loss, grads = self.lm.loss_and_grads(x, y, w, reduction=self.reduction, rng=self.rng)
             n = float(np.sum(w, dtype=np.float64)) if self.reduction == "mean" else float(np.size(y))
             acc.add(grads, n)
             loss_sum += loss * n
@@ -256,7 +260,8 @@ class Trainer:
             if self._stop_requested:
                 if self.checkpoint_dir is None:
                     raise KeyboardInterrupt(f"interrupted at step {self.step} (no checkpoint_dir: nothing saved)")
-                path = self.save_checkpoint()
+                saved = self.last_checkpoint == self._checkpoint_name()  # e.g. by save_every just now
+                path = self.checkpoint_dir / self.last_checkpoint if saved else self.save_checkpoint()
                 raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}")
         finally:
             if main:
@@ -313,37 +318,76 @@ class Trainer:
         }
 
     def save_checkpoint(self):
-        """Write the full training state as checkpoint_dir/step-NNNNNNNN and point LATEST at it."""
-        from minibloom.checkpoint import write_safetensors
+        """Write the full training state as checkpoint_dir/step-NNNNNNNN and point LATEST at it.
+
+        Safe against a crash (even SIGKILL or a power cut) at any instant, in this order:
+          1. leftovers of a writer that was killed (hidden .step-* and .LATEST.* entries) are removed;
+          2. every file is written into a fresh hidden directory .step-NNNNNNNN.<random>.tmp and
+             flushed to disk (fsync), then the directory itself is flushed;
+          3. the directory is renamed to step-NNNNNNNN, so a visible step directory is always
+             complete; the parent directory is flushed to make the rename durable;
+          4. LATEST is replaced atomically (temporary file, fsync, rename, directory fsync);
+          5. checkpoints older than the newest `keep_checkpoints` are renamed to hidden names
+             first and deleted after, so none is ever visible half-deleted.
+        A disk-full or permission error raises TrainingError naming the path; LATEST and the
+        checkpoint it names are then unchanged.
+        """
+        from minibloom.checkpoint import fsync_directory, write_bytes_atomic, write_safetensors
+        from minibloom.errors import CheckpointError
 
         if self.checkpoint_dir is None:
             raise ArgumentError("save_checkpoint: this Trainer has no checkpoint_dir")
         root = self.checkpoint_dir
-        root.mkdir(parents=True, exist_ok=True)
         name = self._checkpoint_name()
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
+        final = root / name
+        kept = (f"LATEST still names {self.last_checkpoint}, which is intact" if self.last_checkpoint
+                else "no earlier checkpoint of this run was touched")
+        # NaN propagates through min and max, so two reductions find any NaN / inf without a
+        # boolean temporary the size of the embedding
+        bad = next((k for k, a in self.lm.params.items() if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max()))), None)
+        if bad is not None:  # an overflowing update: such a state is not worth resuming from
+            raise TrainingError(f"{final}: not saved: parameter {bad} holds non-finite values (the last update "
+                                f"overflowed; lower the learning rate); {kept}")
+        tmp = None
         try:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in [*root.glob(".step-*"), *root.glob(".LATEST.*")]:  # a killed writer's leftovers
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
             write_safetensors(tmp / "params.safetensors", self.lm.params, "F32")
             opt = self.optimizer.state_dict()
             moments = {f"m.{k}": a for k, a in opt["m"].items()} | {f"v.{k}": a for k, a in opt["v"].items()}
             if moments:
                 write_safetensors(tmp / "optimizer.safetensors", moments, "F32")
-            (tmp / "state.json").write_text(json.dumps(self._state(), indent=1), encoding="utf-8")
-            (tmp / "config.json").write_text(self.lm.backbone.config.to_json_string(), encoding="utf-8")
-            final = root / name
-            if final.exists():  # the same step saved twice (e.g. save_every and the end of run)
-                shutil.rmtree(final)
+            write_bytes_atomic(tmp / "state.json", json.dumps(self._state(), indent=1).encode("utf-8"))
+            write_bytes_atomic(tmp / "config.json", self.lm.backbone.config.to_json_string().encode("utf-8"))
+            fsync_directory(tmp)
+            if final.exists():  # the same step saved twice: move the old copy aside, drop it below
+                aside = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".old"))
+                os.replace(final, aside / name)
             os.replace(tmp, final)
+            fsync_directory(root)
+            write_bytes_atomic(root / "LATEST", (name + "\n").encode("utf-8"))
+        except (OSError, CheckpointError) as e:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            detail = str(e) if not isinstance(e, OSError) else ": ".join(str(x) for x in (e.strerror or e, e.filename) if x)
+            raise TrainingError(f"{final}: cannot save the checkpoint ({detail}); {kept}") from None
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
-        latest_tmp = root / ".LATEST.tmp"
-        latest_tmp.write_text(name + "\n", encoding="utf-8")
-        os.replace(latest_tmp, root / "LATEST")
         self.last_checkpoint = name
         old = sorted(p for p in root.glob("step-*") if p.is_dir() and p.name != name)
         for p in old[: max(0, len(old) - (self.keep_checkpoints - 1))]:
-            shutil.rmtree(p, ignore_errors=True)
+            try:
+                aside = Path(tempfile.mkdtemp(dir=root, prefix=f".{p.name}.", suffix=".old"))
+                os.replace(p, aside / p.name)
+            except OSError:  # cannot remove an old checkpoint: harmless, it stays complete
+                continue
+            shutil.rmtree(aside, ignore_errors=True)
+        for aside in root.glob(f".{name}.*.old"):  # an older copy of this same step
+            shutil.rmtree(aside, ignore_errors=True)
         return final
 
     def load_checkpoint(self, path=None):
