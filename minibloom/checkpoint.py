@@ -16,7 +16,11 @@ Covers:
     BloomModel), and `lm_head.weight` present or absent (minibloom always ties the head to
     `word_embeddings.weight`, so a present head must equal the embedding);
   * validation against a `BloomConfig`: missing, unexpected or mis-shaped tensors raise
-    `CheckpointError` naming the tensor, the expected and the found shape;
+    `CheckpointError` naming the tensor, the expected and the found shape; NaN/inf weights are
+    refused, warned about or ignored (`load_params(..., nonfinite=...)`);
+  * hostile files: every header number is checked against the file size (Python ints, before
+    any allocation or mapping), shard names in an index cannot leave the checkpoint directory,
+    and pipes / devices are refused before a read could block (docs/RELIABILITY.md);
   * writing: F32/F16/BF16, optionally sharded by size, each file written to a temporary name,
     flushed to disk (fsync) and moved into place with `os.replace`, so a crash never leaves a
     half-written file.
@@ -37,6 +41,7 @@ import math
 import mmap
 import os
 import re
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -123,7 +128,12 @@ def read_header(path) -> tuple[dict, int]:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):  # reading a pipe or a device could block forever
+            raise CheckpointError(f"{path}: not a regular file (a pipe or a device?); expected a .safetensors file")
+        size = st.st_size
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
@@ -154,7 +164,9 @@ def read_header(path) -> tuple[dict, int]:
     spans = []  # (begin, end, name) of every non-empty tensor, to find overlaps
     for name, info in header.items():
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-            raise CheckpointError(f"{path}: tensor {name!r} header entry needs dtype, shape and data_offsets, found {info!r:.200}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} header entry needs dtype, shape and data_offsets, found {info!r:.200}"
+            )
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(dtype, str) or dtype not in _STORED:
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r:.50}; minibloom reads {sorted(_STORED)}")
@@ -327,6 +339,8 @@ def checkpoint_files(directory) -> list[Path]:
     directory = Path(directory)
     index = directory / INDEX_FILE
     if index.exists():
+        if not index.is_file():  # a pipe would block the read below
+            raise CheckpointError(f"{index}: not a regular file; expected a JSON safetensors index")
         try:
             spec = json.loads(index.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -346,7 +360,9 @@ def checkpoint_files(directory) -> list[Path]:
             # the index is data from the internet: refuse names that would leave the directory,
             # by spelling (`../x`, `/etc/x`, `a\b`) and after following symlinks
             if not _SHARD_NAME.fullmatch(name) or ".." in name:
-                raise CheckpointError(f"{index}: shard file name {name!r:.100} is not a plain *.safetensors file name in {directory}")
+                raise CheckpointError(
+                    f"{index}: shard file name {name!r:.100} is not a plain *.safetensors file name in {directory}"
+                )
             if not (directory / name).exists():
                 raise CheckpointError(f"{index}: lists shard {name!r}, which is missing from {directory}")
             if not any((directory / name).resolve().is_relative_to(root) for root in roots):

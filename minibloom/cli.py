@@ -8,6 +8,7 @@ still shows its traceback.
 """
 
 import argparse
+import os
 import sys
 
 from minibloom.errors import MinibloomError
@@ -309,6 +310,36 @@ def _run_generate(args):
         print(line, file=sys.stderr)
 
 
+def _add_evaluate(sub):
+    p = sub.add_parser(
+        "evaluate",
+        help="score a held-out text file: loss, perplexity and bits per byte",
+        description="Tokenize a text file as `train` does (blank lines separate documents, each ended by </s>),\n"
+        "score it in consecutive windows of --seq-len tokens, and print the loss per token, the perplexity\n"
+        "and bits per byte (total negative log-likelihood in bits / UTF-8 bytes of the file).",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("data", metavar="FILE", help="UTF-8 text file")
+    p.add_argument("--preset", default=None, metavar="NAME_OR_DIR", help="model directory or preset name (none: the shipped model)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens of context per window T")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="weights in memory (compute is float32)")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args):
+    from minibloom.causal_lm import BloomCausalLM
+    from minibloom.errors import ArgumentError
+    from minibloom.evaluation import evaluate_file
+
+    if not os.path.isfile(args.data):
+        raise ArgumentError(f"FILE {args.data}: not a file")
+    lm = BloomCausalLM.from_preset(args.preset, dtype=args.dtype)
+    m = evaluate_file(lm, args.data, sequence_length=args.seq_len, batch_size=args.batch_size)
+    print(f"{args.data}: {m['tokens']:,} tokens scored, {m['bytes']:,} bytes")
+    print(f"loss {m['loss']:.4f} nats/token, perplexity {m['perplexity']:.2f}, {m['bits_per_byte']:.4f} bits per byte")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m minibloom",
@@ -318,13 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # The order here is the order `--help` lists the commands in.
     # (each _add_* declares one subcommand and sets its handler with set_defaults(run=...))
+    _add_generate(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_tokenize(sub)
+    _add_train_tokenizer(sub)
     _add_presets(sub)
     _add_parity(sub)
     _add_dump(sub)
-    _add_tokenize(sub)
-    _add_generate(sub)
-    _add_train_tokenizer(sub)
-    _add_train(sub)
     return parser
 
 

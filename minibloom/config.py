@@ -176,6 +176,8 @@ class BloomConfig:
     @classmethod
     def from_json_file(cls, path) -> "BloomConfig":
         path = Path(path)
+        if path.exists() and not path.is_file():  # a directory, or a pipe that would block the read
+            raise ConfigError(f"{path}: not a regular file; expected a JSON config file")
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:

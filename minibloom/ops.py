@@ -41,6 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minibloom.kernels import attention as attention_kernels
+from minibloom.kernels.matvec16 import matvec16
 
 
 def widen(w, like):
@@ -125,14 +126,32 @@ def layernorm_backward(dy, cache):
 
 class LinearCache(NamedTuple):
     x: np.ndarray  # (..., in)
-    W: np.ndarray  # (out, in), widened
+    W: np.ndarray  # (out, in), widened (or float16 as stored, after the matvec16 path)
+
+
+# Up to this many rows (B * T: a decode step), a float16 weight is read by the matvec16 kernel.
+MATVEC16_ROWS = 16
+
+
+def times_weight_t(x2, W):
+    """x2 @ W.T for x2 (N, in) float32 and W (out, in) in its stored dtype -> (N, out) float32.
+
+    A decode step has few rows and reads each weight once, so its speed is the speed of reading
+    W. A float16 W is then handed as is to kernels/matvec16.py, which widens one row at a time
+    inside the dot products: half the bytes of widening the whole matrix to float32 first (which
+    is what happens for many rows, where one BLAS call on float32 wins).
+    """
+    if W.dtype == np.float16 and x2.dtype == np.float32 and x2.shape[0] <= MATVEC16_ROWS:
+        return matvec16(x2, W.view(np.uint16), "F16")
+    return x2 @ widen(W, x2).T  # one BLAS call for the whole batch
 
 
 def linear_forward(x, W, b):
     """y = x @ W.T + b. x (..., in), W (out, in) as stored by torch, b (out,) -> y (..., out)."""
-    W, b = widen(W, x), widen(b, x)
-    y = x.reshape(-1, x.shape[-1]) @ W.T  # (N, out): one BLAS call for the whole batch
-    y += b
+    y = times_weight_t(x.reshape(-1, x.shape[-1]), W)  # (N, out)
+    y += widen(b, x)
+    if W.dtype != np.float16 or y.shape[0] > MATVEC16_ROWS:
+        W = widen(W, x)  # (what the BLAS call used; a no-op for a float32 W)
     return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)
 
 

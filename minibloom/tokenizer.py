@@ -156,7 +156,8 @@ class BloomTokenizer:
     def _check_added(self, token: dict) -> dict:
         where = f"{self.source}: added token {token.get('content')!r}"
         i = token.get("id")
-        if not isinstance(token.get("content"), str) or not token["content"] or isinstance(i, bool) or not isinstance(i, int) or i < 0:
+        bad_id = isinstance(i, bool) or not isinstance(i, int) or i < 0
+        if not isinstance(token.get("content"), str) or not token["content"] or bad_id:
             raise TokenizerError(f"{where}: expected a non-empty string 'content' and an integer 'id' >= 0, found {token}")
         for flag in ("single_word", "lstrip", "rstrip"):
             if token.get(flag, False):
@@ -185,6 +186,8 @@ class BloomTokenizer:
     def from_file(cls, path) -> "BloomTokenizer":
         """Load an HF `tokenizer.json`, checking that it describes BLOOM's pipeline."""
         path = Path(path)
+        if path.exists() and not path.is_file():  # a directory, or a pipe that would block the read
+            raise TokenizerError(f"{path}: not a regular file; expected a tokenizer.json")
         try:
             spec = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -202,6 +205,9 @@ class BloomTokenizer:
         BLOOM specials present in the vocabulary, so that the ids equal HF's (HF matches `<unk>` too).
         """
         vocabulary_path, merges_path = Path(vocabulary_path), Path(merges_path)
+        for p in (vocabulary_path, merges_path):
+            if p.exists() and not p.is_file():  # a directory, or a pipe that would block the read
+                raise TokenizerError(f"{p}: not a regular file; expected keras-hub tokenizer assets")
         try:
             vocab = json.loads(vocabulary_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:

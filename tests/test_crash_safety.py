@@ -109,6 +109,20 @@ def _die_at_boundary(n):
         setattr(module, name, wrap(getattr(module, name)))
 
 
+@pytest.fixture
+def fork_env(monkeypatch):
+    """The setting of every fork test; forked children inherit it.
+
+    numba's parallel kernels run on GNU OpenMP, which aborts a forked child that uses them after
+    the parent did: children take the plain NumPy path (MINIBLOOM_NUMBA=0). A killed process
+    loses nothing from the page cache, so fsync changes nothing these tests can see: it is a
+    no-op, for speed on a busy disk (its order is checked by
+    test_every_file_is_flushed_before_it_is_renamed).
+    """
+    monkeypatch.setenv("MINIBLOOM_NUMBA", "0")
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+
+
 def _hidden(directory):
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
@@ -174,7 +188,7 @@ def _check_checkpoints(root, expected, previous_step, fresh_trainer):
     return step
 
 
-def test_sigkill_at_random_moments_of_checkpoint_writes(tmp_path):
+def test_sigkill_at_random_moments_of_checkpoint_writes(tmp_path, fork_env):
     """25 children each continue from LATEST and save checkpoints in a loop until killed."""
     root = tmp_path / "ck"
     base = {k: a.copy() for k, a in _writer(root).lm.params.items()}
@@ -207,7 +221,7 @@ def test_sigkill_at_random_moments_of_checkpoint_writes(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["LATEST", f"step-{step:08d}", f"step-{step + 1:08d}"]
 
 
-def test_sigkill_at_every_step_of_one_checkpoint_write(tmp_path):
+def test_sigkill_at_every_step_of_one_checkpoint_write(tmp_path, fork_env):
     """Kill the writer of step 3 just before each of its file-system calls, in turn."""
     base = {k: a.copy() for k, a in _writer(tmp_path, vocab=260).lm.params.items()}
 
@@ -356,7 +370,7 @@ def _preset_version(directory):
     return int(values.pop())
 
 
-def test_sigkill_at_random_moments_of_preset_writes(tmp_path):
+def test_sigkill_at_random_moments_of_preset_writes(tmp_path, fork_env):
     directory = tmp_path / "model"
     _preset_lm(1).save_to_preset(directory)
 
@@ -380,7 +394,7 @@ def test_sigkill_at_random_moments_of_preset_writes(tmp_path):
     assert _preset_version(directory) == version + 1 and _hidden(tmp_path) == []
 
 
-def test_sigkill_at_every_step_of_one_preset_write(tmp_path, monkeypatch):
+def test_sigkill_at_every_step_of_one_preset_write(tmp_path, fork_env, monkeypatch):
     tokenizer_json = golden_path("tokenizer.json")
     pristine = tmp_path / "pristine" / "model"
     _preset_lm(1).save_to_preset(pristine)
@@ -390,7 +404,7 @@ def test_sigkill_at_every_step_of_one_preset_write(tmp_path, monkeypatch):
             lm = _preset_lm(2)
             lm.preprocessor = BloomCausalLMPreprocessor(BloomTokenizer.from_file(tokenizer_json), sequence_length=8)
             _die_at_boundary(n)
-            lm.save_to_preset(directory, max_shard_bytes=20_000)  # several shards: more boundaries
+            lm.save_to_preset(directory, max_shard_bytes=40_000)  # 3 shards + index: more boundaries
 
         return work
 
@@ -431,14 +445,12 @@ def test_sigkill_at_every_step_of_one_preset_write(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_training_killed_at_random_steps_resumes_bit_identical(tmp_path, monkeypatch):
+def test_training_killed_at_random_steps_resumes_bit_identical(tmp_path, fork_env):
     """Dropout on, 2-step gradient accumulation, a checkpoint every step; children killed at random.
 
-    numba's parallel kernels run on GNU OpenMP, which aborts a forked child that uses it; the
-    reference and the children therefore take the plain NumPy path (MINIBLOOM_NUMBA=0), and the
-    `train` command test below kills a real numba-using process instead.
+    The reference and the children take the plain NumPy path (see fork_env); the `train` command
+    test below kills a real numba-using process instead.
     """
-    monkeypatch.setenv("MINIBLOOM_NUMBA", "0")
     steps = 14
     reference = _trainer(tmp_path, "ref")
     reference.save_every = None

@@ -141,7 +141,11 @@ def json_edit(draw, doc, paths):
 def base(tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzz_base")
     rng = np.random.default_rng(0)
-    tensors = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": np.arange(5, dtype=np.float32), "c": np.ones(0, np.float32)}
+    tensors = {
+        "a": rng.standard_normal((3, 4)).astype(np.float32),
+        "b": np.arange(5, dtype=np.float32),
+        "c": np.ones(0, np.float32),  # an empty tensor: zero bytes, offsets [n, n]
+    }
     write_safetensors(d / "small.safetensors", tensors, dtype="F32")
     params = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in init_params(TINY).items()}
     save_params(d / "sharded", params, max_shard_bytes=1500)

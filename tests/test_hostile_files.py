@@ -339,8 +339,31 @@ def test_bad_tokenizer_json(tmp_path, make, message):
 def test_tokenizer_file_missing_or_a_directory(tmp_path):
     with pytest.raises(TokenizerError, match="no such tokenizer file"):
         BloomTokenizer.from_file(tmp_path / "nope.json")
-    with pytest.raises(TokenizerError, match="not a readable JSON tokenizer file"):
+    with pytest.raises(TokenizerError, match="not a regular file"):
         BloomTokenizer.from_file(tmp_path)
+
+
+def test_pipes_and_directories_are_refused_without_blocking(tmp_path):
+    """A named pipe would block a read forever: every loader checks for a regular file first."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="fifo: not a regular file"):
+        read_safetensors(fifo)
+    with pytest.raises(ConfigError, match="fifo: not a regular file"):
+        BloomConfig.from_json_file(fifo)
+    with pytest.raises(TokenizerError, match="fifo: not a regular file"):
+        BloomTokenizer.from_file(fifo)
+    with pytest.raises(TokenizerError, match="fifo: not a regular file"):
+        BloomTokenizer.from_keras_assets(fifo, fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        BloomConfig.from_json_file(tmp_path)
+    with pytest.raises(CheckpointError, match="is a directory"):
+        read_safetensors(tmp_path)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    os.mkfifo(ckpt / INDEX_FILE)
+    with pytest.raises(CheckpointError, match="index.json: not a regular file"):
+        load_params(ckpt, TINY)
 
 
 def _keras_assets(tmp_path):
@@ -503,7 +526,10 @@ def _security_findings(source: str, filename: str) -> list:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("load", "loads"):
             owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
             if owner in ("np", "numpy"):
-                safe = any(k.arg == "allow_pickle" and isinstance(k.value, ast.Constant) and k.value.value is False for k in node.keywords)
+                safe = any(
+                    k.arg == "allow_pickle" and isinstance(k.value, ast.Constant) and k.value.value is False
+                    for k in node.keywords
+                )
                 if not safe:
                     found.append(f"{filename}:{node.lineno}: np.load without allow_pickle=False")
             if owner in _UNSAFE_MODULES:
@@ -577,3 +603,33 @@ def test_boundscheck_is_active_in_the_ci_pass():
 
     with pytest.raises(IndexError):
         read(np.zeros(3), 7)
+
+
+# ------------------------------------------------------------------------------------------------
+# the CLI: one line naming the file, non-zero exit
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broken", ["weights", "config", "tokenizer"])
+def test_cli_prints_one_line_for_a_broken_model(tmp_path, capsys, broken):
+    from minibloom.cli import main
+
+    model = tmp_path / "m"  # a working model first: TINY with room for the golden tokenizer's 8000 ids
+    save_params(model, {**_params(), "word_embeddings.weight": np.zeros((8000, 12), np.float32)})
+    (model / "config.json").write_text(BloomConfig(vocab_size=8000, hidden_size=12, n_layer=2, n_head=3).to_json_string())
+    BloomTokenizer.from_file(golden_path("tokenizer.json")).save(model / "tokenizer.json")
+    assert main(["generate", "hi", "--preset", str(model), "--max-length", "4"]) == 0
+    capsys.readouterr()
+    if broken == "weights":
+        data = (model / "model.safetensors").read_bytes()
+        (model / "model.safetensors").write_bytes(data[: len(data) // 2])
+        expect = "model.safetensors"
+    elif broken == "config":
+        (model / "config.json").write_text('{"n_head": 5, "hidden_size": 12}')
+        expect = "config.json: hidden_size 12 is not divisible by n_head 5"
+    else:
+        (model / "tokenizer.json").write_text('{"model": {"type": "WordPiece"}}')
+        expect = "tokenizer.json"
+    assert main(["generate", "hi", "--preset", str(model), "--max-length", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minibloom: error: ") and err.count("\n") == 1 and expect in err, err

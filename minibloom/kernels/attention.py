@@ -9,7 +9,8 @@ For q (B, H, T, D), k/v (B, H, S, D), alibi (B, H, S), visible (B, T, S) bool:
 which is HF's `alibi.baddbmm(q, k^T, beta=1, alpha=inv)` + additive mask + float32 softmax + bmm.
 
 The twin does it with three stacked matmuls and five NumPy passes. The numba loop works on one
-(b, h) pair at a time, pairs split across threads. It skips the keys that come after the query
+(b, h) pair at a time, pairs split across threads (or, for small calls such as a decode step,
+all on the calling thread: `SERIAL_WORK`). It skips the keys that come after the query
 (half of a causal prompt), and its innermost loops run along contiguous memory without a
 reduction (k is transposed once per pair), which the compiler vectorises without reordering
 sums. It also avoids stacked matmuls of small matrices, where a threaded BLAS on a busy machine
@@ -28,6 +29,9 @@ import numpy as np
 
 from minibloom.jit import njit, use_numba
 
+# Multiply-adds (B * H * T * S * D) up to which the forward runs on one thread (a decode step).
+SERIAL_WORK = 1 << 22
+
 
 def _attention_plain(q, k, v, alibi, visible, inv):
     scores = q @ k.swapaxes(-1, -2)  # (B, H, T, S)
@@ -40,42 +44,54 @@ def _attention_plain(q, k, v, alibi, visible, inv):
     return scores, scores @ v  # probs (B, H, T, S), ctx (B, H, T, D)
 
 
+@njit
+def _attention_pair(q, k, v, alibi, visible, inv, fmin, probs, ctx, b, h):
+    """The attention of one (batch row b, head h) pair: fills probs[b, h] (T, S) and ctx[b, h] (T, D)."""
+    T, D = q.shape[2], q.shape[3]
+    S = k.shape[2]
+    kT = np.ascontiguousarray(k[b, h].T)  # (D, S): rows along keys
+    for t in range(T):
+        n = S - T + t + 1  # causal: keys after this query's position are never visible
+        s = probs[b, h, t]  # (S,) this query's scores, then probabilities
+        s[:] = 0
+        for d in range(D):  # s[j] += q[t, d] * k[j, d], vectorised along j
+            qd = q[b, h, t, d]
+            for j in range(n):
+                s[j] += qd * kT[d, j]
+        m = fmin
+        for j in range(S):
+            if j < n and visible[b, t, j]:
+                s[j] = alibi[b, h, j] + s[j] * inv
+            else:
+                s[j] = fmin
+            if s[j] > m:
+                m = s[j]
+        total = s[0] - s[0]  # zero in the array's dtype
+        for j in range(S):
+            s[j] = np.exp(s[j] - m)
+            total += s[j]
+        c = ctx[b, h, t]  # (D,)
+        c[:] = 0
+        for j in range(S):
+            s[j] = s[j] / total
+            if s[j] != 0:  # hidden keys have probability exactly 0
+                pj = s[j]
+                for d in range(D):
+                    c[d] += pj * v[b, h, j, d]
+
+
 @njit(parallel=True)
 def _attention_numba(q, k, v, alibi, visible, inv, fmin, probs, ctx):
-    B, H, T, D = q.shape
-    S = k.shape[2]
-    for bh in numba.prange(B * H):
-        b = bh // H
-        h = bh % H
-        kT = np.ascontiguousarray(k[b, h].T)  # (D, S): rows along keys
-        for t in range(T):
-            n = S - T + t + 1  # causal: keys after this query's position are never visible
-            s = probs[b, h, t]  # (S,) this query's scores, then probabilities
-            s[:] = 0
-            for d in range(D):  # s[j] += q[t, d] * k[j, d], vectorised along j
-                qd = q[b, h, t, d]
-                for j in range(n):
-                    s[j] += qd * kT[d, j]
-            m = fmin
-            for j in range(S):
-                if j < n and visible[b, t, j]:
-                    s[j] = alibi[b, h, j] + s[j] * inv
-                else:
-                    s[j] = fmin
-                if s[j] > m:
-                    m = s[j]
-            total = s[0] - s[0]  # zero in the array's dtype
-            for j in range(S):
-                s[j] = np.exp(s[j] - m)
-                total += s[j]
-            c = ctx[b, h, t]  # (D,)
-            c[:] = 0
-            for j in range(S):
-                s[j] = s[j] / total
-                if s[j] != 0:  # hidden keys have probability exactly 0
-                    pj = s[j]
-                    for d in range(D):
-                        c[d] += pj * v[b, h, j, d]
+    B, H = q.shape[0], q.shape[1]
+    for bh in numba.prange(B * H):  # (b, h) pairs split across threads
+        _attention_pair(q, k, v, alibi, visible, inv, fmin, probs, ctx, bh // H, bh % H)
+
+
+@njit
+def _attention_serial(q, k, v, alibi, visible, inv, fmin, probs, ctx):
+    B, H = q.shape[0], q.shape[1]
+    for bh in range(B * H):  # the same loop on the calling thread only
+        _attention_pair(q, k, v, alibi, visible, inv, fmin, probs, ctx, bh // H, bh % H)
 
 
 def attention(q, k, v, alibi, visible, inv):
@@ -87,7 +103,11 @@ def attention(q, k, v, alibi, visible, inv):
     f = q.dtype.type
     probs = np.empty((B, H, T, S), dtype=q.dtype)
     ctx = np.empty((B, H, T, D), dtype=q.dtype)
-    _attention_numba(q, k, v, np.asarray(alibi, dtype=q.dtype), np.ascontiguousarray(visible), f(inv), f(np.finfo(q.dtype).min), probs, ctx)
+    # A decode step (one query per row) is a few hundred thousand multiply-adds: less than what
+    # waking the worker threads costs on a busy machine (measured ~3 ms per layer), so small
+    # calls run on the calling thread.
+    kernel = _attention_serial if B * H * T * S * D <= SERIAL_WORK else _attention_numba
+    kernel(q, k, v, np.asarray(alibi, dtype=q.dtype), np.ascontiguousarray(visible), f(inv), f(np.finfo(q.dtype).min), probs, ctx)
     return probs, ctx
 
 

@@ -38,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 import regex
 
+from minibloom.errors import TokenizerError
 from minibloom.jit import njit, use_numba
 
 # ------------------------------------------------------------------------------------------------
@@ -94,25 +95,39 @@ def _excluded_table() -> np.ndarray:
 class BpeTables(NamedTuple):
     """Everything the BPE step needs, built once per tokenizer by `build_tables`.
 
-    byte_ids:    int64 (256,)  id of the one-byte token for each byte, -1 if the vocab lacks it
-                 (HF then drops that byte silently; BLOOM's vocab has all 256).
-    merges:      dict {(left_id, right_id): (rank, merged_id)} for the plain twin.
-    hash_keys:   int64 (N,)  open-addressing table for the numba twin: key = left << 32 | right,
-                 -1 marks an empty slot; N is a power of two >= 2 * number of merges.
-    hash_ranks:  int64 (N,)  merge rank stored with each key.
-    hash_merged: int64 (N,)  merged token id stored with each key.
-    excluded:    bool (65536,)  the split's excluded code points (see SPLIT_EXCLUDED).
+    byte_ids:   int64 (256,)  id of the one-byte token for each byte, -1 if the vocab lacks it
+                (HF then drops that byte silently; BLOOM's vocab has all 256).
+    merges:     dict {(left_id, right_id): (rank, merged_id)} for the plain twin.
+    pair_table: int64 (N, 2)  open-addressing hash table of the merges for the numba twin. Row =
+                (key, merge): key = left << 32 | right (-1 marks an empty row) and merge =
+                rank << 32 | merged_id (see `pack_merge`). N is a power of two >= 2 x merges; key
+                and merge share a row so that one lookup touches one cache line.
+    byte_pairs: int64 (65536,)  the merge of every pair of single-byte tokens, dense: entry
+                b1 << 8 | b2 is the packed merge of (byte_ids[b1], byte_ids[b2]), or NO_MERGE. A
+                piece's first round of lookups (one per adjacent byte pair) hits this table only.
+    excluded:   bool (65536,)  the split's excluded code points (see SPLIT_EXCLUDED).
     """
 
     byte_ids: np.ndarray
     merges: dict
-    hash_keys: np.ndarray
-    hash_ranks: np.ndarray
-    hash_merged: np.ndarray
+    pair_table: np.ndarray
+    byte_pairs: np.ndarray
     excluded: np.ndarray
 
 
+# A merge packed into one int64: rank in the high 32 bits, merged token id in the low 32 bits. Packed
+# merges order like their ranks, so "lowest rank" is "smallest packed value" and the merged id
+# travels along for free. NO_MERGE is larger than any packed merge.
+NO_MERGE = np.int64(2**63 - 1)
+_ID_LIMIT = 2**31  # ids and ranks must fit in 31 bits for the packing above
+
+
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing constant (2^64 / golden ratio)
+
+
+def pack_merge(rank: int, merged_id: int) -> int:
+    """One int64 holding a merge: rank << 32 | merged_id (see NO_MERGE)."""
+    return (rank << 32) | merged_id
 
 
 def build_tables(byte_ids, merge_left, merge_right, merge_into) -> BpeTables:
@@ -127,21 +142,28 @@ def build_tables(byte_ids, merge_left, merge_right, merge_into) -> BpeTables:
     merge_left = np.asarray(merge_left, dtype=np.int64)
     merge_right = np.asarray(merge_right, dtype=np.int64)
     merge_into = np.asarray(merge_into, dtype=np.int64)
+    largest = max([len(merge_left), int(byte_ids.max(initial=0))] + [int(a.max(initial=0)) for a in (merge_left, merge_right, merge_into)])
+    if largest >= _ID_LIMIT:
+        raise TokenizerError(f"merge table: ids and merge counts must be below 2^31, found {largest}")
     merges = {}
     for rank, (a, b, ab) in enumerate(zip(merge_left.tolist(), merge_right.tolist(), merge_into.tolist())):
         merges[(a, b)] = (rank, ab)
     size = 1 << max(4, int(2 * max(len(merges), 1) - 1).bit_length())
-    keys = np.full(size, -1, dtype=np.int64)
-    ranks = np.zeros(size, dtype=np.int64)
-    merged = np.zeros(size, dtype=np.int64)
-    fill = _fill_hash_numba if use_numba() else _fill_hash_plain
-    fill(merge_left, merge_right, merge_into, keys, ranks, merged)
-    return BpeTables(byte_ids, merges, keys, ranks, merged, _excluded_table())
+    pair_table = np.full((size, 2), -1, dtype=np.int64)  # (N, 2) rows (key, packed merge)
+    fill = _fill_pair_table_numba if use_numba() else _fill_pair_table_plain
+    fill(merge_left, merge_right, merge_into, pair_table)
+
+    byte_pairs = np.full(256 * 256, NO_MERGE, dtype=np.int64)  # (256 * 256,) index b1 << 8 | b2
+    byte_of = {token: b for b, token in enumerate(byte_ids.tolist()) if token >= 0}
+    for (a, b), (rank, ab) in merges.items():
+        if a in byte_of and b in byte_of:
+            byte_pairs[byte_of[a] << 8 | byte_of[b]] = pack_merge(rank, ab)
+    return BpeTables(byte_ids, merges, pair_table, byte_pairs, _excluded_table())
 
 
 @njit
 def _hash_slot(key, mask):
-    """Slot of a pair key: Fibonacci hashing, bits 32.. of key * _HASH_MUL (mod 2^64)."""
+    """Row of a pair key: Fibonacci hashing, bits 32.. of key * _HASH_MUL (mod 2^64)."""
     return np.int64((np.uint64(key) * _HASH_MUL) >> np.uint64(32)) & mask
 
 
@@ -150,26 +172,25 @@ def _hash_slot_plain(key: int, mask: int) -> int:
 
 
 @njit
-def _fill_hash_numba(left, right, into, keys, ranks, merged):
-    mask = keys.shape[0] - 1
+def _fill_pair_table_numba(left, right, into, pair_table):
+    mask = pair_table.shape[0] - 1
     for rank in range(left.shape[0]):
         key = (left[rank] << 32) | right[rank]
         slot = _hash_slot(key, mask)
-        while keys[slot] != -1 and keys[slot] != key:  # linear probing
+        while pair_table[slot, 0] != -1 and pair_table[slot, 0] != key:  # linear probing
             slot = (slot + 1) & mask
-        keys[slot] = key  # a repeated pair overwrites its slot: the last rank wins
-        ranks[slot] = rank
-        merged[slot] = into[rank]
+        pair_table[slot, 0] = key  # a repeated pair overwrites its row: the last rank wins
+        pair_table[slot, 1] = (rank << 32) | into[rank]
 
 
-def _fill_hash_plain(left, right, into, keys, ranks, merged):
-    mask = keys.shape[0] - 1
+def _fill_pair_table_plain(left, right, into, pair_table):
+    mask = pair_table.shape[0] - 1
     for rank, (a, b, ab) in enumerate(zip(left.tolist(), right.tolist(), into.tolist())):
         key = (a << 32) | b
         slot = _hash_slot_plain(key, mask)
-        while keys[slot] != -1 and keys[slot] != key:
+        while pair_table[slot, 0] != -1 and pair_table[slot, 0] != key:
             slot = (slot + 1) & mask
-        keys[slot], ranks[slot], merged[slot] = key, rank, ab
+        pair_table[slot] = key, pack_merge(rank, ab)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,73 +229,67 @@ def _encode_ordinary_plain(text: str, tables: BpeTables, cache: dict) -> list:
 # the same, compiled: scan UTF-8 bytes for pieces and merge each in place
 # ------------------------------------------------------------------------------------------------
 
-_NO_RANK = np.int64(1 << 62)
-
 
 @njit
-def _pair_rank(a, b, keys, ranks, merged, mask):
-    """(rank, merged id) of the pair (a, b), or (_NO_RANK, -1) when it is not a merge."""
+def _lookup_merge(a, b, pair_table, mask):
+    """The packed merge of the pair (a, b) (rank << 32 | merged id), or NO_MERGE."""
     key = (a << 32) | b
     slot = _hash_slot(key, mask)
     while True:
-        k = keys[slot]
+        k = pair_table[slot, 0]
         if k == key:
-            return ranks[slot], merged[slot]
+            return pair_table[slot, 1]
         if k == -1:
-            return _NO_RANK, np.int64(-1)
+            return NO_MERGE
         slot = (slot + 1) & mask
 
 
 @njit
-def _bpe_piece_numba(data, start, stop, byte_ids, keys, ranks, merged, out, n_out, scratch):
+def _bpe_piece_numba(data, start, stop, byte_ids, byte_pairs, pair_table, out, n_out, scratch):
     """BPE-merge the bytes data[start:stop]; append the ids to out[n_out:]; return the new n_out.
 
-    The symbols form a linked list (so a merge unlinks one node instead of shifting arrays), and
-    pair_rank[i] is the rank of (sym[i], sym[next[i]]), so a merge re-looks-up only its two
-    neighbouring pairs. scratch: int64 (5, >= stop - start) for sym, pair_rank, pair_into, next, prev.
+    sym[:n] holds the symbols (token ids) and merge[i] the packed merge of (sym[i], sym[i + 1]),
+    so each round is: find the smallest merge[i] (lowest rank; `<` keeps the leftmost of equal
+    ones), replace sym[i] by the merged id, shift the tail left by one, and look up only the two
+    pairs that changed. The first round's pairs are pairs of bytes: read from the dense byte_pairs.
+    Arrays rather than a linked list: pieces are short, and shifting a few contiguous int64s beats
+    chasing pointers. scratch: int64 (2, >= stop - start) for sym and merge.
     """
-    sym, pair_rank, pair_into, nxt, prv = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
-    mask = keys.shape[0] - 1
-    n = 0
+    sym, merge = scratch[0], scratch[1]
+    mask = pair_table.shape[0] - 1
+    n, prev = 0, 0
     for p in range(start, stop):
-        t = byte_ids[data[p]]
-        if t >= 0:
-            sym[n] = t
-            nxt[n] = n + 1
-            prv[n] = n - 1
+        b = np.int64(data[p])
+        if byte_ids[b] >= 0:  # a byte without a token is dropped, as in HF
+            if n > 0:
+                merge[n - 1] = byte_pairs[(prev << 8) | b]
+            sym[n] = byte_ids[b]
+            prev = b
             n += 1
     if n == 0:
         return n_out
-    nxt[n - 1] = -1
-    pair_rank[n - 1] = _NO_RANK
-    for i in range(n - 1):
-        pair_rank[i], pair_into[i] = _pair_rank(sym[i], sym[i + 1], keys, ranks, merged, mask)
-    while True:
-        best, best_rank = -1, _NO_RANK
-        i = 0  # node 0 is always the head: merges keep the left node
-        while i != -1:  # strict < keeps the leftmost of equal ranks
-            if pair_rank[i] < best_rank:
-                best, best_rank = i, pair_rank[i]
-            i = nxt[i]
-        if best == -1:
+    merge[n - 1] = NO_MERGE
+    while n > 1:
+        best = 0
+        for i in range(1, n - 1):
+            if merge[i] < merge[best]:
+                best = i
+        if merge[best] == NO_MERGE:
             break
-        gone = nxt[best]  # (sym[best], sym[gone]) -> merged token in node best
-        sym[best] = pair_into[best]
-        nxt[best] = nxt[gone]
-        if nxt[gone] != -1:
-            prv[nxt[gone]] = best
-            pair_rank[best], pair_into[best] = _pair_rank(sym[best], sym[nxt[best]], keys, ranks, merged, mask)
+        sym[best] = merge[best] & 0xFFFFFFFF
+        for i in range(best + 1, n - 1):  # drop sym[best + 1]; merge[n - 1] = NO_MERGE moves too
+            sym[i] = sym[i + 1]
+            merge[i] = merge[i + 1]
+        n -= 1
+        if best + 1 < n:
+            merge[best] = _lookup_merge(sym[best], sym[best + 1], pair_table, mask)
         else:
-            pair_rank[best] = _NO_RANK
-        if prv[best] != -1:
-            left = prv[best]
-            pair_rank[left], pair_into[left] = _pair_rank(sym[left], sym[best], keys, ranks, merged, mask)
-    i = 0
-    while i != -1:
-        out[n_out] = sym[i]
-        n_out += 1
-        i = nxt[i]
-    return n_out
+            merge[best] = NO_MERGE
+        if best > 0:
+            merge[best - 1] = _lookup_merge(sym[best - 1], sym[best], pair_table, mask)
+    for i in range(n):
+        out[n_out + i] = sym[i]
+    return n_out + n
 
 
 @njit
@@ -322,7 +337,7 @@ def _piece_ids(data, start, stop, tables, out, n_out, scratch, cache):
     stored in the first empty one, else it evicts the piece in its home slot (text changes topic and
     language, so recent pieces beat first-seen ones). Long or many-token pieces are merged every time.
     """
-    byte_ids, keys, ranks, merged = tables
+    byte_ids, byte_pairs, pair_table = tables
     length = stop - start
     if length == 1:  # one byte: nothing to merge
         if byte_ids[data[start]] >= 0:
@@ -330,7 +345,7 @@ def _piece_ids(data, start, stop, tables, out, n_out, scratch, cache):
             n_out += 1
         return n_out
     if length > CACHED_BYTES:
-        return _bpe_piece_numba(data, start, stop, byte_ids, keys, ranks, merged, out, n_out, scratch)
+        return _bpe_piece_numba(data, start, stop, byte_ids, byte_pairs, pair_table, out, n_out, scratch)
     w0, w1, w2 = np.uint64(0), np.uint64(0), np.uint64(0)  # the piece's bytes, 8 per word
     for k in range(length):
         byte = np.uint64(data[start + k]) << np.uint64(8 * (k & 7))
@@ -357,7 +372,7 @@ def _piece_ids(data, start, stop, tables, out, n_out, scratch, cache):
             for k in range(count):  # two 32-bit ids per word
                 out[n_out + k] = (cache[slot, 4 + (k >> 1)] >> (32 * (k & 1))) & 0xFFFFFFFF
             return n_out + count
-    n_new = _bpe_piece_numba(data, start, stop, byte_ids, keys, ranks, merged, out, n_out, scratch)
+    n_new = _bpe_piece_numba(data, start, stop, byte_ids, byte_pairs, pair_table, out, n_out, scratch)
     count = n_new - n_out
     if count <= CACHED_IDS:
         cache[free, 0] = length | (count << 8)
@@ -377,7 +392,7 @@ def _fit(scratch, length):
 
 
 @njit
-def _encode_ordinary_numba(data, seg_bounds, byte_ids, keys, ranks, merged, excluded):
+def _encode_ordinary_numba(data, seg_bounds, byte_ids, byte_pairs, pair_table, excluded):
     """ids of UTF-8 segments data[seg_bounds[i]:seg_bounds[i+1]], split and merged in one pass.
 
     data: uint8 (n,), all segments back to back; seg_bounds: int64 (G+1,) byte offsets.
@@ -386,12 +401,12 @@ def _encode_ordinary_numba(data, seg_bounds, byte_ids, keys, ranks, merged, excl
     """
     n = data.shape[0]
     out = np.empty(n, dtype=np.int64)  # every byte yields at most one token
-    scratch = np.empty((5, 256), dtype=np.int64)  # merge-loop buffers, grown for longer pieces
+    scratch = np.empty((2, 256), dtype=np.int64)  # merge-loop buffers, grown for longer pieces
     size = 256
     while size < min(n // 4, PIECE_CACHE_SLOTS):
         size *= 2
     cache = np.zeros((size, 8), dtype=np.int64)  # (N, 8), see _piece_ids
-    tables = (byte_ids, keys, ranks, merged)
+    tables = (byte_ids, byte_pairs, pair_table)
     id_bounds = np.zeros(seg_bounds.shape[0], dtype=np.int64)
     n_out = 0
     for g in range(seg_bounds.shape[0] - 1):
@@ -443,7 +458,7 @@ def encode_ordinary_batch(texts: list, tables: BpeTables) -> list:
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8)  # (n,) all texts back to back
     seg_bounds = np.zeros(len(encoded) + 1, dtype=np.int64)  # (G+1,)
     np.cumsum([len(e) for e in encoded], out=seg_bounds[1:])
-    ids, id_bounds = _encode_ordinary_numba(data, seg_bounds, tables.byte_ids, tables.hash_keys, tables.hash_ranks, tables.hash_merged, tables.excluded)
+    ids, id_bounds = _encode_ordinary_numba(data, seg_bounds, tables.byte_ids, tables.byte_pairs, tables.pair_table, tables.excluded)
     ids, id_bounds = ids.tolist(), id_bounds.tolist()
     return [ids[id_bounds[g] : id_bounds[g + 1]] for g in range(len(texts))]
 

@@ -9,9 +9,10 @@ Widening, one row at a time into a small float32 scratch row that stays in L1, w
 float operations the compiler vectorises:
 
     BF16  the top half of a float32:          bits32 = h << 16
-    F16   re-bias the exponent by a multiply: bits32 = (h & 0x7fff) << 13, then value *= 2**112
-          (exact for normal and subnormal halves), inf/nan get the all-ones exponent, then the
-          sign bit goes back in: bits32 |= (h & 0x8000) << 16
+    F16   move the sign to bit 31 and the rest 13 bits up, bits32 = (h & 0x8000) << 16 |
+          (h & 0x7fff) << 13, then re-bias the exponent (15 -> 127) by a multiply,
+          value *= 2**112 (exact for normal and subnormal halves); a row holding an inf or nan
+          (exponent all ones, never in a trained checkpoint) gets those patched afterwards
 
 Both are exact (tested over all 65,536 patterns). The dot products are float32; the numba kernel
 allows reassociation (fastmath "reassoc") so that they vectorise, hence it agrees with the plain
@@ -48,16 +49,19 @@ def _widen_row(row, bits, is_bf16):
         for i in range(C):
             bits[i] = np.uint32(row[i]) << np.uint32(16)
         return
-    vals = bits.view(np.float32)
-    for i in range(C):
-        bits[i] = (np.uint32(row[i]) & np.uint32(0x7FFF)) << np.uint32(13)
-    for i in range(C):
-        vals[i] = vals[i] * _TWO_112  # exponent bias 15 -> 127
+    specials = np.uint32(0)  # bit 15 ends up set if some half has the all-ones exponent
     for i in range(C):
         h = np.uint32(row[i])
-        special = np.uint32(0x7F800000) | ((h & np.uint32(0x3FF)) << np.uint32(13))  # inf / nan
-        b = special if (h & np.uint32(0x7C00)) == np.uint32(0x7C00) else bits[i]
-        bits[i] = b | ((h & np.uint32(0x8000)) << np.uint32(16))  # the sign bit back in
+        bits[i] = ((h & np.uint32(0x8000)) << np.uint32(16)) | ((h & np.uint32(0x7FFF)) << np.uint32(13))
+        specials |= (h & np.uint32(0x7C00)) + np.uint32(0x0400)  # 0x7C00 + 0x400 = 0x8000
+    vals = bits.view(np.float32)
+    for i in range(C):
+        vals[i] = vals[i] * _TWO_112  # exponent bias 15 -> 127
+    if specials & np.uint32(0x8000):
+        for i in range(C):
+            h = np.uint32(row[i])
+            if (h & np.uint32(0x7C00)) == np.uint32(0x7C00):  # inf / nan: all-ones exponent, same payload
+                bits[i] = ((h & np.uint32(0x8000)) << np.uint32(16)) | np.uint32(0x7F800000) | ((h & np.uint32(0x3FF)) << np.uint32(13))
 
 
 @njit(parallel=True, fastmath={"reassoc"})

@@ -1,0 +1,83 @@
+"""The model shipped in weights/: a genuine BLOOM checkpoint, the CLI's default, and its card is true.
+
+- transformers + tokenizers load it as it is and give minibloom's logits and token ids (live);
+- the generate CLI, run as a user runs it, reproduces every sample recorded in the model card
+  (written by tools/make_model_card.py), so a change that silently breaks the model fails here;
+- it is what `from_preset()` and `python -m minibloom presets` give first, and it stays small.
+"""
+
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, assert_close, requires_tokenizers, requires_transformers
+from minibloom import BloomCausalLM
+from minibloom.presets import default_model_dir, list_presets
+
+# A sample in the card: ```console / $ python -m minibloom generate ... / output lines / ```
+CARD_SAMPLE = re.compile(r"```console\n\$ (python -m minibloom generate [^\n]*)\n(.*?)\n```", re.S)
+TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n\nTous les êtres humains naissent libres. 人人生而自由"
+
+
+def card_samples():
+    return CARD_SAMPLE.findall((default_model_dir() / "README.md").read_text(encoding="utf-8"))
+
+
+def test_shipped_model_is_the_default_and_small():
+    d = default_model_dir()
+    assert d.parent == ROOT / "weights"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "loss_curve.png"} <= {p.name for p in d.iterdir()}
+    assert sum(p.stat().st_size for p in d.iterdir()) < 25e6
+    assert list_presets()[0][0] == "default" and list_presets()[0][2] == d
+    lm = BloomCausalLM.from_preset()
+    assert lm.tokenizer is not None and lm.tokenizer.vocabulary_size() <= lm.backbone.config.vocab_size
+
+
+def test_card_has_greedy_samples_that_differ():
+    samples = card_samples()
+    greedy = [out for cmd, out in samples if "--sampler" not in cmd]
+    assert len(greedy) >= 5
+    assert len(set(greedy)) == len(greedy)  # not one repeated degenerate string
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_cli_reproduces_model_card_sample(index):
+    samples = card_samples()
+    if index >= len(samples):
+        pytest.skip(f"the card has {len(samples)} samples")
+    command, expected = samples[index]
+    argv = shlex.split(command)[1:]  # drop the leading "python"
+    run = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.rstrip("\n") == expected, f"{command}\n--- card:\n{expected}\n--- now:\n{run.stdout}"
+
+
+@requires_tokenizers
+def test_hf_tokenizers_gives_the_same_ids():
+    import tokenizers
+
+    d = default_model_dir()
+    hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+    ours = BloomCausalLM.from_preset().tokenizer
+    for text in [TEXT, *(out for _, out in card_samples())]:
+        assert ours.encode(text) == hf.encode(text).ids
+
+
+@requires_transformers
+def test_transformers_gives_the_same_logits():
+    import torch
+    import transformers
+
+    d = default_model_dir()
+    lm = BloomCausalLM.from_preset()
+    ids = np.asarray([lm.tokenizer.encode(TEXT)], dtype=np.int64)
+    mask = np.ones_like(ids, dtype=bool)
+    hf = transformers.BloomForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64))).logits.numpy()
+    got = lm.predict({"token_ids": ids, "padding_mask": mask})
+    assert_close("shipped model logits vs transformers", got, ref, atol=1e-4, rtol=1e-5)
