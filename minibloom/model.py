@@ -349,13 +349,14 @@ class BloomBackbone:
         """Tied LM head: hidden (B, T, C) -> logits (B, T, V) float32 = hidden @ E.T.
 
         For generation pass only the last position, `logits(hidden[:, -1:])`: the head is the
-        largest matmul of the model. A half-precision E is widened `chunk_rows` rows at a time.
+        largest matmul of the model. A half-precision E is read as is by the matvec16 kernel for
+        a few rows (ops.times_weight_t), else widened `chunk_rows` rows at a time.
         """
         E = self.params["word_embeddings.weight"]
         B, T, C = hidden.shape
-        h = hidden.reshape(B * T, C)  # one (B*T, C) @ (C, V) BLAS call: E is read once, not B times
-        if E.dtype == hidden.dtype:
-            return (h @ E.T).reshape(B, T, -1)
+        h = hidden.reshape(B * T, C)  # one (B*T, C) @ (C, V) call: E is read once, not B times
+        if E.dtype == hidden.dtype or B * T <= ops.MATVEC16_ROWS:
+            return ops.times_weight_t(h, E).reshape(B, T, -1)
         out = np.empty((B * T, E.shape[0]), dtype=hidden.dtype)
         for start in range(0, E.shape[0], chunk_rows):
             out[:, start : start + chunk_rows] = h @ E[start : start + chunk_rows].astype(hidden.dtype).T

@@ -141,17 +141,22 @@ def times_weight_t(x2, W):
     inside the dot products: half the bytes of widening the whole matrix to float32 first (which
     is what happens for many rows, where one BLAS call on float32 wins).
     """
-    if W.dtype == np.float16 and x2.dtype == np.float32 and x2.shape[0] <= MATVEC16_ROWS:
+    if _reads_16_bit(x2, W):
         return matvec16(x2, W.view(np.uint16), "F16")
     return x2 @ widen(W, x2).T  # one BLAS call for the whole batch
 
 
+def _reads_16_bit(x2, W):
+    return W.dtype == np.float16 and x2.dtype == np.float32 and x2.shape[0] <= MATVEC16_ROWS
+
+
 def linear_forward(x, W, b):
     """y = x @ W.T + b. x (..., in), W (out, in) as stored by torch, b (out,) -> y (..., out)."""
-    y = times_weight_t(x.reshape(-1, x.shape[-1]), W)  # (N, out)
+    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+    if not _reads_16_bit(x2, W):
+        W = widen(W, x)  # float32 for BLAS and for the backward (no copy if it already is)
+    y = times_weight_t(x2, W)  # (N, out)
     y += widen(b, x)
-    if W.dtype != np.float16 or y.shape[0] > MATVEC16_ROWS:
-        W = widen(W, x)  # (what the BLAS call used; a no-op for a float32 W)
     return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)
 
 
