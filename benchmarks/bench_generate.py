@@ -8,12 +8,14 @@ minibloom (`init_params`) and handed to a transformers BloomForCausalLM without 
 padding; then 64 new tokens, greedy, no stop token. Both run in this process with the same
 thread count (torch.set_num_threads, OPENBLAS/OMP/NUMBA_NUM_THREADS set before numpy loads).
 
-Reported per batch size B:
+Reported per batch size B, for transformers (float32), minibloom (float32) and minibloom with the
+same weights rounded to float16 and kept so in memory (decode reads them with the matvec16 kernel):
     prefill   seconds for the prompt forward + first token
     decode    tokens/s over the remaining 63 steps, counting all B rows (B * 63 / seconds)
-    ratio     minibloom decode tokens/s / transformers decode tokens/s (above 1: minibloom faster)
-    bound     memory-bandwidth bound of decoding: each step reads every weight once, so
-              tokens/s <= B * bandwidth / bytes of weights; "of bound" = measured / bound
+    ratio     decode tokens/s / transformers' (above 1: faster than transformers)
+    bounds    memory-bandwidth bounds of decoding: each step reads every weight once, so
+              tokens/s <= B * bandwidth / bytes of weights; "of f32" uses the 2.24 GB of float32
+              weights, "of 16-bit" the 1.12 GB of 16-bit ones (measured / bound)
 
 Bandwidth is measured here too: the best of a 1-thread NumPy sum and a threaded, vectorised numba
 sum over a 1 GB array (reading is all a decode step does with its weights). The last section times the 16-bit matrix-vector kernel (kernels/matvec16.py) over
@@ -103,17 +105,26 @@ def main():
     print(f"model: {args.layers} layers, {weight_bytes / 1e9:.2f} GB float32 shared by both libraries "
           f"(built in {time.perf_counter() - t:.1f} s); {args.threads} threads; numpy {np.__version__}, "
           f"torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"load average before: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs; other processes make every number lower and noisier)")
     bandwidth = measure_bandwidth(np, psum)
     print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s -> float32 bound {bandwidth / weight_bytes:.2f} tokens/s per row\n")
 
-    def ours(ids):
-        mask = np.ones(ids.shape, dtype=bool)
-        t0 = time.perf_counter()
-        first = None
-        for t, _, _ in decode_steps(bb, ids, mask, ids.shape[1] + args.new, GreedySampler(), (), 3):
-            if first is None:
-                first = time.perf_counter() - t0
-        return first, time.perf_counter() - t0
+    # the same weights rounded to float16 and kept so in memory: decode reads them with the
+    # matvec16 kernel (ops.times_weight_t), half the bytes per token
+    bb16 = BloomBackbone.from_config(config, {k: v.astype(np.float16) for k, v in params.items()})
+    bytes16 = sum(v.nbytes for v in bb16.params.values())
+
+    def decode_with(backbone):
+        def run(ids):
+            mask = np.ones(ids.shape, dtype=bool)
+            t0 = time.perf_counter()
+            first = None
+            for t, _, _ in decode_steps(backbone, ids, mask, ids.shape[1] + args.new, GreedySampler(), (), 3):
+                if first is None:
+                    first = time.perf_counter() - t0
+            return first, time.perf_counter() - t0
+
+        return run
 
     def theirs(ids):
         x = torch.from_numpy(ids)
@@ -133,16 +144,23 @@ def main():
         runs = [fn(ids) for _ in range(args.repeat)]
         return min(r[0] for r in runs), min(r[1] for r in runs)
 
-    print(f"{'B':>2} {'library':<13} {'prefill s':>9} {'decode tok/s':>12} {'ratio':>6} {'bound tok/s':>11} {'of bound':>8}")
+    print("bound columns: tokens/s if every weight byte is read once per step at the bandwidth above;")
+    print(f"'of f32' / 'of 16-bit' = measured / bound for {weight_bytes / 1e9:.2f} GB (float32) or {bytes16 / 1e9:.2f} GB (16-bit) of weights")
+    print(f"{'B':>2} {'library':<22} {'prefill s':>9} {'decode tok/s':>12} {'ratio':>6} {'of f32':>6} {'of 16-bit':>9}")
+    summary = []
     for B in args.batches:
         ids = np.random.default_rng(B).integers(4, 250680, size=(B, args.prompt))
-        bound = B * bandwidth / weight_bytes
+        bound32, bound16 = B * bandwidth / weight_bytes, B * bandwidth / bytes16
         rates = {}
-        for name, fn in (("transformers", theirs), ("minibloom", ours)):
+        cases = (("transformers f32", theirs), ("minibloom f32", decode_with(bb)), ("minibloom f16 weights", decode_with(bb16)))
+        for name, fn in cases:
             first, total = best(fn, ids)
             rates[name] = B * (args.new - 1) / (total - first)
-            ratio = rates[name] / rates["transformers"]
-            print(f"{B:>2} {name:<13} {first:>9.3f} {rates[name]:>12.2f} {ratio:>6.2f} {bound:>11.2f} {rates[name] / bound:>8.2f}")
+            ratio = rates[name] / rates["transformers f32"]
+            print(f"{B:>2} {name:<22} {first:>9.3f} {rates[name]:>12.2f} {ratio:>6.2f} {rates[name] / bound32:>6.2f} {rates[name] / bound16:>9.2f}")
+            summary.append(f"B={B} {name}: {rates[name]:.2f} tok/s, {ratio:.2f}x transformers, "
+                           f"{rates[name] / bound32:.2f} of the f32 bound ({bound32:.1f}), {rates[name] / bound16:.2f} of the 16-bit bound ({bound16:.1f})")
+    print(f"load average after the decode runs: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
     # --- 16-bit weights: every matrix of the model, one token ------------------------------------
     mats = [v for k, v in params.items() if v.ndim == 2]
     for kind in ("BF16", "F16"):
@@ -164,6 +182,9 @@ def main():
         print(f"\n16-bit matvec kernel ({kind}, {nbytes / 1e9:.2f} GB, all matrices, B=1): {rate:.2f} tokens/s = "
               f"{nbytes * rate / 1e9:.1f} GB/s; 16-bit bound {bound16:.2f} tokens/s -> {rate / bound16:.2f} of bound")
         del w16
+    print("\nsummary")
+    for line in summary:
+        print("  " + line)
 
 
 if __name__ == "__main__":

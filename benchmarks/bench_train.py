@@ -11,6 +11,12 @@ own subprocess so that ru_maxrss is that run's peak; both get the same thread co
 allocates) is not timed. Printed: tokens/s of each, the ratio minibloom / torch (> 1 = minibloom
 faster), peak resident memory of each and its ratio (< 1 = minibloom smaller).
 
+On a shared machine one run of each can be off by 2-3x either way (two BLAS threads that must meet
+at every matmul wait for each other whenever another process takes a core). So the two libraries
+alternate for `--rounds` rounds (minibloom first in odd rounds, torch first in even ones), and the
+table gives the median tokens/s of each, the median of the per-round ratios and the min-max range
+of those ratios; the load average is printed before and after.
+
 The bloom-560m shape needs about 10 GB per run (params, grads and two AdamW moments in float32);
 it is skipped with a message when /proc/meminfo reports less than 13 GB available.
 """
@@ -30,6 +36,7 @@ SHAPES = {
     "small": (8000, 4, 4, 256, 8, 128, 5),  # V = the size of the project's own tokenizer
     "560m": (250880, 24, 16, 1024, 1, 32, 2),  # bigscience/bloom-560m, short sequence
 }
+DEFAULT_ROUNDS = {"small": 3, "560m": 1}  # a 560m round takes minutes and 10 GB per library
 
 
 def _batch(V, B, T, seed=0):
@@ -118,6 +125,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help=f"alternating rounds per shape (default {DEFAULT_ROUNDS})")
     ap.add_argument("--worker", nargs=2, metavar=("LIB", "SHAPE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -126,29 +135,45 @@ def main(argv=None):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads),
                OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                NUMBA_NUM_THREADS=str(args.threads))
-    print(f"training step (forward + backward + AdamW), {args.threads} threads, CPU")
+    print(f"training step (forward + backward + AdamW), {args.threads} threads, CPU; "
+          f"load average {_load()} (1/5/15 min) on {os.cpu_count()} CPUs")
     print(f"{'shape':<8} {'B x T':>8} {'minibloom tok/s':>16} {'torch tok/s':>12} {'speed ratio':>12} "
-          f"{'minibloom MB':>13} {'torch MB':>9} {'mem ratio':>10}")
+          f"{'(range)':>13} {'minibloom MB':>13} {'torch MB':>9} {'mem ratio':>10}")
     for shape in args.shapes:
         V, L, H, C, B, T, steps = SHAPES[shape]
         if shape == "560m" and _available_gb() < 13:
             print(f"{shape:<8} skipped: {_available_gb():.1f} GB available, about 10 GB per run needed")
             continue
-        res = {}
-        for lib in ("minibloom", "torch"):
-            out = subprocess.run([sys.executable, __file__, "--worker", lib, shape], env=env, capture_output=True,
-                                 text=True, check=False)
-            if out.returncode != 0:
-                print(f"{shape}: {lib} worker failed:\n{out.stderr[-2000:]}")
-                break
-            res[lib] = json.loads(out.stdout.strip().splitlines()[-1])
-        if len(res) < 2:
-            continue
-        m, t = res["minibloom"], res["torch"]
-        print(f"{shape:<8} {f'{B}x{T}':>8} {m['tokens_per_s']:>16,.1f} {t['tokens_per_s']:>12,.1f} "
-              f"{m['tokens_per_s'] / t['tokens_per_s']:>11.2f}x {m['peak_mb']:>13,.0f} {t['peak_mb']:>9,.0f} "
-              f"{m['peak_mb'] / t['peak_mb']:>9.2f}x")
+        rounds = args.rounds or DEFAULT_ROUNDS[shape]
+        runs = {"minibloom": [], "torch": []}  # one result dict per round
+        for r in range(rounds):
+            order = ("minibloom", "torch") if r % 2 == 0 else ("torch", "minibloom")
+            for lib in order:
+                out = subprocess.run([sys.executable, __file__, "--worker", lib, shape], env=env,
+                                     capture_output=True, text=True, check=False)
+                if out.returncode != 0:
+                    print(f"{shape}: {lib} worker failed:\n{out.stderr[-2000:]}")
+                    return 1
+                runs[lib].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        m_tps = [x["tokens_per_s"] for x in runs["minibloom"]]
+        t_tps = [x["tokens_per_s"] for x in runs["torch"]]
+        ratios = [a / b for a, b in zip(m_tps, t_tps)]  # same round: same machine load
+        m_mb = max(x["peak_mb"] for x in runs["minibloom"])
+        t_mb = max(x["peak_mb"] for x in runs["torch"])
+        print(f"{shape:<8} {f'{B}x{T}':>8} {_median(m_tps):>16,.1f} {_median(t_tps):>12,.1f} "
+              f"{_median(ratios):>11.2f}x {f'{min(ratios):.2f}-{max(ratios):.2f}x':>13} "
+              f"{m_mb:>13,.0f} {t_mb:>9,.0f} {m_mb / t_mb:>9.2f}x")
+    print(f"load average after: {_load()}; tok/s and ratio are medians over the rounds")
     return 0
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+
+def _load():
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

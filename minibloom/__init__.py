@@ -4,6 +4,7 @@ The public names below are the ones other code and outside checks rely on; see R
 tour and docs/ARCHITECTURE.md for the module contract.
 """
 
+from minibloom.causal_lm import BloomCausalLM
 from minibloom.config import BloomConfig
 from minibloom.errors import MinibloomError
 from minibloom.samplers import (

@@ -198,8 +198,9 @@ class BloomCausalLM:
             sample_weight = np.asarray(mask, dtype=np.float32)
         result = self.backbone.forward(ids, mask, training=True, rng=rng)
         logits = self.backbone.logits(result.hidden)  # (B, T, V)
-        loss, cache = losses.softmax_cross_entropy_forward(logits, y, sample_weight, reduction)
-        del logits  # the cache holds the probabilities in their own (B, T, V) buffer
+        # the probabilities overwrite the logits' (B, T, V) buffer: the largest array of the step
+        loss, cache = losses.softmax_cross_entropy_forward(logits, y, sample_weight, reduction, overwrite_logits=True)
+        del logits
         dlogits = losses.softmax_cross_entropy_backward(1.0, cache)
         grads = self.backbone.backward(result.saved, dlogits=dlogits, hidden=result.hidden)
         return loss, grads

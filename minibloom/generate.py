@@ -9,7 +9,8 @@
 `max_length` counts prompt plus completion tokens, as in keras-hub and HF. The logits are only
 computed for the last position (the tied LM head, V x C, is the largest matmul of the model).
 The cache is allocated once for `max_length` positions: nothing is reallocated per token except
-in beam and contrastive search, which reorder rows (KVCache.reorder copies the filled part).
+in contrastive search, which keeps one of k candidate rows (KVCache.reorder copies the filled
+part); beam search reorders its rows in place.
 
 Where we follow HF transformers rather than keras-hub, and why (our outputs are a reference for
 people porting BLOOM, and HF is the oracle the numbers are checked against):
@@ -281,7 +282,7 @@ def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_tok
         if not (may_improve.any() and open_beams and not hits.all()):
             break
         # follow the surviving beams: reorder the cache rows, then feed each beam's new token
-        cache = cache.reorder(beam_rows.reshape(-1))
+        cache.reorder(beam_rows.reshape(-1), in_place=True)  # (B*nb) rows, no new cache
         out = backbone.forward(running[:, :, cur - 1].reshape(B * nb, 1), mask[:, :cur], cache=cache)
         logits = _last_logits(backbone, out.hidden)
 

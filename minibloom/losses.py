@@ -38,11 +38,14 @@ class CrossEntropyCache(NamedTuple):
     norm: float  # N
 
 
-def softmax_cross_entropy_forward(logits, y, sample_weight=None, reduction="mean"):
+def softmax_cross_entropy_forward(logits, y, sample_weight=None, reduction="mean", overwrite_logits=False):
     """Weighted cross-entropy. logits (B, T, V) float, y (B, T) int (-100 = ignore),
     sample_weight (B, T) float or None (all ones) -> (loss float, CrossEntropyCache).
 
     Softmax runs in the logits' dtype (float32) after subtracting the row max.
+    overwrite_logits=True computes the probabilities in the logits' own buffer (the same
+    operations in the same order, so the same numbers) instead of two new (B, T, V) arrays;
+    the training step uses it because it has no further use for its logits.
     """
     if reduction not in REDUCTIONS:
         raise ArgumentError(f"reduction: expected one of {REDUCTIONS}, found {reduction!r}")
@@ -64,11 +67,15 @@ def softmax_cross_entropy_forward(logits, y, sample_weight=None, reduction="mean
     w = np.where(ignored, 0, w).astype(logits.dtype)
     y = np.where(ignored, 0, y).astype(np.int64)
 
-    shifted = logits - logits.max(axis=-1, keepdims=True)  # (B, T, V)
-    probs = np.exp(shifted)
+    if overwrite_logits:
+        shifted = logits
+        shifted -= logits.max(axis=-1, keepdims=True)  # (B, T, V)
+    else:
+        shifted = logits - logits.max(axis=-1, keepdims=True)  # (B, T, V)
+    target = np.take_along_axis(shifted, y[..., None], axis=-1)[..., 0]  # (B, T), a copy
+    probs = np.exp(shifted, out=shifted if overwrite_logits else None)
     sumexp = probs.sum(axis=-1)  # (B, T)
     probs /= sumexp[..., None]
-    target = np.take_along_axis(shifted, y[..., None], axis=-1)[..., 0]  # (B, T)
     ce = np.log(sumexp) - target  # (B, T)
     if reduction == "mean":
         norm = float(w.sum(dtype=np.float64))

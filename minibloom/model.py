@@ -21,7 +21,10 @@ D = C / H, F MLP width, V vocabulary rows, L blocks.
 Parameters live in a flat dict keyed by HF names without `transformer.` (docs/ARCHITECTURE.md).
 They may be float16 (or another float dtype) when a user keeps a half-precision checkpoint in
 memory: each op widens the weights it uses to float32, one layer at a time, so the compute and
-the result are the same as converting everything up front.
+the result are the same as converting everything up front. In a decode step (at most
+ops.MATVEC16_ROWS rows) a float16 matrix is not widened as a whole: the matvec16 kernel reads
+its 16-bit words and widens them row by row inside the dot products (same values, float32 sums
+in another order), which halves the bytes read per token.
 
 Leaves out: reading checkpoints (checkpoint.py), the loss (losses.py), the task API (causal_lm.py),
 generation loops (generate.py) and HF's `pretraining_tp`/`slow_but_exact` replay.
@@ -394,8 +397,6 @@ class BloomBackbone:
             for k in BLOCK_KEYS:
                 grads[f"h.{i}.{k}"] = g[k]
         dx, grads["word_embeddings_layernorm.weight"], grads["word_embeddings_layernorm.bias"] = ops.layernorm_backward(dx, c_ln_emb)
-        dE = ops.embedding_backward(dx, c_emb)
-        if dE_head is not None:
-            dE += dE_head  # tied embedding: the lookup's gradient plus the head's
-        grads["word_embeddings.weight"] = dE
+        # tied embedding: the lookup's gradient added (in place) to the head's
+        grads["word_embeddings.weight"] = ops.embedding_backward(dx, c_emb, dE=dE_head)
         return {k: grads[k] for k in self.params}  # params' key order

@@ -65,14 +65,19 @@ def embedding_forward(ids, E):
     return x, EmbeddingCache(ids, E.shape[0])
 
 
-def embedding_backward(dx, cache):
+def embedding_backward(dx, cache, dE=None):
     """dE for `x = E[ids]`: scatter-add each position's gradient into its row.
 
     np.add.at, not `dE[ids] += dx`: when an id repeats, fancy-index += keeps only one of the
     updates, while add.at accumulates all of them.
+
+    dE: None for a fresh zero (V, C) array, or a (V, C) gradient to add into in place (the tied
+    head's): that skips allocating and then adding a second (V, C) array, 1 GB each for
+    bloom-560m, when only B*T rows change.
     """
     B, T, C = dx.shape
-    dE = np.zeros((cache.vocab_size, C), dtype=dx.dtype)
+    if dE is None:
+        dE = np.zeros((cache.vocab_size, C), dtype=dx.dtype)
     np.add.at(dE, cache.ids.reshape(-1), dx.reshape(B * T, C))
     return dE
 
@@ -115,7 +120,9 @@ def layernorm_backward(dy, cache):
     dw = (dy * norm).reshape(-1, C).sum(axis=0)  # y = norm * w + b
     db = dy.reshape(-1, C).sum(axis=0)
     g = dy * w
-    dx = (g - g.mean(axis=-1, keepdims=True) - norm * (g * norm).mean(axis=-1, keepdims=True)) * rstd
+    dx = g - g.mean(axis=-1, keepdims=True)  # the formula above, term by term, in one buffer
+    dx -= norm * (g * norm).mean(axis=-1, keepdims=True)
+    dx *= rstd
     return dx, dw, db
 
 
@@ -320,8 +327,10 @@ def split_heads(fused, num_heads):
 def merge_qkv_grads(dq, dk, dv):
     """Inverse of split_heads for the gradients: dq, dk, dv (B, H, T, D) -> dfused (B, T, 3C)."""
     B, H, T, D = dq.shape
-    d = np.stack([dq, dk, dv], axis=3)  # (B, H, T, 3, D)
-    return d.transpose(0, 2, 1, 3, 4).reshape(B, T, H * 3 * D)  # (B, T, H, 3, D) -> (B, T, 3C)
+    d = np.empty((B, T, H, 3, D), dtype=dq.dtype)  # written once, in the fused layout
+    for i, di in enumerate((dq, dk, dv)):
+        d[:, :, :, i] = di.transpose(0, 2, 1, 3)  # (B, H, T, D) -> (B, T, H, D)
+    return d.reshape(B, T, H * 3 * D)  # (B, T, H, 3, D) -> (B, T, 3C)
 
 
 def merge_heads(ctx):

@@ -11,7 +11,7 @@ Encoding, in HF's order (bloom-spec.md §4):
    tokens whose `normalized` flag is false (BLOOM's specials `<unk> <s> </s> <pad>`), then, in the
    text between those, the tokens with `normalized` true. (BLOOM has no normalizer, so the flag
    only decides the pass.) An added token matches anywhere, even inside a word.
-2. Every stretch of text between added tokens goes through `kernels.bpe.encode_ordinary`: the
+2. Every stretch of text between added tokens goes through `kernels.bpe.encode_texts`: the
    Split regex (Isolated), ByteLevel without regex, BPE by merge rank.
 3. Nothing is added around the ids: BLOOM's post-processor adds no BOS/EOS.
 
@@ -136,13 +136,15 @@ class BloomTokenizer:
             self._id_to_token[i] = token
         self._special_ids = frozenset(t["id"] for t in self._added if t["special"])
 
-        # Added-token matchers, longest alternative first so that each match is leftmost-longest.
+        # Added-token matchers over UTF-8 bytes (a valid UTF-8 token can only match at character
+        # boundaries), longest alternative first so that each match is leftmost-longest.
         def matcher(tokens):
-            tokens = sorted(tokens, key=len, reverse=True)
-            return regex.compile("|".join(regex.escape(t) for t in tokens)) if tokens else None
+            tokens = sorted((t.encode("utf-8") for t in tokens), key=len, reverse=True)
+            return regex.compile(b"|".join(regex.escape(t) for t in tokens)) if tokens else None
 
         self._match_raw = matcher([t["content"] for t in self._added if not t["normalized"]])
         self._match_normalized = matcher([t["content"] for t in self._added if t["normalized"]])
+        self._added_ids = {t["content"].encode("utf-8"): t["id"] for t in self._added}
 
         self._tables = self._build_tables()
         char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
@@ -308,56 +310,47 @@ class BloomTokenizer:
 
     # --- encoding ------------------------------------------------------------------------------
 
-    def _split_added(self, text: str) -> list:
-        """[(segment, id or None)]: added tokens (id) and the ordinary text between them (None)."""
-        parts = [(text, None)] if text else []
-        for matcher in (self._match_raw, self._match_normalized):
-            if matcher is None:
-                continue
-            split = []
-            for segment, token_id in parts:
-                if token_id is not None:
-                    split.append((segment, token_id))
-                    continue
-                start = 0
-                for m in matcher.finditer(segment):
-                    if m.start() > start:
-                        split.append((segment[start : m.start()], None))
-                    split.append((m.group(), self._token_to_id[m.group()]))
-                    start = m.end()
-                if start < len(segment):
-                    split.append((segment[start:], None))
-            parts = split
-        return parts
+    def _find_added(self, data: bytes) -> np.ndarray:
+        """int64 (K, 3) rows (start, stop, id): the added tokens in data, sorted by start.
+
+        Two passes like HF: the raw (`normalized` false) tokens first, then the normalized ones in
+        the gaps between those.
+        """
+        found = []
+        if self._match_raw is not None:
+            found = [(m.start(), m.end(), self._added_ids[m.group()]) for m in self._match_raw.finditer(data)]
+        if self._match_normalized is not None:
+            gap_starts = [0] + [stop for _, stop, _ in found]
+            gap_stops = [start for start, _, _ in found] + [len(data)]
+            for a, b in zip(gap_starts, gap_stops):
+                found += [(m.start(), m.end(), self._added_ids[m.group()]) for m in self._match_normalized.finditer(data, a, b)]
+            found.sort()
+        return np.array(found, dtype=np.int64).reshape(-1, 3)  # (K, 3)
 
     def encode(self, text: str) -> list:
         """Token ids of `text` (no BOS/EOS added, as in HF for BLOOM)."""
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts) -> list:
-        """`encode` over a list of strings (all ordinary text goes to the BPE kernel in one call)."""
+        """`encode` over a list of strings, all in one call of the BPE kernel.
+
+        The texts go to the kernel as one UTF-8 buffer, joined by a byte that never occurs in
+        UTF-8 (so neither an added token nor a piece can reach across two texts).
+        """
         if isinstance(texts, str):
             raise ArgumentError("encode_batch: texts must be a list of str, found a single str (use encode)")
-        split = []  # per text: [(segment, added-token id or None)]
+        encoded = []
         for n, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ArgumentError(f"encode: text {n} must be a str, found {type(text).__name__}")
             try:
-                text.encode("utf-8")
+                encoded.append(text.encode("utf-8"))
             except UnicodeEncodeError as e:
                 raise ArgumentError(f"encode: text {n} is not valid Unicode (lone surrogate at index {e.start})") from None
-            split.append(self._split_added(text))
-        ordinary = iter(bpe.encode_ordinary_batch([seg for parts in split for seg, i in parts if i is None], self._tables))
-        out = []
-        for parts in split:
-            ids = []
-            for _, token_id in parts:
-                if token_id is None:
-                    ids.extend(next(ordinary))
-                else:
-                    ids.append(token_id)
-            out.append(ids)
-        return out
+        if not encoded:
+            return []
+        data = encoded[0] if len(encoded) == 1 else bytes([bpe.TEXT_SEPARATOR]).join(encoded)
+        return bpe.encode_texts(data, self._find_added(data), self._tables)
 
     def tokenize(self, text):
         """keras-hub name: ids of a string, or a list of id lists for a list of strings."""

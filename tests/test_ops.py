@@ -51,6 +51,20 @@ def test_embedding_backward_accumulates_repeated_ids(rng):
     check_backward("embedding", lambda E: ops.embedding_forward(ids, E), ops.embedding_backward, (E,))
 
 
+def test_embedding_backward_adds_into_a_given_gradient(rng):
+    # the tied-head path: the lookup's scatter-add goes into the head's dE in place
+    dx = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    ids = np.array([[1, 3, 1], [1, 6, 0]])
+    _, cache = ops.embedding_forward(ids, np.zeros((7, 4), np.float32))
+    head = rng.standard_normal((7, 4)).astype(np.float32)
+    dE = ops.embedding_backward(dx, cache, dE=head.copy())
+    assert_close("dE into head", dE, head + ops.embedding_backward(dx, cache), 1e-6, 1e-6)
+    untouched = [2, 4, 5]  # ids that never occur keep the head's rows exactly
+    assert np.array_equal(dE[untouched], head[untouched])
+    given = head.copy()
+    assert ops.embedding_backward(dx, cache, dE=given) is given  # in place, no new (V, C) array
+
+
 def test_layernorm_backward(rng):
     x, w, b = rng.standard_normal((2, 3, 5)) * 2 + 1, rng.standard_normal(5), rng.standard_normal(5)
     check_backward("layernorm", lambda x, w, b: ops.layernorm_forward(x, w, b, 1e-5), ops.layernorm_backward, (x, w, b))
@@ -142,6 +156,20 @@ def test_cross_entropy_backward(rng, reduction):
         return np.array(loss), cache
 
     check_backward("cross-entropy", forward, lambda r, cache: losses.softmax_cross_entropy_backward(float(r), cache), (logits,))
+
+
+def test_cross_entropy_overwrite_logits_gives_the_same_numbers(rng):
+    logits = (rng.standard_normal((2, 3, 50)) * 5).astype(np.float32)
+    y = np.array([[1, 49, -100], [0, 0, 2]])
+    w = rng.uniform(0, 2, size=(2, 3)).astype(np.float32)
+    loss, cache = losses.softmax_cross_entropy_forward(logits, y, w)
+    buffer = logits.copy()
+    loss_in_place, cache_in_place = losses.softmax_cross_entropy_forward(buffer, y, w, overwrite_logits=True)
+    assert loss_in_place == loss  # the same operations in the same order: bit-identical
+    assert np.array_equal(cache_in_place.probs, cache.probs)
+    assert cache_in_place.probs is buffer  # the probabilities live in the logits' buffer
+    assert np.array_equal(losses.softmax_cross_entropy_backward(1.0, cache_in_place),
+                          losses.softmax_cross_entropy_backward(1.0, cache))
 
 
 def test_cross_entropy_reductions_differ_by_the_weight_sum(rng):

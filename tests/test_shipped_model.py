@@ -37,14 +37,14 @@ def test_shipped_model_is_the_default_and_small():
     assert lm.tokenizer is not None and lm.tokenizer.vocabulary_size() <= lm.backbone.config.vocab_size
 
 
-def test_card_has_greedy_samples_that_differ():
+def test_card_has_greedy_samples_and_they_differ():
     samples = card_samples()
-    greedy = [out for cmd, out in samples if "--sampler" not in cmd]
-    assert len(greedy) >= 5
-    assert len(set(greedy)) == len(greedy)  # not one repeated degenerate string
+    assert sum("--sampler" not in cmd for cmd, _ in samples) >= 2  # greedy ones
+    outputs = [out for _, out in samples]
+    assert len(set(outputs)) == len(outputs) >= 6  # not one repeated degenerate string
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(9))
 def test_cli_reproduces_model_card_sample(index):
     samples = card_samples()
     if index >= len(samples):

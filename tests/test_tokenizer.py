@@ -6,6 +6,7 @@ tests/data/tokenizer_corpus.json (both written by tools/golden_tokenizer.py).
 """
 
 import contextlib
+import gc
 import json
 import os
 from pathlib import Path
@@ -138,7 +139,7 @@ def test_merge_table_twins_agree(tok):
 
 def test_numba_equals_plain_on_one_long_string(tok, corpus):
     """The whole corpus as one string: tens of thousands of distinct pieces, so the numba piece
-    cache evicts, and pieces of hundreds of bytes, so the merge buffers grow."""
+    cache evicts, and pieces of hundreds of bytes, so the heap merge (long pieces) runs."""
     text = "\n".join(corpus) + " " + "x" * 5000
     with numba_switch(True):
         fast = tok.encode(text)
@@ -153,6 +154,42 @@ def test_encode_batch_equals_encode_one_by_one(tok, corpus):
     assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
 
 
+def test_added_tokens_never_reach_across_texts(tok):
+    """encode_batch joins the texts into one buffer: '<' + 's>' must not become the token <s>."""
+    texts = ["a<", "s>b", "</", "s>", "<pad", ">"]
+    assert tok.encode("a<s>b") != tok.encode("a<") + tok.encode("s>b")
+    for numba in (True, False):
+        with numba_switch(numba):
+            assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+            assert tok.encode_batch([]) == []
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_encode_batch_leaves_the_garbage_collector_as_it_was(tok, enabled):
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        tok.encode_batch(["one text", "another"])
+        assert gc.isenabled() == enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_dense_byte_pair_table_matches_the_merges(tok):
+    """byte_pairs[b1 << 8 | b2] is the packed merge of the two byte tokens, or NO_MERGE."""
+    t = tok._tables
+    for b1 in range(256):
+        for b2 in range(256):
+            hit = t.merges.get((int(t.byte_ids[b1]), int(t.byte_ids[b2])))
+            expected = bpe.NO_MERGE if hit is None else bpe.pack_merge(*hit)
+            assert t.byte_pairs[b1 << 8 | b2] == expected, (b1, b2)
+
+
+def test_merge_tables_reject_ids_past_31_bits():
+    with pytest.raises(TokenizerError, match="below 2"):
+        bpe.build_tables(np.arange(256), [0], [1], [2**31])
+
+
 def test_bpe_tie_goes_to_leftmost_and_lowest_rank_first():
     """Toy merges with a known answer: 'aaa' -> 'aa a' (leftmost), rank beats position."""
     chars = bytes_to_unicode()
@@ -165,6 +202,32 @@ def test_bpe_tie_goes_to_leftmost_and_lowest_rank_first():
             assert t.encode("aaa") == [256, ord("a")]
             assert t.encode("abc") == [259]  # b c (rank 1) merges before a b (rank 2)
             assert t.encode("aabc") == [256, 257]
+
+
+def test_long_pieces_merge_like_short_ones():
+    """Pieces past bpe.LONG_PIECE bytes take the heap path: same ties (leftmost) and rank order."""
+    chars = bytes_to_unicode()
+    vocab = {chars[b]: b for b in range(256)}
+    vocab.update({"aa": 256, "bc": 257, "ab": 258, "abc": 259, "aaaa": 260})
+    merges = [("a", "a"), ("b", "c"), ("a", "b"), ("a", "bc"), ("aa", "aa")]
+    t = BloomTokenizer(vocab, merges, added_tokens=[])
+    for n in (bpe.LONG_PIECE - 1, bpe.LONG_PIECE + 1, 301):
+        for text in ("a" * n, ("aabc" * n)[:n], ("abcab" * n)[:n]):
+            with numba_switch(False):
+                plain = t.encode(text)
+            with numba_switch(True):
+                assert t.encode(text) == plain, (n, text[:12])
+    assert t.encode("a" * (bpe.LONG_PIECE + 3)) == [260] * ((bpe.LONG_PIECE + 3) // 4) + [256, ord("a")]
+
+
+@HYPOTHESIS
+@given(text=st.text(alphabet=st.sampled_from(list("aeinrstx\u00e9\u00fc\u6f22\u5b57")), min_size=60, max_size=400))
+def test_numba_equals_plain_on_long_pieces(tok, text):
+    with numba_switch(True):
+        fast = tok.encode(text)
+    with numba_switch(False):
+        plain = tok.encode(text)
+    assert fast == plain
 
 
 # Text generators aimed at the pre-tokenizer's corners, used by several property tests.

@@ -4,6 +4,7 @@
 
 writes, in OUT_DIR:
   train.txt                 the first 90% of each UDHR translation + the first 90% of tinyshakespeare
+  train_shakespeare.txt     the first 90% of tinyshakespeare alone (to up-weight it in a mixture)
   heldout_shakespeare.txt   the last 10% of tinyshakespeare's lines (the bits-per-byte figure)
   heldout_udhr.txt          the last 10% of the paragraphs of each UDHR translation
 
@@ -28,18 +29,19 @@ def _split_lines(text: str):
 
 
 def split_corpus(data_dir: Path):
-    """Return (train, heldout_shakespeare, heldout_udhr) as strings."""
+    """Return (train, train_shakespeare, heldout_shakespeare, heldout_udhr) as strings."""
     with lzma.open(data_dir / "tinyshakespeare.txt.xz", "rt", encoding="utf-8") as f:
         shakespeare_train, shakespeare_heldout = _split_lines(f.read())
 
     udhr_train, udhr_heldout = [], []
     with lzma.open(data_dir / "udhr.jsonl.xz", "rt", encoding="utf-8") as f:
         for line in f:
-            train, heldout = _split_lines(json.loads(line)["text"].strip() + "\n")
+            train, heldout = _split_lines(json.loads(line)["text"].strip() + "\n")  # no blank lines inside
             udhr_train.append(train)
             udhr_heldout.append(heldout)
+    # A blank line between translations makes each one a document of its own for `train`.
     train = "\n".join(udhr_train) + "\n" + shakespeare_train
-    return train, shakespeare_heldout, "\n".join(udhr_heldout)
+    return train, shakespeare_train, shakespeare_heldout, "\n".join(udhr_heldout)
 
 
 def main(argv=None) -> int:
@@ -49,8 +51,10 @@ def main(argv=None) -> int:
         return 2
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
-    train, heldout_shakespeare, heldout_udhr = split_corpus(ROOT / "data")
-    for name, text in [("train.txt", train), ("heldout_shakespeare.txt", heldout_shakespeare), ("heldout_udhr.txt", heldout_udhr)]:
+    train, train_shakespeare, heldout_shakespeare, heldout_udhr = split_corpus(ROOT / "data")
+    files = {"train.txt": train, "train_shakespeare.txt": train_shakespeare,
+             "heldout_shakespeare.txt": heldout_shakespeare, "heldout_udhr.txt": heldout_udhr}
+    for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
         print(f"{out / name}: {len(text.encode('utf-8')):,} bytes")
     return 0

@@ -1,9 +1,9 @@
 """The tokenizer's hot loops: BLOOM's pre-token split and the BPE merge loop, numba + plain twins.
 
-Covers `encode_ordinary_batch(texts, tables)` / `encode_ordinary(text, tables)`, which turn text
-holding no added/special tokens into token ids, and `split_pieces(text)`, the pre-tokenizer on its
-own. Leaves out everything that is
-about files, added tokens and decoding (minibloom/tokenizer.py) and training (bpe_train.py).
+Covers `encode_texts(data, fixed, tables)`, which turns UTF-8 texts into token ids (the caller
+marks the byte spans of added tokens, which become their ids as they are), `build_tables`, and
+`split_pieces(text)`, the pre-tokenizer on its own. Leaves out everything that is about files,
+finding added tokens and decoding (minibloom/tokenizer.py) and training (bpe_train.py).
 
 The pipeline, as HF `tokenizers` runs it for BLOOM's tokenizer.json:
 
@@ -19,20 +19,29 @@ Two twins give identical ids (tests/test_tokenizer.py checks it):
 
 - plain: the `regex` module does the split and a Python dict holds the merges, with a per-call
   piece cache. Short and obviously right; about 1 MB/s.
-- numba: one compiled pass over the UTF-8 bytes of all texts of a batch, which finds piece
-  boundaries with a hand-written scanner (the regex above is simple enough to scan: an optional
-  space, then a run of "word" characters), merges each piece over a linked list of symbols, looking
-  pairs up in an open-addressing hash table, and keeps a small cache of recent short pieces (most
-  pieces of real text are repeats). About 10 MB/s here, 10x HF `tokenizers`, 0.5x tiktoken
+- numba: one compiled pass over the UTF-8 bytes of all texts of a batch (joined by a byte that
+  UTF-8 never uses), which finds piece boundaries with a hand-written scanner (the regex above is
+  simple enough to scan: an optional space, then a run of "word" characters) and merges each piece
+  in two small arrays (symbols, and the merge of each adjacent pair). Merges are packed into one
+  int64 (rank << 32 | merged id) so that comparing them compares ranks; the first round of pairs
+  (single bytes) reads a dense 256 x 256 table, later pairs an open-addressing hash table whose key
+  and merge share a row (one cache line per lookup); a 1 MB cache of recent short pieces saves
+  re-merging repeats. About 19 MB/s of CPU time here with an 8k or a 50k vocabulary: ~12x HF
+  `tokenizers` (single thread), 1.0x tiktoken with 8k tokens, 1.25x with 50k
   (benchmarks/bench_tokenizer.py).
 
-Speed notes, measured: a bigger piece cache is slower, not faster (past the L2 cache every hit is a
-memory stall), and so is a cache that keeps the first pieces seen (UDHR changes language every few
-kB); inside numba kernels, `return a or b` compiles to a slow generic path (20x, see `_is_word`).
+Speed notes, measured: the three separate key/rank/merged arrays and the linked list of symbols
+that came before cost 40% (three cache misses per lookup, pointer chasing); a bigger piece cache
+is slower, not faster (past the L2 cache every hit is a memory stall), and so is a cache that keeps
+the first pieces seen (UDHR changes language every few kB); inside numba kernels, `return a or b`
+compiles to a slow generic path (20x, see `_is_word`). Pieces of more than LONG_PIECE bytes (CJK
+sentences, long runs of one character) are merged with a heap, O(n log n) like HF, so no input is
+quadratic.
 
 `MINIBLOOM_NUMBA=0` selects the plain twin (read at call time through `minibloom.jit.use_numba`).
 """
 
+import gc
 from typing import NamedTuple
 
 import numpy as np
@@ -292,6 +301,108 @@ def _bpe_piece_numba(data, start, stop, byte_ids, byte_pairs, pair_table, out, n
     return n_out + n
 
 
+LONG_PIECE = 64  # pieces longer than this are merged with a heap (O(n log n) instead of O(n^2))
+
+
+@njit
+def _heap_push(keys, pos, size, key, i):
+    """Push (key, i) onto the binary min-heap keys/pos[:size], ordered by (key, i); return size + 1."""
+    k = size
+    while k > 0:
+        parent = (k - 1) >> 1
+        if (keys[parent] < key) | ((keys[parent] == key) & (pos[parent] < i)):
+            break
+        keys[k], pos[k] = keys[parent], pos[parent]
+        k = parent
+    keys[k], pos[k] = key, i
+    return size + 1
+
+
+@njit
+def _heap_pop(keys, pos, size):
+    """Remove the smallest entry of keys/pos[:size] (the caller has read it at [0]); return size - 1."""
+    size -= 1
+    key, i = keys[size], pos[size]  # the last entry sinks from the root
+    k = 0
+    while True:
+        child = 2 * k + 1
+        if child >= size:
+            break
+        if child + 1 < size:
+            right = child + 1
+            if (keys[right] < keys[child]) | ((keys[right] == keys[child]) & (pos[right] < pos[child])):
+                child = right
+        if (key < keys[child]) | ((key == keys[child]) & (i < pos[child])):
+            break
+        keys[k], pos[k] = keys[child], pos[child]
+        k = child
+    keys[k], pos[k] = key, i
+    return size
+
+
+@njit
+def _bpe_long_piece_numba(data, start, stop, byte_ids, pair_table, out, n_out):
+    """`_bpe_piece_numba` for long pieces (a CJK sentence, a run of 10k spaces): the same merges in
+    the same order, found with a heap of (merge, position) instead of a scan per round.
+
+    The symbols form a linked list (a merge keeps the left node and unlinks the right one), and
+    merge[i] is the packed merge of node i with its successor. The heap may hold outdated entries:
+    an entry counts only while its node is alive and still has that merge (a pair's rank names the
+    pair, so an equal value means the same pair at the same place). Smallest (merge, position)
+    first is lowest rank, then leftmost: the order of the scan.
+    """
+    m = stop - start
+    sym = np.empty(m, dtype=np.int64)
+    merge = np.empty(m, dtype=np.int64)
+    nxt = np.empty(m, dtype=np.int64)
+    prv = np.empty(m, dtype=np.int64)
+    alive = np.empty(m, dtype=np.bool_)
+    heap_keys = np.empty(3 * m, dtype=np.int64)  # each merge pushes at most two new entries
+    heap_pos = np.empty(3 * m, dtype=np.int64)
+    mask = pair_table.shape[0] - 1
+    n = 0
+    for p in range(start, stop):
+        t = byte_ids[data[p]]
+        if t >= 0:
+            sym[n], nxt[n], prv[n], alive[n] = t, n + 1, n - 1, True
+            n += 1
+    if n == 0:
+        return n_out
+    nxt[n - 1] = -1
+    merge[n - 1] = NO_MERGE
+    size = 0
+    for i in range(n - 1):
+        merge[i] = _lookup_merge(sym[i], sym[i + 1], pair_table, mask)
+        if merge[i] != NO_MERGE:
+            size = _heap_push(heap_keys, heap_pos, size, merge[i], i)
+    while size > 0:
+        key, i = heap_keys[0], heap_pos[0]
+        size = _heap_pop(heap_keys, heap_pos, size)
+        if (not alive[i]) or (merge[i] != key):
+            continue  # outdated entry
+        gone = nxt[i]  # (sym[i], sym[gone]) -> merged token in node i
+        sym[i] = key & 0xFFFFFFFF
+        alive[gone] = False
+        nxt[i] = nxt[gone]
+        merge[i] = NO_MERGE
+        if nxt[i] != -1:
+            prv[nxt[i]] = i
+            merge[i] = _lookup_merge(sym[i], sym[nxt[i]], pair_table, mask)
+            if merge[i] != NO_MERGE:
+                size = _heap_push(heap_keys, heap_pos, size, merge[i], i)
+        left = prv[i]
+        if left != -1:
+            merge[left] = _lookup_merge(sym[left], sym[i], pair_table, mask)
+            if merge[left] != NO_MERGE:
+                size = _heap_push(heap_keys, heap_pos, size, merge[left], left)
+    i = 0
+    while i != -1:
+        out[n_out] = sym[i]
+        n_out += 1
+        i = nxt[i]
+    return n_out
+
+
 @njit
 def _code_point_at(data, p):
     """(code point, byte length) of the UTF-8 character starting at data[p] (input is valid UTF-8)."""
@@ -319,7 +430,7 @@ def _is_word(c, excluded):
     return not excluded[c]
 
 
-PIECE_CACHE_SLOTS = 1 << 15  # x 64 bytes = 2 MB: fits the L2 cache (bigger tables lose to memory latency)
+PIECE_CACHE_SLOTS = 1 << 14  # x 64 bytes = 1 MB: stays in the L2 cache (2 MB and 4 MB measured slower)
 CACHED_BYTES = 24  # pieces up to 24 bytes ...
 CACHED_IDS = 8  # ... that encode to at most 8 ids are cached (98% of occurrences of longer pieces)
 CACHE_PROBES = 4
@@ -344,6 +455,15 @@ def _piece_ids(data, start, stop, tables, out, n_out, scratch, cache):
             out[n_out] = byte_ids[data[start]]
             n_out += 1
         return n_out
+    if (length == 2) & (byte_ids[data[start]] >= 0) & (byte_ids[data[start + 1]] >= 0):  # one lookup
+        merge = byte_pairs[(np.int64(data[start]) << 8) | np.int64(data[start + 1])]
+        if merge != NO_MERGE:
+            out[n_out] = merge & 0xFFFFFFFF
+            return n_out + 1
+        out[n_out], out[n_out + 1] = byte_ids[data[start]], byte_ids[data[start + 1]]
+        return n_out + 2
+    if length > LONG_PIECE:
+        return _bpe_long_piece_numba(data, start, stop, byte_ids, pair_table, out, n_out)
     if length > CACHED_BYTES:
         return _bpe_piece_numba(data, start, stop, byte_ids, byte_pairs, pair_table, out, n_out, scratch)
     w0, w1, w2 = np.uint64(0), np.uint64(0), np.uint64(0)  # the piece's bytes, 8 per word
@@ -384,85 +504,130 @@ def _piece_ids(data, start, stop, tables, out, n_out, scratch, cache):
 
 
 @njit
-def _fit(scratch, length):
-    """scratch, or a twice-as-long replacement when a piece is longer than its rows."""
-    if length <= scratch.shape[1]:
-        return scratch
-    return np.empty((scratch.shape[0], 2 * length), dtype=np.int64)
+def _encode_segment(data, start, end, tables, excluded, out, n_out, scratch, cache):
+    """Split data[start:end] (UTF-8 text without added tokens) into pieces and append their ids.
+
+    Returns the new length of out.
+    """
+    gap_start = p = start
+    while p < end:
+        c, width = _code_point_at(data, p)
+        # A match starts here if this is a word char, or a space followed by a word char.
+        starts = _is_word(c, excluded)
+        if (not starts) & (c == 32) & (p + 1 < end):
+            c2, _ = _code_point_at(data, p + 1)
+            starts = _is_word(c2, excluded)
+        if not starts:
+            p += width
+            continue
+        if gap_start < p:  # the gap before the match is one piece
+            n_out = _piece_ids(data, gap_start, p, tables, out, n_out, scratch, cache)
+        q = p + width
+        while q < end:  # extend over the run of word characters
+            c, width = _code_point_at(data, q)
+            if not _is_word(c, excluded):
+                break
+            q += width
+        n_out = _piece_ids(data, p, q, tables, out, n_out, scratch, cache)
+        gap_start = p = q
+    if gap_start < end:
+        n_out = _piece_ids(data, gap_start, end, tables, out, n_out, scratch, cache)
+    return n_out
+
+
+TEXT_SEPARATOR = 0xFF  # never occurs in UTF-8, so it cannot be part of a text or of an added token
 
 
 @njit
-def _encode_ordinary_numba(data, seg_bounds, byte_ids, byte_pairs, pair_table, excluded):
-    """ids of UTF-8 segments data[seg_bounds[i]:seg_bounds[i+1]], split and merged in one pass.
+def _encode_numba(data, fixed, byte_ids, byte_pairs, pair_table, excluded):
+    """ids of the texts in data, split and merged in one pass (arguments: see `encode_texts`).
 
-    data: uint8 (n,), all segments back to back; seg_bounds: int64 (G+1,) byte offsets.
-    Returns (ids int64 (<= n,), id_bounds int64 (G+1,)): segment i's ids are ids[id_bounds[i]:id_bounds[i+1]].
-    Pieces never cross a segment boundary; the piece cache is shared by all segments.
+    Returns (ids int64 (<= n,), text_bounds int64 (G+1,)): text g's ids are
+    ids[text_bounds[g]:text_bounds[g+1]]. The piece cache is shared by all texts.
     """
     n = data.shape[0]
     out = np.empty(n, dtype=np.int64)  # every byte yields at most one token
-    scratch = np.empty((2, 256), dtype=np.int64)  # merge-loop buffers, grown for longer pieces
+    scratch = np.empty((2, LONG_PIECE), dtype=np.int64)  # _bpe_piece_numba's buffers (longer pieces: a heap)
     size = 256
     while size < min(n // 4, PIECE_CACHE_SLOTS):
         size *= 2
     cache = np.zeros((size, 8), dtype=np.int64)  # (N, 8), see _piece_ids
     tables = (byte_ids, byte_pairs, pair_table)
-    id_bounds = np.zeros(seg_bounds.shape[0], dtype=np.int64)
-    n_out = 0
-    for g in range(seg_bounds.shape[0] - 1):
-        end = seg_bounds[g + 1]
-        gap_start = p = seg_bounds[g]
-        while p < end:
-            c, width = _code_point_at(data, p)
-            # A match starts here if this is a word char, or a space followed by a word char.
-            starts = _is_word(c, excluded)
-            if (not starts) & (c == 32) & (p + 1 < end):
-                c2, _ = _code_point_at(data, p + 1)
-                starts = _is_word(c2, excluded)
-            if not starts:
-                p += width
-                continue
-            if gap_start < p:  # the gap before the match is one piece
-                scratch = _fit(scratch, p - gap_start)
-                n_out = _piece_ids(data, gap_start, p, tables, out, n_out, scratch, cache)
-            q = p + width
-            while q < end:  # extend over the run of word characters
-                c, width = _code_point_at(data, q)
-                if not _is_word(c, excluded):
-                    break
-                q += width
-            scratch = _fit(scratch, q - p)
-            n_out = _piece_ids(data, p, q, tables, out, n_out, scratch, cache)
-            gap_start = p = q
-        if gap_start < end:
-            scratch = _fit(scratch, end - gap_start)
-            n_out = _piece_ids(data, gap_start, end, tables, out, n_out, scratch, cache)
-        id_bounds[g + 1] = n_out
-    return out[:n_out], id_bounds
+    n_texts = 1
+    for p in range(n):
+        if data[p] == TEXT_SEPARATOR:
+            n_texts += 1
+    text_bounds = np.zeros(n_texts + 1, dtype=np.int64)
+    n_out, g, k, p = 0, 0, 0, 0
+    while True:
+        # ordinary text runs up to the next fixed span or the end of the text
+        limit = fixed[k, 0] if k < fixed.shape[0] else n
+        end = p
+        while end < limit and data[end] != TEXT_SEPARATOR:
+            end += 1
+        n_out = _encode_segment(data, p, end, tables, excluded, out, n_out, scratch, cache)
+        if end == limit and k < fixed.shape[0]:  # a fixed span: its id as it is
+            out[n_out] = fixed[k, 2]
+            n_out += 1
+            p = fixed[k, 1]
+            k += 1
+        else:  # a separator, or the end of the data: the text is complete
+            g += 1
+            text_bounds[g] = n_out
+            if end >= n:
+                break
+            p = end + 1
+    return out[:n_out], text_bounds
 
 
 # ------------------------------------------------------------------------------------------------
 # dispatch
 # ------------------------------------------------------------------------------------------------
 
+def _encode_plain(data: bytes, fixed: list, tables: BpeTables) -> list:
+    cache, texts, ids, p = {}, [], [], 0
+    for start, stop, token_id in fixed + [(len(data), len(data), None)]:
+        for i, chunk in enumerate(data[p:start].split(bytes([TEXT_SEPARATOR]))):
+            if i > 0:  # a separator: the text is complete
+                texts.append(ids)
+                ids = []
+            ids.extend(_encode_ordinary_plain(chunk.decode("utf-8"), tables, cache))
+        if token_id is not None:
+            ids.append(token_id)
+        p = stop
+    texts.append(ids)
+    return texts
 
-def encode_ordinary_batch(texts: list, tables: BpeTables) -> list:
-    """Token ids of each text, which must hold no added/special tokens (the caller splits those out).
 
-    The numba twin encodes all texts in one compiled call (one piece cache, no per-text overhead).
+def encode_texts(data: bytes, fixed: np.ndarray, tables: BpeTables) -> list:
+    """Token ids of the UTF-8 texts in data, one list per text.
+
+    Args:
+        data: the texts' UTF-8 bytes joined by TEXT_SEPARATOR bytes (one text: no separator).
+        fixed: int64 (K, 3) rows (start, stop, id), sorted, not overlapping and not crossing a
+            separator: byte spans that are already a token (the caller's added tokens). They
+            become that id; the text between them is split and BPE-merged.
+        tables: from `build_tables`.
+
+    The numba twin encodes all texts in one compiled call (one piece cache, no per-text work in
+    Python but the final list slicing).
     """
     if not use_numba():
-        cache = {}
-        return [_encode_ordinary_plain(t, tables, cache) for t in texts]
-    encoded = [t.encode("utf-8") for t in texts]
-    data = np.frombuffer(b"".join(encoded), dtype=np.uint8)  # (n,) all texts back to back
-    seg_bounds = np.zeros(len(encoded) + 1, dtype=np.int64)  # (G+1,)
-    np.cumsum([len(e) for e in encoded], out=seg_bounds[1:])
-    ids, id_bounds = _encode_ordinary_numba(data, seg_bounds, tables.byte_ids, tables.byte_pairs, tables.pair_table, tables.excluded)
-    ids, id_bounds = ids.tolist(), id_bounds.tolist()
-    return [ids[id_bounds[g] : id_bounds[g + 1]] for g in range(len(texts))]
+        return _encode_plain(data, fixed.tolist(), tables)
+    buffer = np.frombuffer(data, dtype=np.uint8)  # (n,)
+    ids, text_bounds = _encode_numba(buffer, fixed, tables.byte_ids, tables.byte_pairs, tables.pair_table, tables.excluded)
+    ids = ids.tolist()
+    if len(text_bounds) == 2:
+        return [ids]
+    bounds = text_bounds.tolist()
+    # Tens of thousands of new lists would set off several full cyclic-GC passes over every object
+    # of the process (numba's alone are many): 8x the cost of the slicing. Lists of ints hold no
+    # cycles, so the collector is paused while they are made (and left as it was found).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return [ids[bounds[g] : bounds[g + 1]] for g in range(len(bounds) - 1)]
+    finally:
+        if was_enabled:
+            gc.enable()
 
-
-def encode_ordinary(text: str, tables: BpeTables) -> list:
-    """Token ids of one text without added/special tokens."""
-    return encode_ordinary_batch([text], tables)[0]

@@ -16,7 +16,8 @@ float operations the compiler vectorises:
 
 Both are exact (tested over all 65,536 patterns). The dot products are float32; the numba kernel
 allows reassociation (fastmath "reassoc") so that they vectorise, hence it agrees with the plain
-twin to float32 rounding (~1e-6 relative), not bit for bit. Output rows are split over threads.
+twin to float32 rounding (~1e-6 relative), not bit for bit. Chunks of output rows are split over
+threads, except for small matrices (`SERIAL_WORK`), where waking the threads costs more.
 
 Leaves out: how the model stores 16-bit parameters and when a layer uses this kernel (model.py /
 ops.py own that); large N (prefill and training use BLAS on float32 instead).
@@ -64,22 +65,36 @@ def _widen_row(row, bits, is_bf16):
                 bits[i] = ((h & np.uint32(0x8000)) << np.uint32(16)) | np.uint32(0x7F800000) | ((h & np.uint32(0x3FF)) << np.uint32(13))
 
 
-@njit(parallel=True, fastmath={"reassoc"})
-def _matvec16_numba(x, w, is_bf16, out):
+CHUNK = 64  # output rows per task
+SERIAL_WORK = 1 << 20  # multiply-adds (N * O * C) up to which the calling thread does it all
+
+
+@njit(fastmath={"reassoc"})
+def _matvec16_chunk(x, w, is_bf16, out, c, bits):
+    """Outputs [c * CHUNK, (c + 1) * CHUNK) of all N rows; bits (C,) uint32 is scratch."""
     N, C = x.shape
-    O = w.shape[0]
-    chunk = 64
-    for c in numba.prange((O + chunk - 1) // chunk):
-        bits = np.empty(C, dtype=np.uint32)  # one scratch row per chunk of outputs
-        vals = bits.view(np.float32)
-        for o in range(c * chunk, min(O, (c + 1) * chunk)):
-            _widen_row(w[o], bits, is_bf16)
-            for n in range(N):
-                xn = x[n]
-                acc = np.float32(0.0)
-                for i in range(C):
-                    acc += vals[i] * xn[i]
-                out[n, o] = acc
+    vals = bits.view(np.float32)
+    for o in range(c * CHUNK, min(w.shape[0], (c + 1) * CHUNK)):
+        _widen_row(w[o], bits, is_bf16)  # (C,) one weight row, now float32, in L1
+        for n in range(N):
+            xn = x[n]
+            acc = np.float32(0.0)
+            for i in range(C):
+                acc += vals[i] * xn[i]
+            out[n, o] = acc
+
+
+@njit(parallel=True)
+def _matvec16_numba(x, w, is_bf16, out):
+    for c in numba.prange((w.shape[0] + CHUNK - 1) // CHUNK):  # chunks of outputs split over threads
+        _matvec16_chunk(x, w, is_bf16, out, c, np.empty(x.shape[1], dtype=np.uint32))
+
+
+@njit
+def _matvec16_serial(x, w, is_bf16, out):
+    bits = np.empty(x.shape[1], dtype=np.uint32)
+    for c in range((w.shape[0] + CHUNK - 1) // CHUNK):  # the same chunks, on the calling thread
+        _matvec16_chunk(x, w, is_bf16, out, c, bits)
 
 
 @njit
@@ -92,7 +107,7 @@ def _widen_numba(w, is_bf16):
 
 
 def _matvec16_plain(x, w, kind):
-    return x @ widen16(w, kind).T  # widen the whole weight, then one BLAS call
+    return x @ widen16(w, kind).T  # widen the whole weight, then one BLAS call (as ops.times_weight_t)
 
 
 def matvec16(x, w, kind):
@@ -103,6 +118,8 @@ def matvec16(x, w, kind):
         raise ValueError(f"kind must be 'F16' or 'BF16', found {kind!r}")
     if use_numba():
         out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-        _matvec16_numba(np.ascontiguousarray(x), np.ascontiguousarray(w), kind == "BF16", out)
+        # small matrices (a tiny model): waking threads would cost more than the whole product
+        kernel = _matvec16_serial if x.shape[0] * w.size <= SERIAL_WORK else _matvec16_numba
+        kernel(np.ascontiguousarray(x), np.ascontiguousarray(w), kind == "BF16", out)
         return out
     return _matvec16_plain(x, w, kind)

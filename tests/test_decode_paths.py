@@ -1,0 +1,163 @@
+"""The fast paths of a decode step, each against its plain twin.
+
+- attention: the single-thread loop used for small calls (a decode step), the threaded loop used
+  for large ones (a prompt), and the NumPy twin agree, on KV-cache views with padding;
+- linear with float16 weights and few rows: the matvec16 kernel (widens one row at a time)
+  agrees with widening the whole weight first; its plain twin is bit-exact; the backward still works;
+- a whole greedy decode with float16 weights gives the same tokens with numba and without;
+- KVCache.reorder(in_place=True) (beam search) equals the copying reorder.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+from minibloom import ops
+from minibloom.errors import ArgumentError
+from minibloom.generate import decode_steps
+from minibloom.kernels import attention as attention_kernels
+from minibloom.kvcache import KVCache
+from minibloom.model import BloomBackbone
+from minibloom.samplers import GreedySampler
+
+TWIN_ATOL = 1e-6  # numba loop vs NumPy twin, float32, values ~1 (sums in another order)
+MATVEC16_ATOL = 1e-5  # matvec16 float32 sums vs BLAS on the same widened weights, outputs ~3
+
+
+def _cached_attention_inputs(rng, B=3, H=4, P=7, T=1, D=8, S_max=16):
+    """q (B, H, T, D) and k/v as views of a bigger cache (B, H, P + T, D), left padding in row 1."""
+    S = P + T
+    q = rng.standard_normal((B, H, T, D)).astype(np.float32)
+    big_k = rng.standard_normal((B, H, S_max, D)).astype(np.float32)
+    big_v = rng.standard_normal((B, H, S_max, D)).astype(np.float32)
+    mask = np.ones((B, S), dtype=bool)
+    mask[1, :3] = False
+    alibi = ops.alibi_bias(mask, ops.alibi_slopes(H))
+    visible = ops.attention_visibility(mask, T)
+    return q, big_k[:, :, :S], big_v[:, :, :S], alibi, visible
+
+
+@pytest.mark.parametrize("T", [1, 5])
+def test_attention_serial_threaded_and_plain_agree(monkeypatch, T):
+    q, k, v, alibi, visible = _cached_attention_inputs(np.random.default_rng(T), T=T)
+    assert not k.flags.c_contiguous  # a strided view, as KVCache.write returns
+    results = {}
+    for name, numba, serial_work in (("serial", "1", 1 << 62), ("threaded", "1", 0), ("plain", "0", 0)):
+        monkeypatch.setenv("MINIBLOOM_NUMBA", numba)
+        monkeypatch.setattr(attention_kernels, "SERIAL_WORK", serial_work)
+        results[name] = attention_kernels.attention(q, k, v, alibi, visible, 0.125)
+    (ps, cs), (pt, ct), (pp, cp) = results["serial"], results["threaded"], results["plain"]
+    assert ps.dtype == cs.dtype == np.float32
+    assert np.array_equal(ps, pt) and np.array_equal(cs, ct)  # the same loop body, per (b, h) pair
+    assert_close("probs serial vs plain", ps, pp, TWIN_ATOL)
+    assert_close("ctx serial vs plain", cs, cp, TWIN_ATOL)
+    assert (ps[~np.broadcast_to(visible[:, None], ps.shape)] == 0).all()  # pads get no weight
+
+
+def test_decode_step_attention_runs_on_one_thread_and_prompt_on_many():
+    B, H, D, S = 8, 16, 64, 192  # bloom-560m at batch 8, one new token after 191 cached
+    assert B * H * 1 * S * D <= attention_kernels.SERIAL_WORK
+    assert 1 * H * 128 * 128 * D > attention_kernels.SERIAL_WORK  # a 128-token prompt
+
+
+@pytest.mark.parametrize("rows", [1, 3, ops.MATVEC16_ROWS])
+def test_linear_float16_few_rows_uses_matvec16_and_agrees(monkeypatch, rows):
+    rng = np.random.default_rng(rows)
+    W16 = (0.05 * rng.standard_normal((40, 64))).astype(np.float16)
+    b = rng.standard_normal(40).astype(np.float32)
+    x = rng.standard_normal((rows, 1, 64)).astype(np.float32)
+    ref, ref_cache = ops.linear_forward(x, W16.astype(np.float32), b)
+    monkeypatch.setenv("MINIBLOOM_NUMBA", "1")
+    fast, cache = ops.linear_forward(x, W16, b)
+    assert fast.dtype == np.float32 and fast.shape == (rows, 1, 40)
+    assert cache.W.dtype == np.float16  # not widened: the kernel read the stored 16-bit words
+    assert_close("linear float16 via matvec16 vs float32", fast, ref, MATVEC16_ATOL)
+    dy = rng.standard_normal(fast.shape).astype(np.float32)
+    for name, g, g_ref in zip(("dx", "dW", "db"), ops.linear_backward(dy, cache), ops.linear_backward(dy, ref_cache)):
+        assert g.dtype == np.float32
+        assert_close(f"linear float16 backward {name}", g, g_ref, 1e-6)
+    monkeypatch.setenv("MINIBLOOM_NUMBA", "0")
+    plain, _ = ops.linear_forward(x, W16, b)
+    assert np.array_equal(plain, ref)  # the twin widens, then the same BLAS call
+
+
+def test_linear_float16_many_rows_widens_for_blas(monkeypatch):
+    rng = np.random.default_rng(0)
+    W16 = rng.standard_normal((24, 32)).astype(np.float16)
+    x = rng.standard_normal((ops.MATVEC16_ROWS + 1, 32)).astype(np.float32)
+    y, cache = ops.linear_forward(x, W16, np.zeros(24, np.float32))
+    assert cache.W.dtype == np.float32
+    assert np.array_equal(y, x @ W16.astype(np.float32).T)
+
+
+def _tiny_float16():
+    bb = BloomBackbone(50, 2, 4, 32, seed=1)
+    rng = np.random.default_rng(2)
+    for key, value in bb.params.items():
+        if value.ndim == 2:  # larger weights than the default init so that greedy ids vary
+            bb.params[key] = (0.3 * rng.standard_normal(value.shape)).astype(np.float16)
+        else:
+            bb.params[key] = value.astype(np.float16)
+    return bb
+
+
+def test_float16_greedy_decode_same_ids_with_and_without_numba(monkeypatch):
+    bb = _tiny_float16()
+    ids = np.array([[3, 3, 7, 11, 2], [5, 9, 14, 1, 30]])
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=bool)
+    runs = {}
+    for numba in ("1", "0"):
+        monkeypatch.setenv("MINIBLOOM_NUMBA", numba)
+        runs[numba] = np.stack([nxt for _, nxt, _ in decode_steps(bb, ids, mask, 17, GreedySampler())], axis=1)
+    assert runs["1"].shape == (2, 12)
+    assert len(np.unique(runs["1"])) > 3  # not one repeated token
+    np.testing.assert_array_equal(runs["1"], runs["0"])
+
+
+def test_float16_cached_step_logits_equal_float32_model(monkeypatch):
+    """One decode step (B * T = 2 rows: the matvec16 path, LM head included) vs the same weights in float32."""
+    monkeypatch.setenv("MINIBLOOM_NUMBA", "1")
+    bb16 = _tiny_float16()
+    bb32 = BloomBackbone.from_config(bb16.config, {k: v.astype(np.float32) for k, v in bb16.params.items()})
+    ids = np.array([[3, 7, 11, 2], [5, 9, 14, 1]])
+    logits = []
+    for bb in (bb16, bb32):
+        cache = KVCache.for_config(bb.config, 2, 8)
+        bb.forward(ids, np.ones((2, 4), bool), cache=cache)
+        h = bb.forward(np.array([[4], [6]]), np.ones((2, 5), bool), cache=cache).hidden
+        logits.append(bb.logits(h))
+    assert logits[0].dtype == np.float32
+    assert_close("float16 decode step logits vs float32", logits[0], logits[1], MATVEC16_ATOL, 1e-5)
+
+
+def test_kvcache_reorder_in_place_equals_copy():
+    rng = np.random.default_rng(0)
+    cache = KVCache(2, 4, 3, 10, 5)
+    cache.key[:, :, :, :6] = rng.standard_normal((2, 4, 3, 6, 5))
+    cache.value[:, :, :, :6] = rng.standard_normal((2, 4, 3, 6, 5))
+    cache.advance(6)
+    index = np.array([2, 2, 0, 3])  # a duplicate, a move, a dropped row
+    copied = cache.reorder(index)
+    same = cache.reorder(index, in_place=True)
+    assert same is cache and copied is not cache and same.length == copied.length == 6
+    np.testing.assert_array_equal(same.key[:, :, :, :6], copied.key[:, :, :, :6])
+    np.testing.assert_array_equal(same.value[:, :, :, :6], copied.value[:, :, :, :6])
+    with pytest.raises(ArgumentError, match="in_place needs 4 row indices, found 2"):
+        cache.reorder([0, 1], in_place=True)
+
+
+@pytest.mark.parametrize("kind", ["F16", "BF16"])
+def test_matvec16_serial_threaded_and_plain_agree(monkeypatch, kind):
+    from minibloom.kernels import matvec16 as mv
+
+    rng = np.random.default_rng(1)
+    W = (0.05 * rng.standard_normal((mv.CHUNK * 3 + 5, 70))).astype(np.float32)  # a partial last chunk
+    w16 = (W.view(np.uint32) >> 16).astype(np.uint16) if kind == "BF16" else W.astype(np.float16).view(np.uint16)
+    x = rng.standard_normal((2, 70)).astype(np.float32)
+    results = {}
+    for name, numba, serial_work in (("serial", "1", 1 << 62), ("threaded", "1", 0), ("plain", "0", 0)):
+        monkeypatch.setenv("MINIBLOOM_NUMBA", numba)
+        monkeypatch.setattr(mv, "SERIAL_WORK", serial_work)
+        results[name] = mv.matvec16(x, w16, kind)
+    assert np.array_equal(results["serial"], results["threaded"])  # the same chunk loop
+    assert_close(f"matvec16 {kind} serial vs plain", results["serial"], results["plain"], 1e-6, 1e-5)
