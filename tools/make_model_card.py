@@ -209,8 +209,8 @@ the table above uses the held-out files instead.
 
 ## Samples
 
-Produced by the commands shown, on this model (`tests/test_shipped_model.py` re-runs the greedy
-ones and compares the text):
+Produced by the commands shown, on this model (`tests/test_shipped_model.py` re-runs every one
+and compares the text: greedy and contrastive search are deterministic, the samplers are seeded):
 
 {sample_md}
 ## Data and licence
