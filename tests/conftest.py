@@ -9,6 +9,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait for a hub lookup
 
+# Property tests draw the same cases on every run and machine, so CI is reproducible; set
+# HYPOTHESIS_PROFILE=explore to draw fresh random cases locally.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("deterministic", derandomize=True, database=None)
+_hypothesis_settings.register_profile("explore")
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 REGEN_HINT = "golden files are stale or missing: run `python tools/make_golden.py` (needs the [ref] extra)"
