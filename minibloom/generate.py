@@ -46,6 +46,7 @@ V vocabulary, C hidden, K candidates.
 """
 
 import codecs
+import os
 import time
 
 import numpy as np
@@ -160,6 +161,8 @@ def generate_ids(backbone, token_ids, padding_mask, max_length, sampler=None, st
     """
     token_ids, padding_mask = _check_prompt_arrays(token_ids, padding_mask, max_length)
     sampler = GreedySampler() if sampler is None else sampler
+    _check_stop_ids(stop_token_ids, backbone.config.vocab_size)
+    _check_cache_fits(backbone.config, token_ids.shape[0] * _cache_rows_per_prompt(sampler), max_length)
     if isinstance(sampler, BeamSampler) and not sampler.is_greedy and token_ids.shape[1] < max_length:
         return beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id)
     B, P = token_ids.shape
@@ -171,6 +174,51 @@ def generate_ids(backbone, token_ids, padding_mask, max_length, sampler=None, st
         for t, nxt, alive in decode_steps(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id):
             ids[:, t], keep[:, t], end = nxt, alive, t + 1
     return {"token_ids": ids[:, :end], "padding_mask": keep[:, :end]}
+
+
+def _check_stop_ids(stop_token_ids, vocab_size):
+    """Stop ids must be rows of the embedding: an id the model can emit."""
+    for i in stop_token_ids:
+        if not 0 <= int(i) < vocab_size:
+            raise ArgumentError(f"stop_token_ids: {int(i)} is outside the model's vocabulary [0, {vocab_size})")
+
+
+def _cache_rows_per_prompt(sampler):
+    """KV-cache rows one prompt needs: one, one per beam, or one per contrastive candidate."""
+    if isinstance(sampler, BeamSampler):
+        return sampler.num_beams
+    if isinstance(sampler, ContrastiveSampler):
+        return sampler.k + 1
+    return 1
+
+
+def _available_memory_bytes():
+    """MemAvailable from /proc/meminfo (Linux), else physical memory, else None (unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_cache_fits(config, rows, max_length):
+    """Refuse, before allocating, a KV cache that cannot fit in memory.
+
+    The cache holds keys and values for every layer: 2 * L * rows * H * max_length * D float32.
+    """
+    need = 2 * config.n_layer * rows * config.hidden_size * max_length * 4
+    have = _available_memory_bytes()
+    if have is not None and need > 0.8 * have:
+        raise ArgumentError(
+            f"max_length {max_length}: the KV cache for {rows} row(s) would need {need / 2**30:.1f} GiB, but only "
+            f"{have / 2**30:.1f} GiB of memory is available; lower max_length, the batch size or the beams"
+        )
 
 
 def _check_prompt_arrays(token_ids, padding_mask, max_length):

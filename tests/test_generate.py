@@ -367,3 +367,34 @@ def test_16_bit_widening_is_exact_for_every_pattern(kind):
     np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
     if kind == "F16":
         np.testing.assert_array_equal(ref, every.view(np.float16).astype(np.float32))
+
+
+# --- hostile generation arguments (docs/RELIABILITY.md, "Generation arguments") ----------------
+
+
+def test_kv_cache_too_big_for_memory_is_refused_before_allocating():
+    from minibloom.generate import generate_ids
+    from minibloom.model import BloomBackbone
+
+    backbone = BloomBackbone(vocabulary_size=32, num_layers=2, num_heads=2, hidden_dim=8)
+    prompt = np.ones((1, 3), dtype=np.int64)
+    with pytest.raises(ArgumentError, match=r"max_length 1000000000000: the KV cache .* GiB"):
+        generate_ids(backbone, prompt, np.ones_like(prompt, dtype=bool), max_length=10**12)
+
+
+def test_stop_ids_outside_the_vocabulary_are_refused():
+    from minibloom.generate import generate_ids
+    from minibloom.model import BloomBackbone
+
+    backbone = BloomBackbone(vocabulary_size=32, num_layers=1, num_heads=2, hidden_dim=8)
+    prompt = np.ones((1, 3), dtype=np.int64)
+    for bad in (32, -1, 10**9):
+        with pytest.raises(ArgumentError, match="stop_token_ids: .* outside the model's vocabulary"):
+            generate_ids(backbone, prompt, np.ones_like(prompt, dtype=bool), max_length=8, stop_token_ids=(bad,))
+
+
+def test_empty_prompt_and_empty_string_in_a_batch_are_argument_errors(lm):
+    with pytest.raises(ArgumentError, match="prompt 0 has no tokens"):
+        lm.generate("", max_length=8)
+    with pytest.raises(ArgumentError, match="prompt 1 has no tokens"):
+        lm.generate(["The cat", ""], max_length=8)
