@@ -102,7 +102,7 @@ class BloomCausalLM:
         import tempfile
         from pathlib import Path
 
-        from minibloom.checkpoint import fsync_directory, save_params, write_bytes_atomic
+        from minibloom.checkpoint import fsync_directory, new_file_mode, save_params, write_bytes_atomic
         from minibloom.errors import ArgumentError, CheckpointError
 
         directory = Path(directory).expanduser()
@@ -122,6 +122,7 @@ class BloomCausalLM:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name}.", suffix=".tmp"))
+            os.chmod(tmp, new_file_mode(0o777))  # mkdtemp made it owner-only
             write_bytes_atomic(tmp / "config.json", self.backbone.config.to_json_string().encode("utf-8"))
             save_params(tmp, self.backbone.params, dtype=dtype, max_shard_bytes=max_shard_bytes)
             if self.tokenizer is not None:

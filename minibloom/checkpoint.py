@@ -254,6 +254,7 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
         fsync_directory(path.parent)
     except OSError as e:
@@ -264,6 +265,17 @@ def _atomic_write(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def new_file_mode(base: int = 0o666) -> int:
+    """`base` less the process umask: the mode `open()` gives a new file (or 0o777: a directory).
+
+    Temporary files and directories are created owner-only (0600 / 0700); files renamed into
+    place get this mode instead, so a saved model is as readable as any file the user writes.
+    """
+    umask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return base & ~umask
 
 
 def write_bytes_atomic(path, data: bytes) -> None:

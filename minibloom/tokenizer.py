@@ -81,8 +81,10 @@ def _write_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename: a crash never exposes an empty file
+        from minibloom.checkpoint import fsync_directory, new_file_mode
+
+        os.chmod(tmp, new_file_mode())  # mkstemp made it owner-only
         os.replace(tmp, path)
-        from minibloom.checkpoint import fsync_directory
 
         fsync_directory(path.parent)  # the rename itself made durable
     except BaseException:

@@ -373,3 +373,20 @@ def test_released_pages_read_back_unchanged(tmp_path):
     _release_pages(stored["a"][1])  # shares a page with "b": dropping clean pages loses nothing
     np.testing.assert_array_equal(stored["a"][1], x[0])
     np.testing.assert_array_equal(stored["b"][1], x[1:])
+
+
+def test_saved_files_follow_the_umask_not_the_temporary_files_owner_only_mode(tmp_path):
+    import os
+    import stat
+
+    from minibloom.causal_lm import BloomCausalLM
+    from minibloom.model import BloomBackbone
+
+    old = os.umask(0o022)
+    try:
+        BloomCausalLM(BloomBackbone(vocabulary_size=16, num_layers=1, num_heads=2, hidden_dim=8)).save_to_preset(tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
+    for f in (tmp_path / "m").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
