@@ -103,7 +103,7 @@ class BloomCausalLM:
         from pathlib import Path
 
         from minibloom.checkpoint import fsync_directory, new_file_mode, save_params, write_bytes_atomic
-        from minibloom.errors import ArgumentError, CheckpointError
+        from minibloom.errors import ArgumentError, CheckpointError, describe_error
 
         directory = Path(directory).expanduser()
         parent, hidden = directory.parent, f".{glob.escape(directory.name)}."
@@ -142,8 +142,7 @@ class BloomCausalLM:
                 os.replace(old / "model", directory)
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-            detail = str(e) if not isinstance(e, OSError) else ": ".join(str(x) for x in (e.strerror or e, e.filename) if x)
-            raise CheckpointError(f"{directory}: cannot save the model ({detail}); {directory} is unchanged") from None
+            raise CheckpointError(f"{directory}: cannot save the model ({describe_error(e)}); {directory} is unchanged") from None
         except BaseException:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -32,3 +32,11 @@ class ArgumentError(MinibloomError, ValueError):
 
 class TrainingError(MinibloomError, RuntimeError):
     """A training run cannot continue (non-finite loss or gradients, unusable checkpoint)."""
+
+
+def describe_error(e: BaseException) -> str:
+    """The one-line cause of a failed file operation: an OSError as "reason: filename", any other
+    error (e.g. a MinibloomError) as its message."""
+    if isinstance(e, OSError):
+        return ": ".join(str(x) for x in (e.strerror or e, e.filename) if x)
+    return str(e)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minibloom.errors import ArgumentError, TrainingError
+from minibloom.errors import ArgumentError, TrainingError, describe_error
 from minibloom.optim import GradientAccumulator, global_norm
 
 STATE_FORMAT = "minibloom-train-state"
@@ -371,8 +371,7 @@ class Trainer:
         except (OSError, CheckpointError) as e:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-            detail = str(e) if not isinstance(e, OSError) else ": ".join(str(x) for x in (e.strerror or e, e.filename) if x)
-            raise TrainingError(f"{final}: cannot save the checkpoint ({detail}); {kept}") from None
+            raise TrainingError(f"{final}: cannot save the checkpoint ({describe_error(e)}); {kept}") from None
         except BaseException:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
