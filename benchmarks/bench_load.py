@@ -37,9 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 SHAPE = dict(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16)
 
-_MINIBLOOM = """
-import json, resource, sys, time
-def peak_mb():
+# Peak RSS of the child itself: VmHWM (ru_maxrss can include what the parent used before exec).
+_PEAK_MB = """def peak_mb():
     try:
         for line in open("/proc/self/status"):
             if line.startswith("VmHWM:"):
@@ -47,7 +46,11 @@ def peak_mb():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-from minibloom.causal_lm import BloomCausalLM
+"""
+
+_MINIBLOOM = """
+import json, resource, sys, time
+{peak_mb}from minibloom.causal_lm import BloomCausalLM
 t = time.perf_counter()
 lm = BloomCausalLM.from_preset(sys.argv[1], preprocessor=None, dtype=sys.argv[2])
 seconds = time.perf_counter() - t
@@ -57,15 +60,7 @@ print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb()}))
 
 _TRANSFORMERS = """
 import json, os, resource, sys, time
-def peak_mb():
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-os.environ["HF_HUB_OFFLINE"] = "1"
+{peak_mb}os.environ["HF_HUB_OFFLINE"] = "1"
 import torch
 from transformers import BloomForCausalLM
 t = time.perf_counter()
@@ -95,7 +90,7 @@ def write_checkpoint(directory: Path) -> Path:
 
 def load_case(directory, library: str, dtype: str) -> dict:
     """Load `directory` with `library` ("minibloom" or "transformers") in a fresh process."""
-    code = _MINIBLOOM if library == "minibloom" else _TRANSFORMERS
+    code = (_MINIBLOOM if library == "minibloom" else _TRANSFORMERS).replace("{peak_mb}", _PEAK_MB)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", code, str(directory), dtype], capture_output=True, text=True, env=env)
     if out.returncode:

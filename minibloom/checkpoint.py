@@ -235,20 +235,20 @@ def fsync_directory(directory) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write, error=CheckpointError) -> None:
     """Call write(file) on a temporary file next to `path`, then move it into place.
 
     The order is what makes a crash (even a power cut) harmless: write the temporary file,
     flush it to disk (fsync), rename it over `path`, flush the directory. Before the rename the
     old `path` is untouched; after it `path` has the complete new bytes, never an empty or
-    partial file. An OSError (disk full, no permission) becomes a CheckpointError naming `path`;
-    whatever was at `path` before is then unchanged.
+    partial file. An OSError (disk full, no permission) becomes an `error` (a MinibloomError class,
+    CheckpointError by default) naming `path`; whatever was at `path` before is then unchanged.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise error(f"{path}: cannot write ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -260,7 +260,7 @@ def _atomic_write(path: Path, write) -> None:
     except OSError as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise error(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -278,9 +278,9 @@ def new_file_mode(base: int = 0o666) -> int:
     return base & ~umask
 
 
-def write_bytes_atomic(path, data: bytes) -> None:
-    """Write `data` to `path` atomically and durably (see `_atomic_write`)."""
-    _atomic_write(Path(path), lambda f: f.write(data))
+def write_bytes_atomic(path, data: bytes, error=CheckpointError) -> None:
+    """Write `data` to `path` atomically and durably (see `_atomic_write`); failures raise `error`."""
+    _atomic_write(Path(path), lambda f: f.write(data), error)
 
 
 def _encode(name: str, x: np.ndarray, dtype: str) -> np.ndarray:

@@ -28,8 +28,6 @@ with `single_word`, `lstrip` or `rstrip`. Offsets are not computed.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -72,25 +70,10 @@ def _token_bytes(token: str, char_to_byte: dict) -> bytes:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write text to path via a temporary file in the same directory and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename: a crash never exposes an empty file
-        from minibloom.checkpoint import fsync_directory, new_file_mode
+    """Write UTF-8 text to path atomically and durably: checkpoint.py's temp file + fsync + rename."""
+    from minibloom.checkpoint import write_bytes_atomic
 
-        os.chmod(tmp, new_file_mode())  # mkstemp made it owner-only
-        os.replace(tmp, path)
-
-        fsync_directory(path.parent)  # the rename itself made durable
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, text.encode("utf-8"), error=TokenizerError)
 
 
 # ------------------------------------------------------------------------------------------------
