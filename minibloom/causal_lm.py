@@ -22,9 +22,15 @@ class BloomCausalLM:
             token ids only (`{"token_ids", "padding_mask"}` dicts).
     """
 
-    def __init__(self, backbone, preprocessor=None):
+    def __init__(self, backbone, preprocessor=None, generation_config=None):
+        from minibloom.config import GenerationConfig
+
         self.backbone = backbone
         self.preprocessor = preprocessor
+        # the stop and pad ids of generate (HF generation_config.json; from config.json if absent)
+        self.generation_config = GenerationConfig.from_config(backbone.config) if generation_config is None else generation_config
+        # the dtype the weights were stored in when loaded: what save_to_preset writes by default
+        self.checkpoint_dtype = None
 
     @property
     def params(self):
@@ -52,13 +58,15 @@ class BloomCausalLM:
                 widen weights to float32 per use, see checkpoint.py).
         """
         from minibloom import presets
-        from minibloom.checkpoint import load_params
-        from minibloom.config import BloomConfig
+        from minibloom.checkpoint import finish_interrupted_save, load_params, stored_dtype
+        from minibloom.config import BloomConfig, GenerationConfig
         from minibloom.errors import ArgumentError
         from minibloom.model import BloomBackbone
 
         directory = presets.default_model_dir() if preset is None else presets.resolve(preset)
+        finish_interrupted_save(directory)  # a save killed after its commit point: complete it first
         config = BloomConfig.from_json_file(directory / "config.json")
+        generation_config = GenerationConfig.from_model_dir(directory, config)
         params = load_params(directory, config, dtype=dtype) if load_weights else None
         backbone = BloomBackbone.from_config(config, params)
         if isinstance(preprocessor, str):
@@ -79,74 +87,66 @@ class BloomCausalLM:
                 f"{directory / 'config.json'}: vocab_size {config.vocab_size} is smaller than the tokenizer's "
                 f"{tokenizer.vocabulary_size()} ids; expected vocab_size >= the tokenizer's size"
             )
-        return cls(backbone, preprocessor)
+        lm = cls(backbone, preprocessor, generation_config)
+        lm.checkpoint_dtype = stored_dtype(directory) if load_weights else None
+        return lm
 
-    def save_to_preset(self, directory, dtype="float32", max_shard_bytes=None):
-        """Write config.json, model.safetensors (and tokenizer.json) into `directory`, atomically.
+    def save_to_preset(self, directory, dtype=None, max_shard_bytes=None):
+        """Write the model into `directory` as an HF model directory; returns its path.
 
-        Everything is written into a temporary sibling directory .NAME.<random>.tmp, flushed to
-        disk (fsync) and renamed into place at the end, so `directory` never holds a half-written
-        model. An existing model is first renamed to .NAME.<random>.old/model and deleted only
-        once the new one is in place. A writer killed between those two renames leaves no
-        `directory` for an instant; the next save_to_preset puts the old model back before
-        anything else, and removes the leftovers of killed writers. An existing `directory` is
-        replaced only if it is empty or a model directory (holds config.json); anything else is
-        refused, so a mistyped path cannot delete unrelated files. A disk-full or permission
-        error raises CheckpointError naming the path, with `directory` unchanged.
+        Writes config.json, generation_config.json, model.safetensors (or shards + index) and,
+        with a tokenizer, tokenizer.json: the files a model consists of, and only those. Every
+        other file in the directory (a model card, notes, sub-directories) is kept; the stale
+        weight files of an earlier save (model.safetensors, the old index and the shards it names)
+        are removed. A directory whose config.json is not a BLOOM config is refused with nothing
+        touched (it is somebody else's project, not a model to replace).
+
+        The files change all at once (checkpoint.commit_files): a crash, even SIGKILL or a power
+        cut, leaves either the old model or the new one, never a mix. A disk-full or permission
+        error raises CheckpointError naming the path, with the directory unchanged.
         transformers' `BloomForCausalLM.from_pretrained(directory)` loads the result.
-        `dtype` is the stored dtype ("float32", "float16" or "bfloat16").
+
+        dtype: the stored dtype ("float32", "float16" or "bfloat16"); None keeps the dtype the
+            weights were loaded from (an F16 checkpoint stays F16, as transformers' dtype="auto"
+            does), else the in-memory dtype of the parameters.
+        max_shard_bytes: shard the weights into files of at most this many bytes.
         """
-        import glob
-        import os
-        import shutil
-        import tempfile
         from pathlib import Path
 
-        from minibloom.checkpoint import fsync_directory, new_file_mode, save_params, write_bytes_atomic
-        from minibloom.errors import ArgumentError, CheckpointError, describe_error
+        from minibloom.checkpoint import commit_files, stale_weight_files, weight_writers
+        from minibloom.config import BloomConfig
+        from minibloom.errors import ArgumentError, CheckpointError, ConfigError
 
-        directory = Path(directory).expanduser()
-        parent, hidden = directory.parent, f".{glob.escape(directory.name)}."
-        if not directory.exists():  # a writer killed between its two renames: restore the old model
-            for old in sorted(parent.glob(hidden + "*.old")):
-                if (old / "model" / "config.json").is_file():
-                    os.replace(old / "model", directory)
-                    break
-        for leftover in [*parent.glob(hidden + "*.tmp"), *parent.glob(hidden + "*.old")]:
-            shutil.rmtree(leftover, ignore_errors=True)
-        if directory.exists() and not (
-            directory.is_dir() and ((directory / "config.json").is_file() or not any(directory.iterdir()))
-        ):
-            raise ArgumentError(f"{directory}: exists and is not a model directory (no config.json); refusing to replace it")
-        tmp = old = None
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name}.", suffix=".tmp"))
-            os.chmod(tmp, new_file_mode(0o777))  # mkdtemp made it owner-only
-            write_bytes_atomic(tmp / "config.json", self.backbone.config.to_json_string().encode("utf-8"))
-            save_params(tmp, self.backbone.params, dtype=dtype, max_shard_bytes=max_shard_bytes)
-            if self.tokenizer is not None:
-                self.tokenizer.save(tmp / "tokenizer.json")
-            fsync_directory(tmp)
-            if directory.exists():  # swap: move the old one aside first, drop it only at the end
-                old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name}.", suffix=".old"))
-                os.replace(directory, old / "model")
-                os.replace(tmp, directory)
-                fsync_directory(parent)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-                fsync_directory(parent)
-        except (OSError, CheckpointError) as e:
-            if old is not None and not directory.exists():  # the second rename failed: undo the first
-                os.replace(old / "model", directory)
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointError(f"{directory}: cannot save the model ({describe_error(e)}); {directory} is unchanged") from None
-        except BaseException:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            directory = Path(directory).expanduser()
+        except RuntimeError as e:  # "~nosuchuser/x"
+            raise ArgumentError(f"directory {str(directory)!r}: cannot be expanded ({e})") from None
+        if directory.exists() and not directory.is_dir():
+            raise ArgumentError(f"{directory}: exists and is not a directory; expected a model directory to save into")
+        if (directory / "config.json").exists():
+            try:
+                BloomConfig.from_json_file(directory / "config.json")
+            except ConfigError as e:
+                raise ArgumentError(
+                    f"{directory}: its config.json is not a BLOOM model config ({e}); refusing to save a model "
+                    f"there, nothing was changed"
+                ) from None
+        if dtype is None:
+            emb = self.backbone.params["word_embeddings.weight"]
+            dtype = self.checkpoint_dtype or ("float16" if emb.dtype == np.float16 else "float32")
+        writers = weight_writers(self.backbone.params, dtype=dtype, max_shard_bytes=max_shard_bytes)
+        config_bytes = self.backbone.config.to_json_string().encode("utf-8")
+        generation_bytes = self.generation_config.to_json_string().encode("utf-8")
+        writers["config.json"] = lambda f: f.write(config_bytes)
+        writers["generation_config.json"] = lambda f: f.write(generation_bytes)
+        if self.tokenizer is not None:
+            tokenizer_bytes = self.tokenizer.to_json_string().encode("utf-8")
+            writers["tokenizer.json"] = lambda f: f.write(tokenizer_bytes)
+        stale = [n for n in stale_weight_files(directory) if n not in writers] if directory.is_dir() else []
+        try:
+            commit_files(directory, writers, stale)
+        except CheckpointError as e:
+            raise CheckpointError(f"{directory}: cannot save the model ({e})") from None
         return directory
 
     save_pretrained = save_to_preset  # the transformers spelling
@@ -176,9 +176,16 @@ class BloomCausalLM:
         ids, mask = np.asarray(ids), np.asarray(mask)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0):
             raise ArgumentError(f"batch_size: expected a positive integer or None, found {batch_size!r}")
-        step = max(len(ids), 1) if batch_size is None else int(batch_size)
-        outs = [self.backbone.logits(self.backbone.forward(ids[i : i + step], mask[i : i + step]).hidden) for i in range(0, len(ids), step)]
-        return np.concatenate(outs, axis=0)
+        from minibloom.memory import check_fits
+
+        if ids.ndim != 2:
+            raise ArgumentError(f"token_ids: expected a (B, T) array, found shape {ids.shape}")
+        B, T = ids.shape
+        check_fits(B * T * self.backbone.config.vocab_size * 4, f"predict: the logits of {B} x {T} tokens",
+                   "predict fewer rows or shorter sequences at a time")
+        step = max(B, 1) if batch_size is None else int(batch_size)
+        outs = [self.backbone.logits(self.backbone.forward(ids[i : i + step], mask[i : i + step]).hidden) for i in range(0, B, step)]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
     def loss_and_grads(self, x, y, sample_weight=None, reduction="mean", rng=None):
         """Cross-entropy loss and the gradient of every parameter: (loss float, grads dict like params).

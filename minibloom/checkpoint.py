@@ -235,15 +235,10 @@ def fsync_directory(directory) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write, error=CheckpointError) -> None:
-    """Call write(file) on a temporary file next to `path`, then move it into place.
-
-    The order is what makes a crash (even a power cut) harmless: write the temporary file,
-    flush it to disk (fsync), rename it over `path`, flush the directory. Before the rename the
-    old `path` is untouched; after it `path` has the complete new bytes, never an empty or
-    partial file. An OSError (disk full, no permission) becomes an `error` (a MinibloomError class,
-    CheckpointError by default) naming `path`; whatever was at `path` before is then unchanged.
-    """
+def _write_temp(path: Path, write, error=CheckpointError) -> Path:
+    """Call write(file) on a new hidden temporary file next to `path`, flush it to disk (fsync) and
+    give it the mode a new file gets; returns its path. `path` itself is not touched. An OSError
+    becomes an `error` naming `path`, with the temporary file removed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -255,15 +250,33 @@ def _atomic_write(path: Path, write, error=CheckpointError) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, new_file_mode())
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise error(f"{path}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def _atomic_write(path: Path, write, error=CheckpointError) -> None:
+    """Call write(file) on a temporary file next to `path`, then move it into place.
+
+    The order is what makes a crash (even a power cut) harmless: write the temporary file,
+    flush it to disk (fsync), rename it over `path`, flush the directory. Before the rename the
+    old `path` is untouched; after it `path` has the complete new bytes, never an empty or
+    partial file. An OSError (disk full, no permission) becomes an `error` (a MinibloomError class,
+    CheckpointError by default) naming `path`; whatever was at `path` before is then unchanged.
+    """
+    tmp = _write_temp(path, write, error)
+    try:
         os.replace(tmp, path)
         fsync_directory(path.parent)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise error(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -295,6 +308,11 @@ def _encode(name: str, x: np.ndarray, dtype: str) -> np.ndarray:
 
 def write_safetensors(path, tensors: dict, dtype: str = "F32", metadata: dict | None = None) -> None:
     """Write {name: array} as one safetensors file in `dtype` ("F32", "F16" or "BF16"), atomically."""
+    _atomic_write(Path(path), safetensors_writer(tensors, dtype, metadata))
+
+
+def safetensors_writer(tensors: dict, dtype: str = "F32", metadata: dict | None = None):
+    """A function write(file) that writes {name: array} as safetensors bytes in `dtype`."""
     if dtype not in _STORED:
         raise ArgumentError(f"dtype: expected one of {sorted(_STORED)}, found {dtype!r}")
     words = {name: _encode(name, x, dtype) for name, x in sorted(tensors.items())}
@@ -313,7 +331,7 @@ def write_safetensors(path, tensors: dict, dtype: str = "F32", metadata: dict | 
         for w in words.values():
             f.write(w.tobytes() if w.ndim == 0 else memoryview(w.reshape(-1)).cast("B"))
 
-    _atomic_write(Path(path), write)
+    return write
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,6 +418,8 @@ def read_checkpoint(path) -> dict[str, tuple[str, np.ndarray]]:
     Returns {name: (dtype_name, stored_words)}; see `read_safetensors`.
     """
     path = Path(path)
+    if path.is_dir():
+        finish_interrupted_save(path)  # a save killed after its commit point: complete it first
     files = checkpoint_files(path) if path.is_dir() else [path]
     tensors, where = {}, {}
     for file in files:
@@ -551,31 +571,147 @@ def load_params(path, config: BloomConfig, dtype: str = "float32", nonfinite: st
     return params
 
 
-def save_params(
-    directory, params: dict, dtype: str = "float32", max_shard_bytes: int | None = None, prefix: str = ""
-) -> list[Path]:
-    """Write parameters as an HF checkpoint into `directory`; returns the files written.
+# ------------------------------------------------------------------------------------------------
+# saving a model directory: only the files we own, all or nothing
+# ------------------------------------------------------------------------------------------------
 
-    `dtype` is the stored dtype: "float32", "float16" or "bfloat16" (rounded to nearest even).
-    With `max_shard_bytes`, tensors are packed in order into shards of at most that size (a
-    tensor bigger than the limit gets a shard of its own) plus `model.safetensors.index.json`,
-    as transformers' `save_pretrained(max_shard_size=...)` does. `prefix` is put before every key
-    ("transformer." writes BloomForCausalLM-style keys; the default "" is BloomModel-style, as in
-    the official bigscience repositories; transformers loads both).
-    Every file is written atomically; files of an earlier checkpoint in the directory that the new
-    one does not use are not removed (save into a fresh directory, as save_to_preset does).
+# The files a saved model consists of. A save writes some of these, removes the stale ones of the
+# same kinds, and never touches anything else in the directory (a model card, a user's notes,
+# sub-directories).
+OWNED_FILES = ("config.json", "generation_config.json", "tokenizer.json", SINGLE_FILE, INDEX_FILE)
+_OWNED_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+JOURNAL = ".minibloom-save.json"  # present only between a save's commit point and its end
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # what _write_temp creates: .NAME.<random>.tmp
+
+
+def is_owned_file(name: str) -> bool:
+    """True for the file names a model save may write or remove."""
+    return name in OWNED_FILES or bool(_OWNED_SHARD.fullmatch(name))
+
+
+def _read_journal(directory: Path) -> dict:
+    path = directory / JOURNAL
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        renames, removes = spec["rename"], spec["remove"]
+        ok = all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair)
+            and is_owned_file(pair[1]) and (m := _TEMP.fullmatch(pair[0])) is not None and m["name"] == pair[1]
+            for pair in renames
+        ) and all(isinstance(n, str) and is_owned_file(n) for n in removes)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{path}: not a save journal written by minibloom; remove it by hand if it is not yours")
+    return spec
+
+
+def finish_interrupted_save(directory) -> bool:
+    """Complete a save that was interrupted after its commit point; True if there was one.
+
+    A save writes every new file under a hidden temporary name first, then writes the journal
+    `.minibloom-save.json` (the commit point: all new bytes are on disk), then renames the files
+    into place, removes the stale ones and deletes the journal. A journal found here means the
+    writer died during those renames: doing them again (they are idempotent) gives the complete
+    new model. Called by every loader and every save, so a crash never leaves a mix of versions.
     """
+    directory = Path(directory)
+    if not (directory / JOURNAL).is_file():
+        return False
+    spec = _read_journal(directory)
+    try:
+        for tmp, name in spec["rename"]:
+            if (directory / tmp).exists():
+                os.replace(directory / tmp, directory / name)
+        for name in spec["remove"]:
+            (directory / name).unlink(missing_ok=True)
+        fsync_directory(directory)
+        (directory / JOURNAL).unlink()
+        fsync_directory(directory)
+    except OSError as e:
+        raise CheckpointError(
+            f"{directory}: an interrupted save could not be completed ({e.strerror or e}); the new files are whole "
+            f"under hidden names listed in {JOURNAL}: make the directory writable and load it again"
+        ) from None
+    return True
+
+
+def _remove_leftover_temps(directory: Path) -> None:
+    """Delete the hidden temporary files of a save that died before its commit point."""
+    for p in directory.glob(".*.tmp"):
+        m = _TEMP.fullmatch(p.name)
+        if m and (is_owned_file(m["name"]) or m["name"] == JOURNAL) and p.is_file():
+            p.unlink(missing_ok=True)
+
+
+def commit_files(directory, writers: dict, remove=(), error=CheckpointError) -> list[Path]:
+    """Write the files {name: write(file)} into `directory` and delete the files `remove`, all or nothing.
+
+    Every new file is written under a hidden temporary name and flushed; then a journal naming
+    the renames is written atomically (the commit point); then the renames and removals happen
+    and the journal is deleted (see `finish_interrupted_save`). A crash before the commit point
+    leaves the directory as it was (the temporaries are removed by the next save); a crash after
+    it is completed by the next load or save. Other files in the directory are never touched.
+    An OSError becomes `error` naming the path, with the directory unchanged.
+    """
+    directory = Path(directory)
+    names = list(writers)
+    for name in [*names, *remove]:
+        if not is_owned_file(name):
+            raise ArgumentError(f"commit_files: {name!r} is not a model file name ({', '.join(OWNED_FILES)}, shards)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"{directory}: cannot create the directory ({e.strerror or e})") from None
+    finish_interrupted_save(directory)
+    _remove_leftover_temps(directory)
+    temps = []
+    try:
+        for name in names:
+            temps.append(_write_temp(directory / name, writers[name], error))
+        spec = {"format": "minibloom-save", "rename": [[t.name, n] for t, n in zip(temps, names)], "remove": list(remove)}
+        _atomic_write(directory / JOURNAL, lambda f: f.write(json.dumps(spec, indent=1).encode("utf-8")), error)
+    except error as e:
+        for t in temps:
+            t.unlink(missing_ok=True)
+        raise error(f"{e}; {directory} is unchanged") from None
+    except BaseException:
+        for t in temps:
+            t.unlink(missing_ok=True)
+        raise
+    try:
+        finish_interrupted_save(directory)
+    except CheckpointError as e:
+        raise error(str(e)) from None
+    return [directory / n for n in names]
+
+
+def stale_weight_files(directory) -> list[str]:
+    """The weight files a save into `directory` replaces: model.safetensors, the index and the
+    shards the index names (only names of the owned shard pattern: a hostile index cannot make a
+    save delete other files). An unreadable index names no shards."""
+    directory = Path(directory)
+    stale = [n for n in (SINGLE_FILE, INDEX_FILE) if (directory / n).is_file()]
+    if INDEX_FILE in stale:
+        try:
+            weight_map = json.loads((directory / INDEX_FILE).read_text(encoding="utf-8")).get("weight_map", {})
+            stale += sorted({n for n in weight_map.values() if isinstance(n, str) and _OWNED_SHARD.fullmatch(n)})
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):
+            pass
+    return stale
+
+
+def weight_writers(params: dict, dtype: str = "float32", max_shard_bytes: int | None = None, prefix: str = "") -> dict:
+    """{file name: write(file)} of an HF checkpoint of `params` (see save_params)."""
     if dtype not in _SAVE_DTYPES:
         raise ArgumentError(f"dtype: expected one of {sorted(_SAVE_DTYPES)}, found {dtype!r}")
+    if max_shard_bytes is not None and (isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int)
+                                        or max_shard_bytes < 1):
+        raise ArgumentError(f"max_shard_bytes: expected a positive integer or None, found {max_shard_bytes!r}")
     st_dtype = _SAVE_DTYPES[dtype]
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     names = list(params)  # keep the model's order (embedding, blocks, ln_f)
     if max_shard_bytes is None:
-        path = directory / SINGLE_FILE
-        write_safetensors(path, {prefix + n: params[n] for n in names}, st_dtype, {"format": "pt"})
-        return [path]
-
+        return {SINGLE_FILE: safetensors_writer({prefix + n: params[n] for n in names}, st_dtype, {"format": "pt"})}
     itemsize = _STORED[st_dtype].itemsize
     shards, current, current_bytes = [], [], 0
     for n in names:
@@ -587,13 +723,42 @@ def save_params(
         current_bytes += nbytes
     if current:
         shards.append(current)
-    written, weight_map = [], {}
+    writers, weight_map = {}, {}
     for k, shard in enumerate(shards, 1):
         fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        write_safetensors(directory / fname, {prefix + n: params[n] for n in shard}, st_dtype, {"format": "pt"})
-        written.append(directory / fname)
+        writers[fname] = safetensors_writer({prefix + n: params[n] for n in shard}, st_dtype, {"format": "pt"})
         weight_map.update({prefix + n: fname for n in shard})
     total = sum(int(np.asarray(params[n]).size) * itemsize for n in names)
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    _atomic_write(directory / INDEX_FILE, lambda f: f.write((json.dumps(index, indent=2) + "\n").encode("utf-8")))
-    return [directory / INDEX_FILE] + written
+    index_bytes = (json.dumps(index, indent=2) + "\n").encode("utf-8")
+    return {INDEX_FILE: lambda f: f.write(index_bytes), **writers}
+
+
+def save_params(
+    directory, params: dict, dtype: str = "float32", max_shard_bytes: int | None = None, prefix: str = ""
+) -> list[Path]:
+    """Write parameters as an HF checkpoint into `directory`; returns the files written.
+
+    `dtype` is the stored dtype: "float32", "float16" or "bfloat16" (rounded to nearest even).
+    With `max_shard_bytes`, tensors are packed in order into shards of at most that size (a
+    tensor bigger than the limit gets a shard of its own) plus `model.safetensors.index.json`,
+    as transformers' `save_pretrained(max_shard_size=...)` does. `prefix` is put before every key
+    ("transformer." writes BloomForCausalLM-style keys; the default "" is BloomModel-style, as in
+    the official bigscience repositories; transformers loads both).
+    The weight files of an earlier checkpoint in the directory (model.safetensors, the index and
+    the shards it names) are replaced all at once (`commit_files`); no other file is touched.
+    """
+    writers = weight_writers(params, dtype, max_shard_bytes, prefix)
+    stale = [n for n in stale_weight_files(directory) if n not in writers]
+    return commit_files(directory, writers, stale)
+
+
+def stored_dtype(path) -> str:
+    """The dtype a checkpoint stores its word embedding in ("float32", "float16" or "bfloat16"):
+    what `save_to_preset` writes by default, so a model comes back as it was loaded."""
+    names = {v: k for k, v in _SAVE_DTYPES.items()}
+    stored = read_checkpoint(path)
+    for key in ("word_embeddings.weight", PREFIX + "word_embeddings.weight"):
+        if key in stored:
+            return names[stored[key][0]]
+    return names[next(iter(stored.values()))[0]] if stored else "float32"

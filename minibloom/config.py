@@ -5,8 +5,18 @@ Covers every key spelling that real BLOOM configs use (`hidden_size`/`n_embed`,
 that a round trip loses nothing, and rejects nonsense (sizes <= 0, hidden size not divisible by
 heads) with a `ConfigError` naming the key.
 
+A config must name BLOOM's four size keys (vocab_size, hidden_size, n_layer, n_head, in any of
+their spellings): a JSON file without them (a keras-hub preset's config.json, another model's)
+is refused with a `ConfigError`, never read as a default-sized model. The dataclass defaults only
+serve Python construction (`BloomConfig(hidden_size=..., ...)`).
+
+`GenerationConfig` holds the ids `generate` needs, read from HF `generation_config.json` (or, as
+transformers does when that file is absent, from config.json): the stop ids (`eos_token_id`, one
+id or a list), `pad_token_id` and `bos_token_id`. Other keys are kept for the round trip.
+
 Leaves out: HF's `pretraining_tp`/`slow_but_exact` Megatron replay (kept as unknown keys; they do
-not change the math of released checkpoints) and generation settings (generation.py).
+not change the math of released checkpoints) and the sampling settings of generation_config.json
+(kept, not interpreted).
 """
 
 import json
@@ -16,12 +26,34 @@ from pathlib import Path
 
 from minibloom.errors import ConfigError
 
+def read_json_file(path, error=ConfigError, what: str = "config"):
+    """Parse a JSON file; any problem raises `error` naming the file: missing, not a regular file
+    (a directory, or a pipe that would block the read), not UTF-8, invalid or absurdly nested JSON."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_file():
+            raise error(f"{path}: not a regular file; expected a JSON {what} file")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {what} file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read {what} ({e})") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, or a number with 5000 digits
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise error(f"{path}: invalid JSON ({reason})") from None
+
+
 # HF config.json spellings -> our field name. The first spelling listed is the one we write.
 _ALIASES = {
     "hidden_size": ("hidden_size", "n_embed"),
     "n_layer": ("n_layer", "num_hidden_layers"),
     "n_head": ("n_head", "num_attention_heads"),
 }
+
+# The sizes a config must state (each in one of its spellings); nothing else is required.
+_REQUIRED = ("vocab_size", "hidden_size", "n_layer", "n_head")
 
 _MAX_PARAMETERS = 10**12  # 5x the largest BLOOM; more is a typo, and would be a huge allocation
 
@@ -44,10 +76,10 @@ class BloomConfig:
     apply_residual_connection_post_layernorm: bool = False
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
-    bos_token_id: int = 1
-    eos_token_id: int = 2
-    pad_token_id: int = 3
-    unk_token_id: int = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    pad_token_id: int | None = 3  # transformers 5 writes null: generation then pads with eos
+    unk_token_id: int | None = 0
     intermediate_size: int | None = None
     extra: dict = field(default_factory=dict)  # keys we do not interpret, kept for the round trip
 
@@ -119,6 +151,17 @@ class BloomConfig:
         """Build from an HF-style dict, accepting every spelling real configs use."""
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a JSON object, found {type(d).__name__}")
+        if "class_name" in d and "config" in d:  # keras' serialization: {"module", "class_name", "config", ...}
+            raise ConfigError(
+                f"{source}: a keras config (class_name {str(d['class_name'])[:60]!r}), not an HF BLOOM config.json; "
+                f"minibloom reads HF model directories (config.json with model_type 'bloom')"
+            )
+        missing = [name for name in _REQUIRED if not any(s in d for s in _ALIASES.get(name, (name,)))]
+        if missing:
+            raise ConfigError(
+                f"{source}: not a BLOOM config.json: missing {', '.join(missing)} (expected the sizes vocab_size, "
+                f"hidden_size, n_layer, n_head, as transformers writes them)"
+            )
         d = dict(d)
         model_type = d.pop("model_type", "bloom")
         if not isinstance(model_type, str):
@@ -175,21 +218,7 @@ class BloomConfig:
 
     @classmethod
     def from_json_file(cls, path) -> "BloomConfig":
-        path = Path(path)
-        if path.exists() and not path.is_file():  # a directory, or a pipe that would block the read
-            raise ConfigError(f"{path}: not a regular file; expected a JSON config file")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read config ({e})") from None
-        try:
-            d = json.loads(text)
-        except (ValueError, RecursionError) as e:  # JSONDecodeError, or a number with 5000 digits
-            reason = "nested too deeply" if isinstance(e, RecursionError) else e
-            raise ConfigError(f"{path}: invalid JSON ({reason})") from None
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_json_file(path, ConfigError, "config"), source=str(path))
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -220,3 +249,69 @@ class BloomConfig:
             layer_norm_epsilon=layer_norm_epsilon,
             **kwargs,
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# generation_config.json: the ids generation needs
+# ------------------------------------------------------------------------------------------------
+
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+
+def _token_id(value, name: str, vocab_size: int, source: str):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
+        raise ConfigError(f"{source}: `{name}` must be a token id in [0, {vocab_size}) or null, found {value!r:.80}")
+    return value
+
+
+@dataclass
+class GenerationConfig:
+    """The token ids of HF `generation_config.json` that `generate` uses.
+
+    eos_token_id: the stop ids (HF allows one id or a list), as a tuple, possibly empty.
+    pad_token_id: what finished rows are filled with; None means "the first stop id" (HF's fallback).
+    extra: every other key (sampling defaults, transformers_version, ...), kept for the round trip.
+    """
+
+    eos_token_id: tuple = ()
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict, vocab_size: int, source: str = "generation_config.json") -> "GenerationConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object, found {type(d).__name__}")
+        d = dict(d)
+        eos = d.pop("eos_token_id", None)
+        eos = [] if eos is None else (eos if isinstance(eos, list) else [eos])
+        eos = tuple(_token_id(i, "eos_token_id", vocab_size, source) for i in eos)
+        pad = _token_id(d.pop("pad_token_id", None), "pad_token_id", vocab_size, source)
+        bos = _token_id(d.pop("bos_token_id", None), "bos_token_id", vocab_size, source)
+        return cls(eos_token_id=eos, pad_token_id=pad, bos_token_id=bos, extra=d)
+
+    @classmethod
+    def from_config(cls, config: BloomConfig) -> "GenerationConfig":
+        """What transformers derives from config.json when a model has no generation_config.json."""
+        eos = () if config.eos_token_id is None else (config.eos_token_id,)
+        return cls(eos_token_id=eos, pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id)
+
+    @classmethod
+    def from_model_dir(cls, directory, config: BloomConfig) -> "GenerationConfig":
+        """generation_config.json of a model directory if it has one, else the ids of its config."""
+        path = Path(directory) / GENERATION_CONFIG_FILE
+        if not path.exists():
+            return cls.from_config(config)
+        return cls.from_dict(read_json_file(path, ConfigError, "generation config"), config.vocab_size, str(path))
+
+    def to_dict(self) -> dict:
+        d = dict(self.extra)
+        eos = list(self.eos_token_id)
+        d.update(bos_token_id=self.bos_token_id, eos_token_id=eos[0] if len(eos) == 1 else (eos or None),
+                 pad_token_id=self.pad_token_id)
+        return d
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"

@@ -193,14 +193,20 @@ def resolve(name_or_path) -> Path:
             f"preset: expected a name, `hf://org/name` or a directory path (non-empty, no NUL byte, at most "
             f"{_MAX_PATH} characters), found {text[:100]!r}{'...' if len(text) > 100 else ''}"
         )
-    path = Path(text).expanduser()
     try:
-        is_dir = path.is_dir()
+        path = Path(text).expanduser()
+        is_dir, is_file = path.is_dir(), path.exists() and not path.is_dir()
+    except RuntimeError as e:  # "~nosuchuser/x": no such user to expand
+        raise PresetNotFoundError(f"{text[:100]!r}: cannot expand the path ({e})") from None
     except OSError as e:  # e.g. a path component longer than the file system allows
         raise PresetNotFoundError(f"{text[:100]!r}: not a usable path ({e.strerror})") from None
+    if is_file:
+        raise PresetNotFoundError(f"{path}: is a file; expected a model directory (holding config.json)")
     if is_dir:
         if not _is_model_dir(path):
-            raise PresetNotFoundError(f"{path}: directory has no config.json, so it is not a model directory")
+            inside = [d.name for d in (path / "model", path / "checkpoints") if _is_model_dir(d)]
+            hint = f" (a training run's output? its model is {path / 'model'})" if inside else ""
+            raise PresetNotFoundError(f"{path}: directory has no config.json, so it is not a model directory{hint}")
         return path
     preset = find_preset(text)
     if preset is None and not _plain_name(text) and not _repo_id(text):

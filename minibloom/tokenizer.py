@@ -277,12 +277,16 @@ class BloomTokenizer:
             },
         }
 
+    def to_json_string(self) -> str:
+        """The text of an HF `tokenizer.json` for this tokenizer."""
+        return json.dumps(self.to_json(), ensure_ascii=False, indent=None)
+
     def save(self, path) -> Path:
         """Write an HF `tokenizer.json` (atomically). `path` may be a file or a directory."""
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
-        _write_atomic(path, json.dumps(self.to_json(), ensure_ascii=False, indent=None))
+        _write_atomic(path, self.to_json_string())
         return path
 
     def save_keras_assets(self, directory) -> tuple:

@@ -66,3 +66,16 @@ def assert_close(name, got, ref, atol, rtol=0.0, where=None):
     print(msg)
     assert excess.flat[i] <= 0, msg
     return maxdiff
+
+
+def tree_digest(root) -> dict:
+    """{relative path: sha256 of the bytes, or "<dir>"} of everything under root (hidden files
+    included): compare before and after an operation to prove it left a user's files alone."""
+    import hashlib
+
+    root = Path(root)
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

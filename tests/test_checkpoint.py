@@ -287,7 +287,7 @@ def test_float16_in_memory_is_zero_copy_for_f16_files(tmp_path):
 def test_save_to_preset_round_trip_and_atomic_replace(tmp_path):
     lm = BloomCausalLM(BloomBackbone.from_config(TINY, _params(1)))
     out = lm.save_to_preset(tmp_path / "m")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
     back = BloomCausalLM.from_preset(out, preprocessor=None)
     assert back.backbone.config.to_dict() == TINY.to_dict()
     for k, x in lm.params.items():
@@ -328,23 +328,23 @@ def test_preprocessor_auto_and_tokenizer_saved(tmp_path):
     lm = BloomCausalLM.from_preset(tmp_path / "m")  # preprocessor="auto" finds tokenizer.json
     assert lm.preprocessor is not None
     saved = lm.save_to_preset(tmp_path / "copy")
-    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
     again = BloomCausalLM.from_preset(saved)
     text = "Hello world, ¿qué tal? 你好"
     assert again.tokenizer.encode(text) == lm.tokenizer.encode(text)
     assert BloomCausalLM.from_preset(saved, preprocessor=None).preprocessor is None
 
 
-def test_save_to_preset_refuses_to_replace_other_directories(tmp_path):
+def test_save_to_preset_refuses_a_file_and_keeps_other_files(tmp_path):
     lm = BloomCausalLM(BloomBackbone.from_config(TINY, _params(1)))
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.txt").write_text("precious")
-    with pytest.raises(ArgumentError, match="not a model directory"):
-        lm.save_to_preset(tmp_path / "docs")
+    lm.save_to_preset(tmp_path / "docs")  # a directory of other files: the model goes in beside them
     assert (tmp_path / "docs" / "notes.txt").read_text() == "precious"
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ArgumentError, match="not a model directory"):
+    with pytest.raises(ArgumentError, match="is not a directory"):
         lm.save_to_preset(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "x"
     (tmp_path / "empty").mkdir()
     lm.save_to_preset(tmp_path / "empty")  # an empty directory is fine
     assert (tmp_path / "empty" / "config.json").is_file()

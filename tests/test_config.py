@@ -88,9 +88,25 @@ def test_file_errors_name_the_file(tmp_path):
     (tmp_path / "config.json").write_text("{oops")
     with pytest.raises(ConfigError, match=r"config.json: invalid JSON"):
         BloomConfig.from_json_file(tmp_path / "config.json")
-    (tmp_path / "config.json").write_text('{"n_layer": -2}')
+    (tmp_path / "config.json").write_text('{"n_layer": -2, "n_head": 2, "hidden_size": 8, "vocab_size": 10}')
     with pytest.raises(ConfigError, match=r"config.json: `n_layer`"):
         BloomConfig.from_json_file(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize(
+    "d, expect",
+    [
+        ({"n_head": 5, "hidden_size": 12}, "missing vocab_size, n_layer"),
+        ({}, "missing vocab_size, hidden_size, n_layer, n_head"),
+        ({"model_type": "bloom"}, "missing vocab_size"),
+        # a keras-hub preset's config.json: never read as a default-sized HF model
+        ({"module": "keras_hub.src.models.bloom.bloom_backbone", "class_name": "BloomBackbone",
+          "config": {"vocabulary_size": 100, "num_layers": 2, "num_heads": 2, "hidden_dim": 8}}, "a keras config"),
+    ],
+)
+def test_configs_without_blooms_sizes_are_refused(d, expect):
+    with pytest.raises(ConfigError, match=expect):
+        BloomConfig.from_dict(d, source="x/config.json")
 
 
 def test_keras_names():

@@ -625,7 +625,7 @@ def test_cli_prints_one_line_for_a_broken_model(tmp_path, capsys, broken):
         (model / "model.safetensors").write_bytes(data[: len(data) // 2])
         expect = "model.safetensors"
     elif broken == "config":
-        (model / "config.json").write_text('{"n_head": 5, "hidden_size": 12}')
+        (model / "config.json").write_text('{"n_head": 5, "hidden_size": 12, "n_layer": 2, "vocab_size": 8000}')
         expect = "config.json: hidden_size 12 is not divisible by n_head 5"
     else:
         (model / "tokenizer.json").write_text('{"model": {"type": "WordPiece"}}')
