@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup here waits ~24 s to fail
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ["tokenizer", "model", "grads", "train", "generate"]  # order matters: later parts may reuse earlier output
+PARTS = ["tokenizer", "model", "grads", "train", "generate", "hfdirs"]  # order matters: later parts may reuse earlier output
 
 
 def main(argv=None) -> int:
