@@ -20,36 +20,24 @@ The algorithm, kept fast enough for ~8 MB of text in well under a minute:
 """
 
 import heapq
-import json
 from collections import Counter, defaultdict
-from pathlib import Path
-
 import regex
 
-from minibloom.errors import ArgumentError, TokenizerError
+from minibloom.errors import ArgumentError
 from minibloom.kernels.bpe import split_pieces
 from minibloom.tokenizer import SPECIAL_TOKENS, BloomTokenizer, bytes_to_unicode
 
 
 def read_training_texts(paths) -> list:
-    """Texts from files: a .jsonl file gives the "text" field of each line, any other file its whole content."""
-    texts = []
-    for path in map(Path, paths):
-        try:
-            content = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise TokenizerError(f"{path}: cannot read training text ({e})") from None
-        if path.suffix != ".jsonl":
-            texts.append(content)
-            continue
-        for n, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise TokenizerError(f"{path}, line {n}: expected a JSON object with a 'text' field") from None
-    return texts
+    """The documents of corpus files, read as `train` reads them (`minibloom.data.iter_documents`:
+    plain text split at blank lines, the "text" field of each JSON line, .xz / .gz of either).
+    Each document is pre-tokenized on its own, so no piece spans two documents."""
+    from minibloom.arguments import check_input_file
+    from minibloom.data import iter_documents
+
+    if isinstance(paths, (str, bytes)) or not hasattr(paths, "__iter__"):
+        paths = [paths]
+    return [doc for path in paths for doc in iter_documents(check_input_file("data", path))]
 
 
 def count_pieces(texts, special_tokens=SPECIAL_TOKENS) -> Counter:
@@ -78,9 +66,10 @@ def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, min_f
     special_tokens = list(special_tokens)
     if len(set(special_tokens)) != len(special_tokens):
         raise ArgumentError(f"train_tokenizer: special_tokens has duplicates: {special_tokens}")
-    base = len(special_tokens) + 256
-    if not isinstance(vocab_size, int) or vocab_size < base:
-        raise ArgumentError(f"train_tokenizer: vocab_size must be an int >= {base} (specials + 256 bytes), found {vocab_size!r}")
+    from minibloom.arguments import check_int
+
+    vocab_size = check_int("vocab_size (special tokens + 256 bytes + merges)", vocab_size, lo=len(special_tokens) + 256)
+    min_frequency = check_int("min_frequency", min_frequency, lo=1)
 
     # Vocabulary: specials, then the byte tokens in byte order, then one token per new merge.
     byte_char = bytes_to_unicode()

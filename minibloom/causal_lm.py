@@ -257,7 +257,9 @@ class BloomCausalLM:
         "learning_rate". See minibloom/train.py.
         """
         from minibloom import train
+        from minibloom.arguments import check_int
 
+        epochs = check_int("epochs", epochs, lo=1)
         optimizer, reduction = self._compiled()
         data = train.as_dataset(self, x, y, sample_weight)
         val = None if validation_data is None else train.as_dataset(self, validation_data)
@@ -301,16 +303,22 @@ class BloomCausalLM:
 
         Args:
             inputs: a string, a list of strings (batched; LEFT-padded as HF does), or, with or
-                without a preprocessor, a dict {"token_ids", "padding_mask"} of (B, P) prompts.
+                without a preprocessor, a dict {"token_ids", "padding_mask"} of (B, P) prompts
+                padded on either side (right as keras-hub packs them, left as HF does, or with
+                holes): each row continues its own real tokens, exactly as if it were alone.
             max_length: prompt + completion tokens (keras-hub and HF count the same way); default
                 the preprocessor's sequence_length. Required for dict inputs without a preprocessor.
-            stop_token_ids: "auto" (the tokenizer's `</s>`), None (run to max_length) or a tuple
-                of ids. A row that stops is padded with `<pad>` after its stop id.
+            stop_token_ids: "auto" (HF's rule: the generation config's eos ids, else the
+                tokenizer's `</s>`, else none), None (run to max_length) or a tuple of ids. A row
+                that stops is filled after its stop id with the generation config's pad id, else
+                the tokenizer's `<pad>`, else the first stop id (HF pads with eos).
             strip_prompt: return only the completion.
             stream: return an iterator of text pieces instead (see `stream`).
 
         Returns: a string (one prompt) or a list of strings, special tokens removed; for dict
-        inputs the dict {"token_ids", "padding_mask"} (B, P + N) (plus "scores" for beam search).
+        inputs the dict {"token_ids", "padding_mask"} (B, P + N) (plus "scores" for beam search),
+        whose first P columns hold each prompt left-aligned (pads first) and whose mask marks
+        the real tokens.
         With BeamSampler(return_all_beams=True): (texts per prompt per beam, scores).
 
         The default sampler is greedy, where keras-hub defaults to an unseeded top_k(5): greedy is

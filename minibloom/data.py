@@ -3,11 +3,17 @@
     corpus files --tokenize_files--> one token file (uint16/uint32 on disk, + a .json sidecar)
                  --TokenWindows-----> packed windows of T+1 tokens --> shuffled (x, y, w) batches
 
-Tokenizing: each file is read as documents separated by blank lines; every document is encoded
-on its own and followed by `</s>` (BLOOM's end-of-document marker), so only one document is in
-memory at a time. The result is written once (temp file + os.replace) and re-used while the
-corpus files and the tokenizer are unchanged (the cache key hashes the files' bytes and a probe
-encoding of the tokenizer).
+Reading: `iter_documents(path)` is the one corpus reader of every command (train, evaluate,
+train-tokenizer): plain UTF-8 text, where blank lines separate documents, or JSON lines (`.jsonl`),
+one document per line's "text" field; either may be compressed (`x.txt.xz`, `x.jsonl.gz`). Bad
+input (not UTF-8, a bad JSON line, a line without "text", a corrupt .xz) is an ArgumentError
+naming the file and the line or byte offset.
+
+Tokenizing: every document is encoded on its own and followed by `</s>` (BLOOM's
+end-of-document marker), so only one document is in memory at a time. The result is written once
+(checkpoint.py's atomic writer) and re-used while the corpus files, the reader's rules and the
+tokenizer are unchanged (the cache key hashes the files' bytes as stored, their names, the
+reader version and a probe encoding of the tokenizer).
 
 Windows: the token stream is cut into consecutive windows of T+1 tokens that overlap by one
 token (window i covers tokens [i*T, i*T + T]); x is the first T tokens, y the last T, every
@@ -23,7 +29,6 @@ job), multiple workers, on-the-fly augmentation.
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,21 +38,127 @@ from minibloom.errors import ArgumentError
 _PROBE = "Probe: héllo wörld 你好 \n\n  tabs\tand 123."
 
 
-def _documents(path):
-    """Yield the blank-line-separated documents of a UTF-8 text file, one at a time."""
+# ------------------------------------------------------------------------------------------------
+# the corpus reader: the one place that turns a corpus file into documents (train, evaluate,
+# train-tokenizer all read through it)
+# ------------------------------------------------------------------------------------------------
+
+COMPRESSED = (".xz", ".gz")  # read through lzma / gzip, by file name
+JSON_LINES = ".jsonl"  # after the compression suffix is removed: x.jsonl, x.jsonl.xz, x.jsonl.gz
+READER_VERSION = "documents-v2"  # part of the token cache key: a change of these rules re-tokenizes
+
+
+def corpus_format(path) -> tuple[str | None, bool]:
+    """(compression or None, is JSON lines) of a corpus file, from its name: `x.jsonl.gz` -> (".gz", True)."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    compression = suffixes[-1] if suffixes and suffixes[-1] in COMPRESSED else None
+    rest = suffixes[:-1] if compression else suffixes
+    return compression, bool(rest) and rest[-1] == JSON_LINES
+
+
+def _open_binary(path, compression):
+    import gzip
+    import lzma
+
+    if compression == ".xz":
+        return lzma.open(path, "rb")
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _lines(path, counts=None):
+    """Yield (line number, line without its ending) of a UTF-8 corpus file, decompressed if its
+    name ends in .xz / .gz. Line endings are \\n, \\r\\n and \\r, as in Python's text mode. With
+    `counts`, counts["bytes"] = the bytes of the (decompressed) text, once it is all read.
+
+    Errors (ArgumentError) name the file: not UTF-8 (with the line and the byte offset), a corrupt
+    or truncated .xz / .gz, a read error.
+    """
+    import lzma
+    import zlib
+
+    compression, _ = corpus_format(path)
+    text_kind = "decompressed text" if compression else "file"
+    offset = number = 0
+    try:
+        with _open_binary(path, compression) as f:
+            for raw in f:
+                number += 1
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ArgumentError(
+                        f"{path}: not UTF-8 text at line {number} (byte {offset + e.start} of the {text_kind}: "
+                        f"{raw[e.start:e.start + 4]!r}); expected UTF-8 (convert the file, e.g. with iconv)"
+                    ) from None
+                offset += len(raw)
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
+                for part in text.removesuffix("\n").split("\n"):  # a lone \r ends a line too
+                    yield number, part
+    except (lzma.LZMAError, EOFError, zlib.error) as e:
+        raise ArgumentError(f"{path}: not a valid {compression} file ({e}) after {offset} bytes of text; the "
+                            f"file may be truncated, or not compressed despite its name") from None
+    except OSError as e:  # gzip.BadGzipFile is one; or a read error
+        what = f"not a valid {compression} file" if compression else "cannot be read"
+        raise ArgumentError(f"{path}: {what} ({getattr(e, 'strerror', None) or e})") from None
+    if counts is not None:
+        counts["bytes"] = offset
+
+
+def iter_documents(path, counts: dict | None = None):
+    """Yield the documents of a corpus file, one at a time: the rule every command follows.
+
+    - JSON lines (`.jsonl`, `.jsonl.xz`, `.jsonl.gz`): one document per line, the line's "text"
+      field (a string; other fields are ignored); blank lines are skipped; a line that is not a
+      JSON object with a string "text" is an error naming the file and the line.
+    - Any other name is plain UTF-8 text (`.txt.xz` / `.txt.gz` are decompressed first):
+      documents are separated by blank lines (lines holding only whitespace); a document is its
+      lines joined by "\\n", without the blank lines around it or a final newline.
+    Empty documents are skipped. With `counts`, counts["bytes"] is set once the file is read to
+    the UTF-8 bytes of the corpus text: the whole (decompressed) file for plain text; the "text"
+    fields plus one byte per document (the newline that ends its line) for JSON lines.
+    """
+    _, jsonl = corpus_format(path)
+    if jsonl:
+        yield from _json_documents(path, counts)
+        return
     lines = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                lines.append(line)
-            elif lines:
-                yield "".join(lines).rstrip("\n")
-                lines = []
+    for _, line in _lines(path, counts):
+        if line.strip():
+            lines.append(line)
+        elif lines:
+            yield "\n".join(lines)
+            lines = []
     if lines:
-        yield "".join(lines).rstrip("\n")
+        yield "\n".join(lines)
 
 
-def _encode_documents(tokenizer, documents, batch_chars: int = 1 << 20):
+def _json_documents(path, counts):
+    n_bytes = 0
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            reason = "nested too deeply" if isinstance(e, RecursionError) else getattr(e, "msg", str(e))
+            raise ArgumentError(f"{path}, line {number}: not valid JSON ({reason}); expected one JSON object "
+                                f"with a \"text\" field per line") from None
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            found = (f"a JSON {type(record).__name__}" if not isinstance(record, dict)
+                     else "no \"text\" field" if "text" not in record else f"\"text\" of type {type(text).__name__}")
+            raise ArgumentError(f"{path}, line {number}: expected a JSON object with a string \"text\" field, "
+                                f"found {found}")
+        n_bytes += len(text.encode("utf-8")) + 1
+        if text:
+            yield text
+    if counts is not None:
+        counts["bytes"] = n_bytes
+
+
+def encode_documents(tokenizer, documents, batch_chars: int = 1 << 20):
     """Yield the ids of each document, encoding about `batch_chars` characters per call of the
     tokenizer's `encode_batch` (one kernel call for many documents) when it has one."""
     if not hasattr(tokenizer, "encode_batch"):
@@ -71,66 +182,83 @@ def _vocab_size(tokenizer) -> int:
 
 
 def _cache_key(paths, tokenizer) -> str:
-    """A hash of the corpus bytes, the file order and the tokenizer's behaviour on a probe text."""
-    h = hashlib.sha256()
+    """A hash of the corpus files' bytes (compressed as stored), names and order, the reader's rules
+    and the tokenizer's behaviour on a probe text."""
+    h = hashlib.sha256(READER_VERSION.encode() + b"\0")
     for p in paths:
-        h.update(Path(p).name.encode() + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        h.update(Path(p).name.encode() + b"\0")  # the name says how the file is read (.jsonl, .xz)
+        try:
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as e:
+            raise ArgumentError(f"{p}: cannot be read ({e.strerror or e})") from None
     probe = list(tokenizer.encode(_PROBE)) + [tokenizer.end_token_id, _vocab_size(tokenizer)]
     h.update(json.dumps([int(i) for i in probe]).encode())
     return h.hexdigest()[:16]
 
 
+def _read_meta(path: Path):
+    """The sidecar of a token file, or None if it is missing or unreadable (then it is rebuilt)."""
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        n, dtype = meta["num_tokens"], np.dtype(meta["dtype"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if dtype not in (np.uint16, np.uint32) or not isinstance(n, int) or n < 0 or path.stat().st_size != n * dtype.itemsize:
+        return None
+    return meta
+
+
 def tokenize_files(paths, tokenizer, cache_dir) -> Path:
     """Tokenize corpus files into one token file in `cache_dir` (re-used if already there).
 
-    Returns the path of the `.tokens` file; its sidecar `<same>.json` holds dtype, token count and
-    the source files. Ids are stored as uint16 when the largest id fits, else uint32.
+    Every file is read by `iter_documents` (plain text, JSON lines, .xz / .gz of either) and each
+    document is followed by `</s>`. Returns the path of the `.tokens` file; its sidecar
+    `<same>.json` holds dtype, token count and the source files. Ids are stored as uint16 when the
+    largest id fits, else uint32. A cache that cannot be written raises CheckpointError naming it.
     """
-    paths = [Path(p) for p in paths]
+    from minibloom.arguments import check_input_file
+    from minibloom.checkpoint import _atomic_write, write_bytes_atomic
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [check_input_file("data", p) for p in paths]
     if not paths:
         raise ArgumentError("data: expected at least one corpus file")
-    for p in paths:
-        if not p.is_file():
-            raise ArgumentError(f"data: corpus file {p} does not exist")
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     key = _cache_key(paths, tokenizer)
     out = cache_dir / f"corpus-{key}.tokens"
     meta_path = out.with_suffix(".json")
-    if out.exists() and meta_path.exists():
+    if out.is_file() and _read_meta(out) is not None:
         return out
     vocab = _vocab_size(tokenizer)
     dtype = np.uint16 if 0 < vocab <= 65536 else np.uint32
     n = 0
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for p in paths:
-                for doc_ids in _encode_documents(tokenizer, _documents(p)):
-                    ids = np.asarray(list(doc_ids) + [tokenizer.end_token_id], dtype=np.int64)
-                    if ids.max() > np.iinfo(dtype).max:
-                        raise ArgumentError(f"data: token id {ids.max()} does not fit {np.dtype(dtype).name}")
-                    f.write(ids.astype(dtype).tobytes())
-                    n += len(ids)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(f):
+        nonlocal n
+        for p in paths:
+            for doc_ids in encode_documents(tokenizer, iter_documents(p)):
+                ids = np.asarray(list(doc_ids) + [tokenizer.end_token_id], dtype=np.int64)
+                if ids.max() > np.iinfo(dtype).max:
+                    raise ArgumentError(f"data: token id {ids.max()} does not fit {np.dtype(dtype).name}")
+                f.write(ids.astype(dtype).tobytes())
+                n += len(ids)
+
+    _atomic_write(out, write)
     meta = {"dtype": np.dtype(dtype).name, "num_tokens": n, "sources": [str(p) for p in paths], "key": key}
-    tmp_meta = meta_path.with_name(f".{meta_path.name}.tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, meta_path)
+    write_bytes_atomic(meta_path, json.dumps(meta, indent=1).encode("utf-8"))
     return out
 
 
 def load_tokens(path) -> np.ndarray:
     """Memory-map a token file written by `tokenize_files` (read-only, (N,) uint16/uint32)."""
     path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = _read_meta(path)
+    if meta is None:
+        raise ArgumentError(f"{path}: not a token file written by tokenize_files (its .json sidecar is missing, "
+                            f"unreadable or does not match the file size)")
     if meta["num_tokens"] == 0:
         return np.zeros(0, dtype=meta["dtype"])
     return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["num_tokens"],))
@@ -146,10 +274,10 @@ class TokenWindows:
     """
 
     def __init__(self, tokens, sequence_length, start=0, stop=None):
-        if sequence_length < 1:
-            raise ArgumentError(f"sequence_length: expected >= 1, found {sequence_length}")
+        from minibloom.arguments import check_int
+
         self.tokens = tokens
-        self.sequence_length = int(sequence_length)
+        self.sequence_length = check_int("sequence_length", sequence_length, lo=1)
         total = max(0, (len(tokens) - 1) // self.sequence_length)
         self.start = int(start)
         self.stop = total if stop is None else int(stop)
@@ -171,8 +299,9 @@ class TokenWindows:
 
     def split(self, heldout_fraction):
         """(train, heldout): the last `heldout_fraction` of the windows (at least one) are held out."""
-        if not 0.0 < heldout_fraction < 1.0:
-            raise ArgumentError(f"heldout_fraction: expected 0 < f < 1, found {heldout_fraction}")
+        from minibloom.arguments import check_float
+
+        heldout_fraction = check_float("heldout_fraction", heldout_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         n_held = max(1, int(round(len(self) * heldout_fraction)))
         if n_held >= len(self):
             raise ArgumentError(f"data: {len(self)} windows of {self.sequence_length + 1} tokens are too few to hold out "
@@ -204,8 +333,9 @@ class TokenWindows:
         The order depends only on (seed, epoch), so a resumed run continues with exactly the
         batches an uninterrupted run would have seen.
         """
-        if batch_size < 1:
-            raise ArgumentError(f"batch_size: expected >= 1, found {batch_size}")
+        from minibloom.arguments import check_int
+
+        check_int("batch_size", batch_size, lo=1)
         order = self.order(shuffle, seed, epoch)
         for b in range(start_batch, self.num_batches(batch_size, drop_last)):
             yield self.batch(order[b * batch_size: (b + 1) * batch_size])

@@ -1,7 +1,9 @@
 """Text generation: prefill the prompt into a preallocated KV cache, then one position per step.
 
     prompts --(preprocessor: tokenize, LEFT-pad)--> ids (B, P), mask (B, P)
+    align:    any padding layout -> left padding (each row's real tokens end in column P - 1)
     prefill:  backbone.forward(ids, mask, cache)  -> logits of the last position (B, V)
+    mask:     text generation sets the logits of ids the tokenizer cannot decode to -inf
     step:     choose next ids (B,) -> forward(next[:, None], mask so far, cache) -> logits (B, V)
     stop:     a row stops at its first stop id (kept) and is padded with <pad> afterwards;
               the loop ends when every row stopped or the sequence reaches max_length.
@@ -15,15 +17,36 @@ part); beam search reorders its rows in place.
 Where we follow HF transformers rather than keras-hub, and why (our outputs are a reference for
 people porting BLOOM, and HF is the oracle the numbers are checked against):
 
-- Padding side: prompts are LEFT-padded and new tokens are appended in one column for all rows,
-  with ALiBi positions = cumsum(mask) - 1 (HF). keras-hub right-pads and lets shorter rows start
-  generating while longer prompts are still being read. Both give the same math per row; left
-  padding makes "a batched row equals the same prompt alone" true to float32 rounding (tested).
+- Padding side: any layout is accepted: left padding (HF, our preprocessor), right padding (how
+  keras-hub packs prompts) or pads in the middle. `generate_ids` first moves each row's real
+  tokens, in their order, to the right end of the row (pads first): a stable sort of the row's
+  padding mask. New tokens are then appended in one column for all rows, with ALiBi positions =
+  cumsum(mask) - 1 (HF), so every row is continued from its own last real token and "a batched row
+  equals the same prompt alone" holds to float32 rounding whatever the layout (tested). The
+  returned {"token_ids", "padding_mask"} hold the prompts in that left-padded layout (width P
+  unchanged) followed by the new tokens; the padding_mask says which positions are real.
+  keras-hub instead lets shorter right-padded rows start generating inside the prompt columns.
 - BOS: no `<s>` in front of the prompt unless the preprocessor has add_start_token=True (BLOOM was
   trained without it and HF's tokenizer adds none); keras-hub always prepends `<s>` when
   generating, so its outputs differ from HF's for the same text.
 - Finished rows: padded with `<pad>` after their stop token (HF). keras-hub keeps generating
   them and hides the extra tokens with the returned mask.
+- Stop and pad ids (`stop_token_ids="auto"`, HF's rule): the stop ids are the model's
+  generation_config eos_token_id (generation_config.json, else config.json; one id or several);
+  if it names none, the tokenizer's `</s>`; with neither, no stop ids. Finished rows are filled
+  with generation_config pad_token_id, else the tokenizer's `<pad>`, else the first stop id (HF
+  falls back to eos; transformers 5 writes "pad_token_id": null), else 0.
+- Undecodable ids: an embedding may have more rows than the tokenizer has tokens (BLOOM: 250,880
+  rows, 250,680 tokens). In text generation (the model has a preprocessor) the ids the tokenizer
+  has no token for get logits -inf before every sampler, beam and contrastive search included, so
+  they are never produced (the stop ids are always allowed). Token-only generation (no
+  preprocessor) samples from every row, as HF does.
+- Numbers: NaN logits raise ArgumentError, +inf logits are certain tokens, and a tiny temperature
+  (1e-40) is the exact T -> 0 limit (greedy), never NaN: see samplers.py, `checked_logits`.
+- Memory: the KV cache (with beam search's beams and contrastive search's candidate copies) is
+  sized before anything is allocated: `generate`, `generate_ids` and `stream` all pass
+  `_checked_inputs` first, which refuses a cache that would not fit (minibloom.memory.check_fits;
+  `KVCache` itself runs the same check for callers of decode_steps / beam_search).
 - Beam search: HF's algorithm (length penalty, finished-hypothesis pool of num_beams per prompt,
   `early_stopping` True / False / "never", 2 * num_beams candidates per step), so sequences and
   scores equal `transformers` `generate(num_beams=...)`. keras-hub's BeamSampler has no length
@@ -32,7 +55,9 @@ people porting BLOOM, and HF is the oracle the numbers are checked against):
   top-k(5) by default.
 - Contrastive search follows keras-hub (HF moved it out of the library): among the k most likely
   tokens, argmax of (1 - alpha) * p - alpha * max cosine similarity of the candidate's final
-  hidden state with the previous (non-pad) positions'.
+  hidden state with the previous (non-pad) positions'. A candidate of probability 0 (an impossible
+  or blocked id) is never chosen, so +inf logits and a tiny temperature give the argmax as for
+  every other sampler (keras-hub would let such a candidate win on similarity alone).
 
 Streaming (`stream`) decodes incrementally at the byte level: the bytes of each new token go
 through an incremental UTF-8 decoder that holds back an incomplete character until its last byte
@@ -46,11 +71,12 @@ V vocabulary, C hidden, K candidates.
 """
 
 import codecs
-import os
 import time
 
 import numpy as np
 
+from minibloom import memory
+from minibloom.arguments import check_int
 from minibloom.errors import ArgumentError
 from minibloom.kernels.sampling import top_k_indices
 from minibloom.kvcache import KVCache
@@ -65,9 +91,27 @@ NEG = np.float32(-1.0e9)  # HF's "impossible" beam score
 # -----------------------------------------------------------------------------------------------
 
 
-def _last_logits(backbone, hidden):
-    """Final hidden states (B, T, C) -> logits of the last position (B, V) float32."""
-    return backbone.logits(hidden[:, -1:])[:, 0]
+def _last_logits(backbone, hidden, blocked_ids=None):
+    """Final hidden states (B, T, C) -> logits of the last position (B, V) float32.
+
+    blocked_ids: (N,) ids that must never be chosen (text generation: the ids the tokenizer cannot
+    decode); their logits are set to -inf here, the one place every search reads logits from.
+    """
+    logits = backbone.logits(hidden[:, -1:])[:, 0]
+    if blocked_ids is not None and len(blocked_ids):
+        logits[:, blocked_ids] = -np.inf
+    return logits
+
+
+def left_align(token_ids, padding_mask):
+    """Move each row's real tokens, in their order, to the right end of the row, pads first.
+
+    token_ids, padding_mask: (B, P) in any layout (left or right padding, pads in the middle) ->
+    the same (B, P) arrays left-padded. A stable sort of each row's mask puts the False (pad)
+    columns first and keeps the real tokens' order; left-padded rows come back unchanged.
+    """
+    order = np.argsort(padding_mask, axis=1, kind="stable")  # (B, P)
+    return np.take_along_axis(token_ids, order, axis=1), np.take_along_axis(padding_mask, order, axis=1)
 
 
 def _log_softmax(x):
@@ -82,14 +126,18 @@ def _log_softmax(x):
 # -----------------------------------------------------------------------------------------------
 
 
-def decode_steps(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids=(), pad_token_id=3):
+def decode_steps(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids=(), pad_token_id=3,
+                 blocked_ids=None):
     """Generate one position per step; a generator yielding (t, next_ids (B,), alive (B,) bool).
 
-    token_ids, padding_mask: (B, P) left-padded prompts. `alive` marks the rows that emitted
-    next_ids[b] as a real token (rows that stopped earlier get pad_token_id and alive False).
-    Stops after position max_length - 1 or when every row has emitted a stop id.
+    token_ids, padding_mask: (B, P) prompts (any padding layout: they are left-aligned first).
+    `alive` marks the rows that emitted next_ids[b] as a real token (rows that stopped earlier get
+    pad_token_id and alive False). Stops after position max_length - 1 or when every row has
+    emitted a stop id. blocked_ids: ids never chosen (see _last_logits). The low-level loop: it
+    checks no arguments; generate_ids and stream_text check them first (_checked_inputs).
     """
     cfg = backbone.config
+    token_ids, padding_mask = left_align(token_ids, padding_mask)
     B, P = token_ids.shape
     stop = np.asarray(sorted(stop_token_ids), dtype=np.int64)
     contrastive = isinstance(sampler, ContrastiveSampler) and not sampler.is_greedy
@@ -99,7 +147,7 @@ def decode_steps(backbone, token_ids, padding_mask, max_length, sampler, stop_to
     mask = np.ones((B, max_length), dtype=bool)  # (B, S): prompt mask, then every new column visible
     mask[:, :P] = padding_mask
     out = backbone.forward(token_ids, mask[:, :P], cache=cache)  # prefill
-    logits = _last_logits(backbone, out.hidden)
+    logits = _last_logits(backbone, out.hidden, blocked_ids)
     past_hidden = None
     if contrastive:
         past_hidden = np.zeros((B, max_length, cfg.hidden_size), dtype=np.float32)  # (B, S, C)
@@ -108,7 +156,9 @@ def decode_steps(backbone, token_ids, padding_mask, max_length, sampler, stop_to
     alive = np.ones(B, dtype=bool)
     for t in range(P, max_length):
         if contrastive:
-            nxt, cache, next_logits, h = _contrastive_step(backbone, cache, logits, past_hidden[:, :t], mask[:, :t], sampler)
+            nxt, cache, next_logits, h = _contrastive_step(
+                backbone, cache, logits, past_hidden[:, :t], mask[:, :t], sampler, blocked_ids
+            )
         else:
             nxt = sampler.choose(logits, rng)
         nxt = np.where(alive, nxt, pad_token_id).astype(np.int64)
@@ -120,12 +170,14 @@ def decode_steps(backbone, token_ids, padding_mask, max_length, sampler, stop_to
             logits, past_hidden[:, t] = next_logits, h
         else:
             out = backbone.forward(nxt[:, None], mask[:, : t + 1], cache=cache)
-            logits = _last_logits(backbone, out.hidden)
+            logits = _last_logits(backbone, out.hidden, blocked_ids)
 
 
-def _contrastive_step(backbone, cache, logits, past_hidden, past_mask, sampler):
+def _contrastive_step(backbone, cache, logits, past_hidden, past_mask, sampler, blocked_ids=None):
     """One contrastive-search step. Runs the k candidates of every row through the model (B*K rows)
-    and keeps the winner's cache row, logits and hidden state for the next step.
+    and keeps the winner's cache row, logits and hidden state for the next step. A candidate of
+    probability 0 (an impossible or blocked id, or any but the best at a tiny temperature) is never
+    chosen, whatever its similarity; the best candidate always has probability > 0.
 
     Returns (next_ids (B,), cache, next_logits (B, V), next_hidden (B, C)).
     """
@@ -146,41 +198,61 @@ def _contrastive_step(backbone, cache, logits, past_hidden, past_mask, sampler):
     pn = past_hidden / np.maximum(np.linalg.norm(past_hidden, axis=-1, keepdims=True), 1e-12)  # (B, S, C)
     sim = np.einsum("bkc,bsc->bks", hn, pn)  # (B, K, S)
     sim = np.where(past_mask[:, None, :], sim, -np.inf).max(axis=-1)  # (B, K)
-    score = (1.0 - sampler.alpha) * probs - sampler.alpha * sim
+    score = np.where(probs > 0.0, (1.0 - sampler.alpha) * probs - sampler.alpha * sim, -np.inf)
     j = np.argmax(score, axis=-1)  # (B,)
     rows = np.arange(B) * K + j
-    cand_logits = _last_logits(backbone, out.hidden)  # (B*K, V)
+    cand_logits = _last_logits(backbone, out.hidden, blocked_ids)  # (B*K, V)
     return cand[np.arange(B), j], big.reorder(rows), cand_logits[rows], h[np.arange(B), j]
 
 
-def generate_ids(backbone, token_ids, padding_mask, max_length, sampler=None, stop_token_ids=(), pad_token_id=3):
-    """Token-level generation: left-padded prompts (B, P) -> {"token_ids", "padding_mask"} (B, P + N).
+def generate_ids(backbone, token_ids, padding_mask, max_length, sampler=None, stop_token_ids=(), pad_token_id=3,
+                 blocked_ids=None):
+    """Token-level generation: prompts (B, P) -> {"token_ids", "padding_mask"} (B, P + N).
 
-    N is the number of steps run (<= max_length - P). padding_mask is True on prompt tokens and
-    on generated tokens up to and including each row's stop id. Beam search adds "scores".
+    The prompts may be padded on either side or have pads in the middle: each row is continued
+    from its own real tokens, as if it were alone. The result holds the prompts LEFT-aligned (each
+    row's real tokens moved to the right end of its P columns, in order; see left_align), then the
+    N new tokens (N <= max_length - P). padding_mask is True on real prompt tokens and on generated
+    tokens up to and including each row's stop id. Beam search adds "scores".
+    blocked_ids: (N,) ids never generated (text generation passes the undecodable ids).
     """
-    token_ids, padding_mask = _check_prompt_arrays(token_ids, padding_mask, max_length)
     sampler = GreedySampler() if sampler is None else sampler
-    _check_stop_ids(stop_token_ids, backbone.config.vocab_size)
-    _check_cache_fits(backbone.config, token_ids.shape[0] * _cache_rows_per_prompt(sampler), max_length)
+    token_ids, padding_mask = _checked_inputs(
+        backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id
+    )
     if isinstance(sampler, BeamSampler) and not sampler.is_greedy and token_ids.shape[1] < max_length:
-        return beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id)
+        return beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id, blocked_ids)
     B, P = token_ids.shape
     ids = np.full((B, max_length), pad_token_id, dtype=np.int64)  # (B, S)
     keep = np.zeros((B, max_length), dtype=bool)  # (B, S)
     ids[:, :P], keep[:, :P] = token_ids, padding_mask
     end = P
     if P < max_length:
-        for t, nxt, alive in decode_steps(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id):
+        steps = decode_steps(
+            backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id, blocked_ids
+        )
+        for t, nxt, alive in steps:
             ids[:, t], keep[:, t], end = nxt, alive, t + 1
     return {"token_ids": ids[:, :end], "padding_mask": keep[:, :end]}
 
 
-def _check_stop_ids(stop_token_ids, vocab_size):
-    """Stop ids must be rows of the embedding: an id the model can emit."""
-    for i in stop_token_ids:
-        if not 0 <= int(i) < vocab_size:
-            raise ArgumentError(f"stop_token_ids: {int(i)} is outside the model's vocabulary [0, {vocab_size})")
+def _checked_inputs(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id):
+    """The gate every generation path passes first (generate_ids, hence generate and beam search,
+    and stream_text): the prompt arrays, the stop and pad ids, the KV-cache size (before anything
+    is allocated). Returns (token_ids, padding_mask) left-aligned (see left_align)."""
+    token_ids, padding_mask = _check_prompt_arrays(token_ids, padding_mask, max_length)
+    V = backbone.config.vocab_size
+    _check_token_ids("stop_token_ids", stop_token_ids, V)
+    _check_token_ids("pad_token_id", (pad_token_id,), V)
+    _check_cache_fits(backbone.config, token_ids.shape[0] * _cache_rows_per_prompt(sampler), max_length)
+    return left_align(token_ids, padding_mask)
+
+
+def _check_token_ids(name, ids, vocab_size):
+    """Stop and pad ids must be rows of the embedding: ids the model can read and emit."""
+    for i in ids:
+        if not 0 <= check_int(name, i) < vocab_size:
+            raise ArgumentError(f"{name}: {int(i)} is outside the model's vocabulary [0, {vocab_size})")
 
 
 def _cache_rows_per_prompt(sampler):
@@ -192,39 +264,22 @@ def _cache_rows_per_prompt(sampler):
     return 1
 
 
-def _available_memory_bytes():
-    """MemAvailable from /proc/meminfo (Linux), else physical memory, else None (unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _check_cache_fits(config, rows, max_length):
     """Refuse, before allocating, a KV cache that cannot fit in memory.
 
     The cache holds keys and values for every layer: 2 * L * rows * H * max_length * D float32.
     """
     need = 2 * config.n_layer * rows * config.hidden_size * max_length * 4
-    have = _available_memory_bytes()
-    if have is not None and need > 0.8 * have:
-        raise ArgumentError(
-            f"max_length {max_length}: the KV cache for {rows} row(s) would need {need / 2**30:.1f} GiB, but only "
-            f"{have / 2**30:.1f} GiB of memory is available; lower max_length, the batch size or the beams"
-        )
+    memory.check_fits(need, f"max_length {max_length}: the KV cache for {rows} row(s)",
+                      "lower max_length, the batch size or the beams")
 
 
 def _check_prompt_arrays(token_ids, padding_mask, max_length):
     token_ids = np.asarray(token_ids)
     if token_ids.ndim != 2 or not np.issubdtype(token_ids.dtype, np.integer):
         raise ArgumentError(f"token_ids: expected a (B, P) integer array, found shape {token_ids.shape} dtype {token_ids.dtype}")
+    if 0 in token_ids.shape:
+        raise ArgumentError(f"token_ids: expected at least one prompt of at least one column, found shape {token_ids.shape}")
     padding_mask = np.asarray(padding_mask)
     if padding_mask.shape != token_ids.shape:
         raise ArgumentError(f"padding_mask: expected shape {token_ids.shape} like token_ids, found {padding_mask.shape}")
@@ -232,8 +287,7 @@ def _check_prompt_arrays(token_ids, padding_mask, max_length):
     empty = np.flatnonzero(~padding_mask.any(axis=1))
     if empty.size:
         raise ArgumentError(f"prompt {int(empty[0])} has no tokens (its padding_mask is all False)")
-    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
-        raise ArgumentError(f"max_length must be an integer, found {max_length!r}")
+    max_length = check_int("max_length", max_length, lo=1)
     if token_ids.shape[1] > max_length:
         raise ArgumentError(
             f"max_length {max_length} counts prompt + new tokens, but the prompt already has {token_ids.shape[1]} tokens"
@@ -246,9 +300,12 @@ def _check_prompt_arrays(token_ids, padding_mask, max_length):
 # -----------------------------------------------------------------------------------------------
 
 
-def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids=(), pad_token_id=3):
+def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids=(), pad_token_id=3,
+                blocked_ids=None):
     """HF beam search. Returns {"token_ids": (B, R, P + N), "padding_mask", "scores": (B, R)} with
     R = num_beams if sampler.return_all_beams else 1 (then the beam axis is dropped: (B, P + N)).
+    The prompts are left-aligned first (left_align), as in generate_ids; blocked_ids are never
+    generated (their log-probabilities are -inf).
 
     Per prompt it keeps `num_beams` running beams and a pool of `num_beams` finished ones. Each
     step takes the 2 * num_beams (more with several stop ids) best continuations over all
@@ -259,6 +316,7 @@ def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_tok
     roundings match.
     """
     nb, lp, early = sampler.num_beams, sampler.length_penalty, sampler.early_stopping
+    token_ids, padding_mask = left_align(token_ids, padding_mask)
     B, P = token_ids.shape
     V = backbone.config.vocab_size
     stop = np.asarray(sorted(stop_token_ids), dtype=np.int64)
@@ -279,7 +337,7 @@ def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_tok
     # prefill the B prompts once, then copy each row into its num_beams beams
     cache = KVCache.for_config(backbone.config, B, max_length)
     out = backbone.forward(token_ids, padding_mask, cache=cache)
-    logits = np.repeat(_last_logits(backbone, out.hidden), nb, axis=0)  # (B*nb, V)
+    logits = np.repeat(_last_logits(backbone, out.hidden, blocked_ids), nb, axis=0)  # (B*nb, V)
     cache = cache.repeat(nb)
     mask = np.ones((B * nb, max_length), dtype=bool)  # (B*nb, S)
     mask[:, :P] = np.repeat(padding_mask, nb, axis=0)
@@ -332,7 +390,7 @@ def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_tok
         # follow the surviving beams: reorder the cache rows, then feed each beam's new token
         cache.reorder(beam_rows.reshape(-1), in_place=True)  # (B*nb) rows, no new cache
         out = backbone.forward(running[:, :, cur - 1].reshape(B * nb, 1), mask[:, :cur], cache=cache)
-        logits = _last_logits(backbone, out.hidden)
+        logits = _last_logits(backbone, out.hidden, blocked_ids)
 
     R = nb if sampler.return_all_beams else 1
     n = int(finished_len[:, :R].max())
@@ -351,15 +409,23 @@ def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_tok
 # -----------------------------------------------------------------------------------------------
 
 
-def _resolve_stop_ids(lm, stop_token_ids):
+def _tokenizer(lm):
+    return None if lm.preprocessor is None else lm.preprocessor.tokenizer
+
+
+def resolve_stop_ids(lm, stop_token_ids):
+    """The stop ids of a call: None -> none; a tuple -> those; "auto" -> HF's rule: the generation
+    config's eos ids, else the tokenizer's `</s>`, else none."""
     if stop_token_ids is None:
         return ()
     if isinstance(stop_token_ids, str):
         if stop_token_ids != "auto":
             raise ArgumentError(f"stop_token_ids must be 'auto', None or a tuple of ids, found {stop_token_ids!r}")
-        if lm.preprocessor is None:
-            raise ArgumentError('stop_token_ids="auto" needs a preprocessor (its end token); pass a tuple of ids or None')
-        return (int(lm.preprocessor.tokenizer.end_token_id),)
+        eos = tuple(int(i) for i in lm.generation_config.eos_token_id)
+        if eos:
+            return eos
+        tok = _tokenizer(lm)
+        return () if tok is None or tok.end_token_id is None else (int(tok.end_token_id),)
     try:
         ids = tuple(int(i) for i in stop_token_ids)
     except (TypeError, ValueError):
@@ -367,10 +433,34 @@ def _resolve_stop_ids(lm, stop_token_ids):
     return ids
 
 
-def _pad_id(lm):
-    if lm.preprocessor is not None and lm.preprocessor.tokenizer.pad_token_id is not None:
-        return int(lm.preprocessor.tokenizer.pad_token_id)
-    return int(lm.backbone.config.pad_token_id)
+def _pad_id(lm, stop_ids=()):
+    """What finished rows are filled with: the generation config's pad id, else the tokenizer's
+    `<pad>`, else the first stop id (of this call, else of the generation config: HF pads with
+    eos), else 0."""
+    gc, tok = lm.generation_config, _tokenizer(lm)
+    candidates = (gc.pad_token_id, None if tok is None else tok.pad_token_id, *stop_ids, *gc.eos_token_id)
+    return next((int(i) for i in candidates if i is not None), 0)
+
+
+def undecodable_ids(tokenizer, vocab_size):
+    """Ids in [0, vocab_size) the tokenizer has no token for: (N,) int64, ascending.
+
+    They are the unused ids below tokenizer.vocabulary_size() (holes) and every id from there up
+    to the embedding size (BLOOM: ids 250,680 ... 250,879).
+    """
+    vocab = tokenizer.get_vocabulary()
+    n = min(len(vocab), vocab_size)
+    holes = [i for i in range(n) if vocab[i] is None]
+    return np.concatenate([np.asarray(holes, dtype=np.int64), np.arange(n, vocab_size, dtype=np.int64)])
+
+
+def _blocked_ids(lm, stop_ids):
+    """Ids text generation never produces: the undecodable ones, except the stop ids (asked for);
+    None without a preprocessor (token-only generation can produce every id)."""
+    tok = _tokenizer(lm)
+    if tok is None:
+        return None
+    return np.setdiff1d(undecodable_ids(tok, lm.backbone.config.vocab_size), np.asarray(stop_ids, dtype=np.int64))
 
 
 def _prepare(lm, inputs, max_length):
@@ -403,7 +493,8 @@ def generate(lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt=Fa
     sampler = _sampler_of(lm, sampler)
     ids, mask, max_length, single = _prepare(lm, inputs, max_length)
     P = ids.shape[1]
-    out = generate_ids(lm.backbone, ids, mask, max_length, sampler, _resolve_stop_ids(lm, stop_token_ids), _pad_id(lm))
+    stops = resolve_stop_ids(lm, stop_token_ids)
+    out = generate_ids(lm.backbone, ids, mask, max_length, sampler, stops, _pad_id(lm, stops), _blocked_ids(lm, stops))
     if lm.preprocessor is None or isinstance(inputs, dict):
         if strip_prompt:
             out = {k: (v[..., P:] if k != "scores" else v) for k, v in out.items()}
@@ -474,8 +565,9 @@ def stream_text(lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt
         raise ArgumentError("stream: needs a preprocessor and a single string prompt")
     sampler = _sampler_of(lm, sampler)
     ids, mask, max_length, _ = _prepare(lm, inputs, max_length)
-    ids, mask = _check_prompt_arrays(ids, mask, max_length)
-    stops, pad = _resolve_stop_ids(lm, stop_token_ids), _pad_id(lm)
+    stops = resolve_stop_ids(lm, stop_token_ids)
+    pad, blocked = _pad_id(lm, stops), _blocked_ids(lm, stops)
+    ids, mask = _checked_inputs(lm.backbone, ids, mask, max_length, sampler, stops, pad)  # before any output
     stats = {} if stats is None else stats
     stats.update(prompt_tokens=int(mask[0].sum()), new_tokens=0, prefill_seconds=0.0, decode_seconds=0.0, total_seconds=0.0)
     pieces = Utf8Pieces(lm.preprocessor.tokenizer)
@@ -483,7 +575,7 @@ def stream_text(lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt
         yield from filter(None, [pieces.push(ids[0][mask[0]])])
     start = time.perf_counter()
     if isinstance(sampler, BeamSampler) and not sampler.is_greedy:
-        out = generate_ids(lm.backbone, ids, mask, max_length, sampler, stops, pad)
+        out = generate_ids(lm.backbone, ids, mask, max_length, sampler, stops, pad, blocked)
         P = ids.shape[1]
         new = out["token_ids"][0, P:][out["padding_mask"][0, P:]]
         stats.update(new_tokens=len(new), prefill_seconds=time.perf_counter() - start)
@@ -491,7 +583,7 @@ def stream_text(lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt
         yield from filter(None, [pieces.push(new), pieces.flush()])
         return
     if ids.shape[1] < max_length:
-        for _, nxt, alive in decode_steps(lm.backbone, ids, mask, max_length, sampler, stops, pad):
+        for _, nxt, alive in decode_steps(lm.backbone, ids, mask, max_length, sampler, stops, pad, blocked):
             if not alive[0]:
                 break
             stats["new_tokens"] += 1
@@ -507,4 +599,4 @@ def stream_text(lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt
         yield tail
 
 
-__all__ = ["generate", "generate_ids", "beam_search", "decode_steps", "stream_text", "Utf8Pieces"]
+__all__ = ["generate", "generate_ids", "beam_search", "decode_steps", "stream_text", "left_align", "undecodable_ids", "Utf8Pieces"]

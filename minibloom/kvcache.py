@@ -11,11 +11,15 @@ Rows are independent, so beam search and contrastive search reshuffle or repeat 
 reorders in place, `reorder(index, in_place=True)`, so no new cache is made per step). The padding
 mask that goes with the cache (covering all `length + T` positions) is the caller's to keep.
 
+A cache that would not fit in memory is refused before it is allocated (memory.check_fits), so a
+huge max_length is one ArgumentError line, not an out-of-memory kill.
+
 Leaves out: sliding windows and eviction (BLOOM has neither), half-precision storage.
 """
 
 import numpy as np
 
+from minibloom import memory
 from minibloom.errors import ArgumentError
 
 
@@ -31,6 +35,8 @@ class KVCache:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ArgumentError(f"KVCache: `{name}` must be a positive integer, found {v!r}")
         shape = (num_layers, batch_size, num_heads, max_length, head_dim)
+        memory.check_fits(2 * 4 * int(np.prod(shape, dtype=object)), f"KVCache of shape {shape} (keys and values)",
+                          "lower max_length or the batch size")  # before allocating
         self.key = np.zeros(shape, dtype=np.float32)  # (L, B, H, S_max, D)
         self.value = np.zeros(shape, dtype=np.float32)  # (L, B, H, S_max, D)
         self.length = 0

@@ -33,7 +33,6 @@ transformers (it exposes only hidden states), half-precision reference runs, gen
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +51,20 @@ def load_model(preset):
     return directory, BloomCausalLM.from_preset(directory, preprocessor=None)
 
 
-def prompt_ids(directory: Path, prompt: str | None, ids: str | None) -> np.ndarray:
-    """Token ids (T,) int64: `ids` ("1,2,3") if given, else `prompt` encoded with tokenizer.json."""
+def prompt_ids(directory: Path, prompt: str | None, ids, vocab_size: int | None = None) -> np.ndarray:
+    """Token ids (T,) int64: `ids` (a list, or a string "1,2,3") if given, else `prompt` encoded with
+    tokenizer.json. With `vocab_size`, every id must be in [0, vocab_size)."""
     if ids is not None:
-        try:
-            out = np.array([int(t) for t in ids.replace(",", " ").split()], dtype=np.int64)
-        except ValueError:
-            raise ArgumentError(f"--ids: expected integers separated by commas or spaces, found {ids!r}") from None
+        if isinstance(ids, str):
+            try:
+                ids = [int(t) for t in ids.replace(",", " ").split()]
+            except ValueError:
+                raise ArgumentError(f"--ids: expected integers separated by commas or spaces, found {ids[:60]!r}") from None
+        out = np.array([int(i) for i in ids], dtype=np.int64)
+        bad = [int(i) for i in out if i < 0 or (vocab_size is not None and i >= vocab_size)]
+        if bad:
+            raise ArgumentError(f"--ids: expected ids in [0, {vocab_size if vocab_size is not None else 'V'}) (the model's "
+                                f"vocabulary), found {bad[0]}")
     else:
         if not (directory / "tokenizer.json").is_file():
             raise ArgumentError(f"{directory} has no tokenizer.json to encode --prompt; pass token ids with --ids")
@@ -161,7 +167,7 @@ def run_parity(preset, prompt, ids=None, tolerance=1e-4, out=print) -> int:
     """Print the per-layer comparison table; returns 0 if every relative difference <= tolerance."""
     directory, lm = load_model(preset)
     cfg = lm.backbone.config
-    token_ids, mask = parity_batch(prompt_ids(directory, prompt, ids), cfg.pad_token_id or 0)
+    token_ids, mask = parity_batch(prompt_ids(directory, prompt, ids, cfg.vocab_size), cfg.pad_token_id or 0)
     fwd = lm.backbone.forward(token_ids, mask, output_hidden_states=True)
     ours = fwd.hidden_states + [lm.backbone.logits(fwd.hidden)]
     theirs_hidden, theirs_logits = transformers_hidden_states(directory, token_ids, mask)
@@ -186,23 +192,19 @@ def run_parity(preset, prompt, ids=None, tolerance=1e-4, out=print) -> int:
 
 
 def run_dump(preset, prompt, out_path, ids=None) -> Path:
-    """Write every intermediate activation for the prompt (batch of one) to `out_path` (.npz)."""
+    """Write every intermediate activation for the prompt (batch of one) to `out_path` (.npz),
+    atomically (checkpoint.py's writer); the output path is checked before the model is loaded."""
+    from minibloom.arguments import check_output_dir, expand_path
+    from minibloom.checkpoint import _atomic_write
+
+    out_path = expand_path("--out", out_path)
+    if out_path.suffix != ".npz" or out_path.is_dir():
+        raise ArgumentError(f"--out: expected a .npz file name, found {str(out_path)!r}")
+    check_output_dir("--out", out_path.parent)
     directory, lm = load_model(preset)
-    tokens = prompt_ids(directory, prompt, ids)[None, :]  # (1, T)
+    tokens = prompt_ids(directory, prompt, ids, lm.backbone.config.vocab_size)[None, :]  # (1, T)
     acts = minibloom_activations(lm, tokens, np.ones(tokens.shape, dtype=bool))
     meta = {"model": str(directory), "prompt": prompt, "config": lm.backbone.config.to_dict()}
     acts["meta"] = np.array(json.dumps(meta))
-    out_path = Path(out_path)
-    if out_path.suffix != ".npz":
-        raise ArgumentError(f"--out: expected a .npz file name, found {str(out_path)!r}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **acts)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic_write(out_path, lambda f: np.savez(f, **acts))
     return out_path

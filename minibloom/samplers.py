@@ -24,6 +24,21 @@ inverse CDF of one uniform draw over the kept tokens ranked best first. Top-p ke
 best-first prefix whose mass reaches p (a token is kept while the mass ranked before it is < p, as
 in HF; keras-hub uses <=), always at least one token.
 
+Numbers that are not ordinary (`checked_logits`, used by every sampler, beam and contrastive
+search included, before anything else):
+
+- NaN in a row of logits raises ArgumentError naming "logits", the row and the id: a model that
+  outputs NaN is broken (weights or an overflow), and any token drawn from it would be arbitrary.
+- +inf logits are certain tokens: the row becomes 0 at its +inf ids and -inf elsewhere (the limit
+  of the softmax: the +inf ids share the probability; greedy takes the lowest of them).
+- -inf is an impossible token (probability 0; generate.py masks undecodable ids this way). A row
+  that is -inf everywhere has no possible token: ArgumentError.
+- Temperature: `scaled` computes (logits - row max) / temperature in float64, so for any tiny
+  temperature > 0 (1e-40, a float32 denormal, 5e-324) the best token keeps 0 and every other
+  token goes to a huge negative number or -inf, never NaN: the distribution is exactly the
+  T -> 0 limit, all mass on the argmax (shared only by exact ties). HF divides float32 logits
+  first, which overflows to inf / NaN there. A non-finite temperature is refused.
+
 Leaves out: repetition penalties, min-length and other HF logits processors.
 
 Shape legend: B batch rows, V vocabulary, K kept candidates.
@@ -31,26 +46,9 @@ Shape legend: B batch rows, V vocabulary, K kept candidates.
 
 import numpy as np
 
+from minibloom.arguments import check_choice, check_float, check_int
 from minibloom.errors import ArgumentError
 from minibloom.kernels.sampling import top_k_indices, top_p_set
-
-
-def _check_temperature(temperature):
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ArgumentError(f"temperature must be a number >= 0 (0 means greedy), found {temperature!r}")
-    return float(temperature)
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ArgumentError(f"{name} must be a positive integer, found {value!r}")
-    return int(value)
-
-
-def _check_seed(seed):
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise ArgumentError(f"seed must be None or an integer >= 0, found {seed!r}")
-    return seed
 
 
 def _check_logits(logits):
@@ -59,6 +57,35 @@ def _check_logits(logits):
             f"logits must be a (B, V) float32 array, found {type(logits).__name__} "
             f"{getattr(logits, 'shape', '')} {getattr(logits, 'dtype', '')}"
         )
+
+
+def checked_logits(logits):
+    """The (B, V) float32 logits a distribution may be built from: NaN refused, +inf made certain.
+
+    Returns `logits` itself when every row has a finite maximum (the usual case: one max per row
+    is all this costs), else a copy where each row holding +inf is 0 at its +inf ids and -inf
+    elsewhere. Raises ArgumentError for a row holding NaN or a row that is -inf everywhere.
+    """
+    _check_logits(logits)
+    if logits.shape[1] == 0:
+        raise ArgumentError("logits: expected at least one entry per row, found V = 0")
+    m = logits.max(axis=-1)  # NaN if the row holds NaN
+    if np.isfinite(m).all():
+        return logits
+    bad = np.isnan(logits)
+    if bad.any():
+        b, i = (int(v[0]) for v in np.nonzero(bad))
+        raise ArgumentError(
+            f"logits: row {b} holds NaN (first at id {i}); the model's output is not a number (broken weights or "
+            f"an overflow), so no token can be chosen"
+        )
+    dead = np.flatnonzero(m == -np.inf)
+    if dead.size:
+        raise ArgumentError(f"logits: row {int(dead[0])} is -inf everywhere, so no token is possible")
+    x = logits.copy()
+    certain = m == np.inf  # (B,) rows with a certain token
+    x[certain] = np.where(logits[certain] == np.inf, np.float32(0.0), np.float32(-np.inf))
+    return x
 
 
 def _draw(ids, probs, u):
@@ -75,7 +102,7 @@ class Sampler:
     """Base class: holds the temperature; subclasses say how a token is chosen."""
 
     def __init__(self, temperature=1.0):
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_float("temperature", temperature, lo=0.0)  # 0 means greedy
 
     @property
     def is_greedy(self) -> bool:
@@ -87,8 +114,17 @@ class Sampler:
         return None
 
     def scaled(self, logits):
-        """logits / temperature, float32 (the temperature-0 case never gets here)."""
-        return logits if self.temperature == 1.0 else (logits / np.float32(self.temperature)).astype(np.float32)
+        """checked_logits(logits) / temperature, float32 (the temperature-0 case never gets here).
+
+        At temperature 1 the logits are returned as they are (so beam scores equal HF's bit for bit);
+        otherwise (logits - row max) / temperature is computed in float64: the softmax is the same,
+        and a tiny temperature sends every token but the best to -inf instead of overflowing to NaN.
+        """
+        x = checked_logits(logits)
+        if self.temperature == 1.0:
+            return x
+        with np.errstate(over="ignore"):  # -huge / tiny -> -inf is the intended limit
+            return ((x.astype(np.float64) - x.max(axis=-1, keepdims=True)) / self.temperature).astype(np.float32)
 
     def choose(self, logits, rng=None):
         """logits: (B, V) float32 -> next token ids (B,) int64."""
@@ -110,8 +146,7 @@ class GreedySampler(Sampler):
         return True
 
     def choose(self, logits, rng=None):
-        _check_logits(logits)
-        return np.argmax(logits, axis=-1).astype(np.int64)
+        return np.argmax(checked_logits(logits), axis=-1).astype(np.int64)
 
 
 class _SeededSampler(Sampler):
@@ -119,15 +154,14 @@ class _SeededSampler(Sampler):
 
     def __init__(self, seed=None, temperature=1.0):
         super().__init__(temperature)
-        self.seed = _check_seed(seed)
+        self.seed = None if seed is None else check_int("seed", seed, lo=0)
 
     def make_rng(self):
         return np.random.default_rng(self.seed)
 
     def choose(self, logits, rng=None):
-        _check_logits(logits)
         if self.is_greedy:
-            return np.argmax(logits, axis=-1).astype(np.int64)
+            return np.argmax(checked_logits(logits), axis=-1).astype(np.int64)
         if rng is None:
             raise ArgumentError(f"{type(self).__name__}.choose needs rng (from make_rng())")
         x = self.scaled(logits)
@@ -147,7 +181,7 @@ class TopKSampler(_SeededSampler):
 
     def __init__(self, k=5, seed=None, temperature=1.0):
         super().__init__(seed, temperature)
-        self.k = _check_positive_int("k", k)
+        self.k = check_int("k", k, lo=1)
 
     def _choose_rows(self, x, u):
         ids = top_k_indices(x, min(self.k, x.shape[1]))  # (B, K) best first, all rows in one pass
@@ -162,10 +196,8 @@ class TopPSampler(_SeededSampler):
 
     def __init__(self, p=0.1, k=None, seed=None, temperature=1.0):
         super().__init__(seed, temperature)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
-            raise ArgumentError(f"p must be a number in (0, 1], found {p!r}")
-        self.p = float(p)
-        self.k = None if k is None else _check_positive_int("k", k)
+        self.p = check_float("p", p, 0.0, 1.0, lo_open=True)
+        self.k = None if k is None else check_int("k", k, lo=1)
 
     def _choose_row(self, x, u):
         ids, probs = top_p_set(x, self.p, self.k)
@@ -197,14 +229,11 @@ class BeamSampler(Sampler):
 
     def __init__(self, num_beams=5, return_all_beams=False, length_penalty=1.0, early_stopping=False, temperature=1.0):
         super().__init__(temperature)
-        self.num_beams = _check_positive_int("num_beams", num_beams)
+        self.num_beams = check_int("num_beams", num_beams, lo=1)
         self.return_all_beams = bool(return_all_beams)
-        if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
-            raise ArgumentError(f"length_penalty must be a number, found {length_penalty!r}")
-        self.length_penalty = float(length_penalty)
-        if early_stopping not in (True, False, "never"):
-            raise ArgumentError(f"early_stopping must be True, False or 'never', found {early_stopping!r}")
-        self.early_stopping = early_stopping
+        self.length_penalty = check_float("length_penalty", length_penalty)
+        early_stopping = check_choice("early_stopping", early_stopping, (True, False, "never"))
+        self.early_stopping = early_stopping if early_stopping == "never" else bool(early_stopping)
 
 
 class ContrastiveSampler(Sampler):
@@ -213,10 +242,8 @@ class ContrastiveSampler(Sampler):
 
     def __init__(self, k=5, alpha=0.6, temperature=1.0):
         super().__init__(temperature)
-        self.k = _check_positive_int("k", k)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-            raise ArgumentError(f"alpha must be a number in [0, 1], found {alpha!r}")
-        self.alpha = float(alpha)
+        self.k = check_int("k", k, lo=1)
+        self.alpha = check_float("alpha", alpha, 0.0, 1.0)
 
 
 _BY_NAME = {

@@ -11,12 +11,21 @@ One optimizer step:
 `Trainer` owns everything a run needs to continue where it stopped, and `save_checkpoint` writes
 all of it, so a resumed run reaches bit-identical parameters to an uninterrupted one:
 
-    checkpoints/step-00000040/params.safetensors      model parameters (float32)
+    checkpoints/step-00000040/model.safetensors       model parameters (float32, HF names)
+                             /config.json             the model config (to rebuild it on resume)
+                             /tokenizer.json          the run's tokenizer (when the model has one)
+                             /generation_config.json  (when the model has one)
                              /optimizer.safetensors   AdamW moments m.<name>, v.<name>
                              /state.json              step, epoch, batch position, dropout RNG,
                                                       running epoch loss, history, data settings
-                             /config.json             the model config (to rebuild it on resume)
     checkpoints/LATEST                                name of the newest complete checkpoint
+
+So a checkpoint directory is also a model directory, as HF Trainer's `checkpoint-N` is:
+`BloomCausalLM.from_preset("OUT/checkpoints/step-00000040")` and `generate --preset` load it
+(checkpoint_files picks model.safetensors; optimizer.safetensors beside it is not a shard).
+Checkpoints written before this layout hold `params.safetensors` and no tokenizer.json;
+`load_checkpoint` still reads them. A resumed run uses exactly the checkpoint's config and
+tokenizer: `load_checkpoint` refuses a model whose config or tokenizer differs.
 
 A checkpoint directory is written under a temporary name, flushed to disk and renamed when
 complete; LATEST is replaced atomically afterwards; only then are older checkpoints removed. A
@@ -34,6 +43,7 @@ Data: anything with `batches(batch_size, shuffle, seed, epoch, start_batch)` and
 Left out: multiple processes, mixed precision, early stopping, learning-rate finders.
 """
 
+import io
 import json
 import math
 import os
@@ -46,7 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minibloom.errors import ArgumentError, TrainingError, describe_error
+from minibloom.arguments import check_choice, check_float, check_int, check_output_dir
+from minibloom.errors import ArgumentError, MinibloomError, TrainingError, describe_error
 from minibloom.optim import GradientAccumulator, global_norm
 
 STATE_FORMAT = "minibloom-train-state"
@@ -172,17 +183,19 @@ class Trainer:
 
     def __init__(self, lm, optimizer, data, batch_size=8, shuffle=True, seed=0, reduction="mean",
                  accumulate_steps=1, checkpoint_dir=None, save_every=None, keep_checkpoints=2):
-        if batch_size < 1 or accumulate_steps < 1:
-            raise ArgumentError(f"batch_size and accumulate_steps must be >= 1, found {batch_size}, {accumulate_steps}")
-        if reduction not in ("mean", "sum_over_batch_size"):
-            raise ArgumentError(f"reduction: expected 'mean' or 'sum_over_batch_size', found {reduction!r}")
+        batch_size = check_int("batch_size", batch_size, lo=1)
+        accumulate_steps = check_int("accumulate_steps", accumulate_steps, lo=1)
+        seed = check_int("seed", seed, lo=0)
+        save_every = None if save_every is None else check_int("save_every", save_every, lo=0)
+        keep_checkpoints = check_int("keep_checkpoints", keep_checkpoints, lo=1)
+        check_choice("reduction", reduction, ("mean", "sum_over_batch_size"))
         if data.num_batches(batch_size) == 0:
             raise ArgumentError(f"data: not a single batch of {batch_size} examples; lower batch_size or add data")
         self.lm, self.optimizer, self.data = lm, optimizer, data
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.reduction, self.accumulate_steps = reduction, int(accumulate_steps)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self.save_every, self.keep_checkpoints = save_every, max(1, int(keep_checkpoints))
+        self.save_every, self.keep_checkpoints = save_every, keep_checkpoints
         # The resumable position: epochs finished, next batch of the current epoch, dropout RNG.
         self.epoch = 0
         self.batch = 0
@@ -252,6 +265,8 @@ class Trainer:
         """
         if epochs is None and max_steps is None:
             raise ArgumentError("run: give epochs or max_steps")
+        epochs = None if epochs is None else check_int("epochs", epochs, lo=1)
+        max_steps = None if max_steps is None else check_int("max_steps", max_steps, lo=1)
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if main else None
         self._stop_requested = False
@@ -332,8 +347,7 @@ class Trainer:
         A disk-full or permission error raises TrainingError naming the path; LATEST and the
         checkpoint it names are then unchanged.
         """
-        from minibloom.checkpoint import fsync_directory, write_bytes_atomic, write_safetensors
-        from minibloom.errors import CheckpointError
+        from minibloom.checkpoint import fsync_directory, save_params, write_bytes_atomic, write_safetensors
 
         if self.checkpoint_dir is None:
             raise ArgumentError("save_checkpoint: this Trainer has no checkpoint_dir")
@@ -354,13 +368,19 @@ class Trainer:
             for stale in [*root.glob(".step-*"), *root.glob(".LATEST.*")]:  # a killed writer's leftovers
                 shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
-            write_safetensors(tmp / "params.safetensors", self.lm.params, "F32")
+            save_params(tmp, self.lm.params, dtype="float32")  # model.safetensors, HF names
             opt = self.optimizer.state_dict()
             moments = {f"m.{k}": a for k, a in opt["m"].items()} | {f"v.{k}": a for k, a in opt["v"].items()}
             if moments:
                 write_safetensors(tmp / "optimizer.safetensors", moments, "F32")
             write_bytes_atomic(tmp / "state.json", json.dumps(self._state(), indent=1).encode("utf-8"))
             write_bytes_atomic(tmp / "config.json", self.lm.backbone.config.to_json_string().encode("utf-8"))
+            tokenizer = getattr(self.lm, "tokenizer", None)
+            if hasattr(tokenizer, "to_json_string"):  # a BloomTokenizer (test doubles have no file form)
+                write_bytes_atomic(tmp / "tokenizer.json", tokenizer.to_json_string().encode("utf-8"))
+            generation = getattr(self.lm, "generation_config", None)
+            if hasattr(generation, "to_json_string"):
+                write_bytes_atomic(tmp / "generation_config.json", generation.to_json_string().encode("utf-8"))
             fsync_directory(tmp)
             if final.exists():  # the same step saved twice: move the old copy aside, drop it below
                 aside = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".old"))
@@ -368,7 +388,7 @@ class Trainer:
             os.replace(tmp, final)
             fsync_directory(root)
             write_bytes_atomic(root / "LATEST", (name + "\n").encode("utf-8"))
-        except (OSError, CheckpointError) as e:
+        except (OSError, MinibloomError) as e:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise TrainingError(f"{final}: cannot save the checkpoint ({describe_error(e)}); {kept}") from None
@@ -391,7 +411,11 @@ class Trainer:
 
     def load_checkpoint(self, path=None):
         """Restore params, optimizer, position, RNG and history from a checkpoint directory
-        (default: the one checkpoint_dir/LATEST names). Returns its path."""
+        (default: the one checkpoint_dir/LATEST names). Returns its path.
+
+        Refuses (TrainingError, nothing changed) a checkpoint whose data settings, config.json or
+        tokenizer.json differ from this trainer's and its model's: a resumed run continues the
+        same run. Reads model.safetensors, or params.safetensors of older checkpoints."""
         from minibloom.checkpoint import read_safetensors
 
         path = Path(path) if path is not None else latest_checkpoint(self.checkpoint_dir)
@@ -399,23 +423,31 @@ class Trainer:
             raise TrainingError(f"no checkpoint to resume from in {self.checkpoint_dir} (no LATEST file)")
         try:
             state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise TrainingError(f"{path / 'state.json'}: unreadable training state ({e})") from None
-        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+        except (OSError, ValueError, RecursionError) as e:
+            raise TrainingError(f"{path / 'state.json'}: unreadable training state ({describe_error(e)})") from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+            found = (state.get("format"), state.get("version")) if isinstance(state, dict) else (type(state).__name__, "")
             raise TrainingError(f"{path / 'state.json'}: expected format {STATE_FORMAT} v{STATE_VERSION}, "
-                                f"found {state.get('format')} v{state.get('version')}")
+                                f"found {found[0]} v{found[1]}")
         for key in ("batch_size", "shuffle", "seed", "accumulate_steps", "reduction"):
-            if state[key] != getattr(self, key):
-                raise TrainingError(f"{path}: the checkpoint was trained with {key}={state[key]!r}, this run has "
+            if state.get(key) != getattr(self, key):
+                raise TrainingError(f"{path}: the checkpoint was trained with {key}={state.get(key)!r}, this run has "
                                     f"{getattr(self, key)!r}; the data position would not match (use the same value)")
-        params = {k: a for k, (_, a) in read_safetensors(path / "params.safetensors").items()}
+        check_same_model(path, self.lm)
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            weights = path / "params.safetensors"  # checkpoints written before model.safetensors
+        try:
+            stored = read_safetensors(weights)
+        except (OSError, MinibloomError) as e:
+            raise TrainingError(f"{path}: unreadable checkpoint weights ({describe_error(e)})") from None
         live = self.lm.params
-        if set(params) != set(live):
-            raise TrainingError(f"{path / 'params.safetensors'}: tensors differ from the model's: "
-                                f"{sorted(set(params) ^ set(live))[:5]}")
-        for k, a in params.items():
-            if a.shape != live[k].shape:
-                raise TrainingError(f"{path}: tensor {k} has shape {a.shape}, the model expects {live[k].shape}")
+        if set(stored) != set(live):
+            raise TrainingError(f"{weights}: tensors differ from the model's: {sorted(set(stored) ^ set(live))[:5]}")
+        for k, (dtype, a) in stored.items():
+            if dtype != "F32" or a.shape != live[k].shape:
+                raise TrainingError(f"{weights}: tensor {k} is {dtype} {a.shape}, the model expects F32 {live[k].shape}")
+        for k, (_, a) in stored.items():
             live[k][...] = a  # in place: callers holding lm.params see the restored values
         m, v = {}, {}
         if (path / "optimizer.safetensors").exists():
@@ -431,6 +463,50 @@ class Trainer:
         return path
 
 
+def tokenizer_difference(a, b) -> str | None:
+    """How two BloomTokenizers differ ("8192 vs 700 tokens", "token 300: 'ab' vs 'ac'", ...), or
+    None if they encode alike (same vocabulary, merges and added tokens)."""
+    ja, jb = a.to_json(), b.to_json()
+    if ja == jb:
+        return None
+    va, vb = ja["model"]["vocab"], jb["model"]["vocab"]
+    if len(va) != len(vb):
+        return f"{len(va)} vs {len(vb)} tokens"
+    ia, ib = {i: t for t, i in va.items()}, {i: t for t, i in vb.items()}
+    for i in sorted(set(ia) | set(ib)):
+        if ia.get(i) != ib.get(i):
+            return f"token {i} is {ia.get(i)!r} vs {ib.get(i)!r}"
+    if ja["model"]["merges"] != jb["model"]["merges"]:
+        return "same tokens but different merges"
+    return "different added tokens or pipeline"
+
+
+def config_difference(a, b) -> str | None:
+    """The keys two BloomConfigs differ in ("n_layer 2 vs 1, hidden_size 24 vs 48"), or None."""
+    da, db = a.to_dict(), b.to_dict()
+    keys = [k for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
+    return ", ".join(f"{k} {da.get(k)!r} vs {db.get(k)!r}" for k in keys[:4]) or None
+
+
+def check_same_model(checkpoint, lm) -> None:
+    """TrainingError unless `lm` has the checkpoint's config.json (and tokenizer.json, if both have one)."""
+    from minibloom.config import BloomConfig
+    from minibloom.tokenizer import BloomTokenizer
+
+    checkpoint = Path(checkpoint)
+    if (checkpoint / "config.json").is_file():
+        diff = config_difference(lm.backbone.config, BloomConfig.from_json_file(checkpoint / "config.json"))
+        if diff:
+            raise TrainingError(f"{checkpoint / 'config.json'}: the model to resume differs from the checkpoint's "
+                                f"config ({diff}: this model vs the checkpoint); build it from the checkpoint's config")
+    tokenizer = getattr(lm, "tokenizer", None)
+    if hasattr(tokenizer, "to_json") and (checkpoint / "tokenizer.json").is_file():
+        diff = tokenizer_difference(tokenizer, BloomTokenizer.from_file(checkpoint / "tokenizer.json"))
+        if diff:
+            raise TrainingError(f"{checkpoint / 'tokenizer.json'}: the model's tokenizer ({tokenizer.source}) differs "
+                                f"from the run's ({diff}); resume with the checkpoint's tokenizer")
+
+
 def latest_checkpoint(checkpoint_dir):
     """The checkpoint directory named by checkpoint_dir/LATEST, or None if there is none."""
     if checkpoint_dir is None:
@@ -438,10 +514,71 @@ def latest_checkpoint(checkpoint_dir):
     latest = Path(checkpoint_dir) / "LATEST"
     if not latest.is_file():
         return None
-    path = Path(checkpoint_dir) / latest.read_text(encoding="utf-8").strip()
+    try:
+        name = latest.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrainingError(f"{latest}: unreadable ({describe_error(e)})") from None
+    if not name.startswith("step-") or not name[5:].isdigit() or not name.isascii():
+        raise TrainingError(f"{latest}: expected the name of a checkpoint (step-NNNNNNNN), found {name[:60]!r}")
+    path = Path(checkpoint_dir) / name
     if not (path / "state.json").is_file():
         raise TrainingError(f"{latest} names {path.name}, which is not a complete checkpoint")
     return path
+
+
+def previous_run(out_dir) -> str | None:
+    """What in `out_dir` belongs to an earlier `train` run, or None.
+
+    A previous run is any of: checkpoints/ holding LATEST or a step-* directory, a model/
+    entry, or loss_curve.csv. The token cache and any other file do not count (the cache is
+    rebuilt or re-used; other files are the user's and are never touched)."""
+    out_dir = Path(out_dir)
+    found = []
+    ck = out_dir / "checkpoints"
+    if (ck / "LATEST").exists() or (ck.is_dir() and any(ck.glob("step-*"))):
+        found.append("checkpoints/")
+    for name in ("model", "loss_curve.csv"):
+        if (out_dir / name).exists():
+            found.append(name + ("/" if (out_dir / name).is_dir() else ""))
+    return ", ".join(found) or None
+
+
+def check_out_dir(out_dir, resume, name="out_dir") -> Path:
+    """The output directory of a run, checked before anything is read or written.
+
+    Refuses (ArgumentError, nothing touched) a path that is a file (or under one), a directory
+    holding a previous run (see `previous_run`) unless `resume`, and with `resume` a directory
+    holding a previous run but no checkpoint to resume from."""
+    out_dir = check_output_dir(name, out_dir)
+    earlier = previous_run(out_dir) if out_dir.is_dir() else None
+    if earlier is None:
+        return out_dir
+    if not resume:
+        raise ArgumentError(f"{name} {out_dir}: holds a previous run ({earlier}); pass --resume to continue it, "
+                            f"or choose a new {name} (nothing was changed)")
+    if latest_checkpoint(out_dir / "checkpoints") is None:
+        raise ArgumentError(f"{name} {out_dir}: --resume, but {out_dir / 'checkpoints'} has no LATEST checkpoint to "
+                            f"resume from while {earlier} exists; choose a new {name} (nothing was changed)")
+    return out_dir
+
+
+def training_bytes(config, batch_size, sequence_length, with_params=True) -> int:
+    """Memory one training step needs, float32: gradients and AdamW's two moments (3 x params, plus
+    the params themselves unless they already exist), and the activations the backward keeps."""
+    C, H, L, V = config.hidden_size, config.n_head, config.n_layer, config.vocab_size
+    tokens = batch_size * sequence_length
+    activations = L * tokens * (16 * C + 2 * H * sequence_length) + 2 * tokens * V
+    return 4 * ((4 if with_params else 3) * config.num_parameters() + activations)
+
+
+def check_training_fits(config, batch_size, sequence_length, with_params=True, source="the model") -> None:
+    """ArgumentError (before any allocation) if training `config` cannot fit in memory."""
+    from minibloom.memory import check_fits
+
+    check_fits(training_bytes(config, batch_size, sequence_length, with_params),
+               f"training {source} ({config.num_parameters():,} parameters; batch_size {batch_size} x "
+               f"sequence_length {sequence_length}: parameters, gradients, AdamW moments and activations)",
+               "use a smaller model, --batch-size or --seq-len")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -455,15 +592,15 @@ def write_loss_curve(history, evals, out_dir, log=print):
     history: a Trainer history (per-step "step", "step_loss", "learning_rate");
     evals: list of (step, held-out loss). Returns the paths written.
     """
+    from minibloom.checkpoint import write_bytes_atomic
+
     out_dir = Path(out_dir)
     held = dict(evals)
     rows = ["step,train_loss,learning_rate,heldout_loss"]
     for step, loss, lr in zip(history["step"], history["step_loss"], history["learning_rate"]):
         rows.append(f"{step},{loss!r},{lr!r},{held.get(step, '')!r}".replace("''", ""))
     csv = out_dir / "loss_curve.csv"
-    tmp = out_dir / ".loss_curve.csv.tmp"
-    tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    os.replace(tmp, csv)
+    write_bytes_atomic(csv, ("\n".join(rows) + "\n").encode("utf-8"), error=TrainingError)
     written = [csv]
     try:
         import matplotlib
@@ -480,10 +617,10 @@ def write_loss_curve(history, evals, out_dir, log=print):
     ax.set(xlabel="step", ylabel="loss (nats/token)", title="minibloom train")
     ax.legend()
     png = out_dir / "loss_curve.png"
-    tmp_png = out_dir / ".loss_curve.tmp.png"
-    fig.savefig(tmp_png, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp_png, png)
+    write_bytes_atomic(png, image.getvalue(), error=TrainingError)
     return written + [png]
 
 
@@ -495,7 +632,10 @@ def train_on_files(lm, data_files, out_dir, *, sequence_length, batch_size, step
     evaluation and checkpoints in out_dir/checkpoints, then write the final model as a preset
     directory out_dir/model (config.json, model.safetensors, tokenizer.json) and the loss curve.
 
-    `lm` must have a tokenizer (its preprocessor's). Returns the Trainer.
+    `lm` must have a tokenizer (its preprocessor's). Every argument is checked before anything is
+    read or written; `out_dir` holding a previous run is refused unless `resume` (see
+    `check_out_dir`), and with `resume` the model must have the checkpoint's config and
+    tokenizer. `clip` 0 or None: no clipping. Returns the Trainer.
     """
     from minibloom.data import TokenWindows
     from minibloom.optim import AdamW, BIAS_AND_NORM, get_schedule
@@ -504,9 +644,37 @@ def train_on_files(lm, data_files, out_dir, *, sequence_length, batch_size, step
         raise ArgumentError("train: the model has no tokenizer; pass --tokenizer tokenizer.json")
     if (steps is None) == (epochs is None):
         raise ArgumentError("train: give exactly one of steps and epochs")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    windows = TokenWindows.from_files(data_files, lm.tokenizer, sequence_length, out_dir / "token_cache")
+    sequence_length = check_int("sequence_length", sequence_length, lo=1)
+    batch_size = check_int("batch_size", batch_size, lo=1)
+    steps = None if steps is None else check_int("steps", steps, lo=1)
+    epochs = None if epochs is None else check_int("epochs", epochs, lo=1)
+    learning_rate = check_float("learning_rate", learning_rate, lo=0.0, lo_open=True)
+    check_choice("schedule", schedule, ("cosine", "linear", "constant"))
+    warmup = check_int("warmup", warmup, lo=0)
+    weight_decay = check_float("weight_decay", weight_decay, lo=0.0)
+    clip = None if clip is None else (check_float("clip", clip, lo=0.0) or None)
+    accumulate_steps = check_int("accumulate_steps", accumulate_steps, lo=1)
+    check_float("heldout", heldout, 0.0, 1.0, lo_open=True, hi_open=True)
+    eval_every = check_int("eval_every", eval_every, lo=0)
+    eval_batches = check_int("eval_batches", eval_batches, lo=1)
+    check_int("save_every", save_every, lo=0)
+    check_int("seed", seed, lo=0)
+    out_dir = check_out_dir(out_dir, resume)
+    latest = latest_checkpoint(out_dir / "checkpoints") if resume else None
+    if latest is not None:
+        check_same_model(latest, lm)  # before anything is read or written
+    check_training_fits(lm.backbone.config, batch_size, sequence_length, with_params=False)
+    created = [p for p in (out_dir, out_dir / "token_cache") if not p.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArgumentError(f"out_dir {out_dir}: cannot create the directory ({describe_error(e)})") from None
+    try:
+        windows = TokenWindows.from_files(data_files, lm.tokenizer, sequence_length, out_dir / "token_cache")
+    except BaseException:  # a bad corpus file: leave no trace of this run (only what it created)
+        for p in created:
+            shutil.rmtree(p, ignore_errors=True)
+        raise
     train_data, held = windows.split(heldout)
     per_epoch = -(-train_data.num_batches(batch_size) // accumulate_steps)
     if per_epoch == 0:
@@ -517,8 +685,8 @@ def train_on_files(lm, data_files, out_dir, *, sequence_length, batch_size, step
                 exclude_from_weight_decay=BIAS_AND_NORM, global_clipnorm=clip)
     trainer = Trainer(lm, opt, train_data, batch_size=batch_size, shuffle=True, seed=seed,
                       accumulate_steps=accumulate_steps, checkpoint_dir=out_dir / "checkpoints", save_every=save_every)
-    if resume and latest_checkpoint(trainer.checkpoint_dir) is not None:
-        path = trainer.load_checkpoint()
+    if latest is not None:
+        path = trainer.load_checkpoint(latest)
         log(f"resumed from {path} (step {trainer.step}, epoch {trainer.epoch + 1})")
     log(f"data: {len(train_data)} training / {len(held)} held-out windows of {sequence_length} tokens; "
         f"{per_epoch} steps per epoch; {total} steps")
@@ -553,15 +721,20 @@ def train_on_files(lm, data_files, out_dir, *, sequence_length, batch_size, step
 
     try:
         trainer.run(max_steps=total, on_step=on_step)
-    except KeyboardInterrupt as e:
-        if e.args:
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) and e.args:
             log(f"{e.args[0]}; run the same command with --resume to continue")
+        if trainer.history["step"]:  # keep the curve so far, but let the run's own error be the one reported
+            try:
+                write_loss_curve(trainer.history, evals, out_dir, log)
+            except MinibloomError:
+                pass
         raise
     finally:
         if bar is not None:
             bar.close()
-        if trainer.history["step"]:
-            write_loss_curve(trainer.history, evals, out_dir, log)
+    if trainer.history["step"]:
+        write_loss_curve(trainer.history, evals, out_dir, log)
     final = held_out_loss()
     log(f"done: step {trainer.step}, held-out loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}")
     lm.save_to_preset(out_dir / "model")

@@ -236,13 +236,14 @@ def test_max_length_equal_to_the_prompt_returns_the_prompt(lm, sampler):
     out = generate_ids(lm.backbone, ids, np.ones(ids.shape, bool), 3, sampler, (2,), 3)
     assert out["token_ids"].tolist() == ids.tolist() and out["padding_mask"].all()
 
-def test_token_inputs_need_max_length_and_explicit_stops(lm):
+def test_token_inputs_need_max_length_and_auto_stops_use_the_config_eos(lm):
     bare = BloomCausalLM(lm.backbone, preprocessor=None)
     x = {"token_ids": np.array([[10, 11, 12]]), "padding_mask": np.ones((1, 3), bool)}
     with pytest.raises(ArgumentError, match="max_length"):
         bare.generate(x)
-    with pytest.raises(ArgumentError, match="auto"):
-        bare.generate(x, max_length=8)
+    # "auto" without a tokenizer: the config's eos id (2 here), as HF
+    assert lm.backbone.config.eos_token_id == 2
+    assert bare.generate(x, max_length=8)["token_ids"].tolist() == bare.generate(x, max_length=8, stop_token_ids=(2,))["token_ids"].tolist()
     out = bare.generate(x, max_length=8, stop_token_ids=None)
     assert out["token_ids"].shape == (1, 8) and out["token_ids"][0, :3].tolist() == [10, 11, 12]
     with pytest.raises(ArgumentError, match="no tokens"):
@@ -312,9 +313,10 @@ def test_cli_reads_the_prompt_from_stdin_and_samples_reproducibly(lm, capsys, mo
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--sampler", "top_k", "--top-k", "0"], "k must be a positive integer"),
-        (["--sampler", "top_p", "--top-p", "1.5"], "p must be a number in (0, 1]"),
-        (["--temperature", "-1"], "temperature must be"),
+        (["--sampler", "top_k", "--top-k", "0"], "--top-k: expected an integer >= 1, found 0"),
+        (["--sampler", "top_p", "--top-p", "1.5"], "--top-p: expected a finite number in (0, 1], found 1.5"),
+        (["--temperature", "-1"], "--temperature: expected a finite number >= 0"),
+        (["--temperature", "inf"], "--temperature: expected a finite number >= 0"),
         (["--max-length", "1"], "max_length 1 counts prompt"),
         (["--stop", "xyz abc"], "must be exactly one token"),
     ],

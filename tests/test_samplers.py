@@ -228,10 +228,14 @@ def test_sampler_draws_equal_with_and_without_numba(monkeypatch):
         (lambda: BeamSampler(early_stopping="sometimes"), "early_stopping"),
         (lambda: ContrastiveSampler(alpha=1.5), "alpha"),
         (lambda: RandomSampler(seed=-1), "seed"),
+        (lambda: RandomSampler(seed=1.5), "seed"),
+        (lambda: TopKSampler(temperature=float("nan")), "temperature"),
+        (lambda: BeamSampler(length_penalty=float("inf")), "length_penalty"),
+        (lambda: ContrastiveSampler(k=True), "k"),
     ],
 )
 def test_bad_arguments_name_the_argument(build, word):
-    with pytest.raises(ArgumentError, match=rf"^{word} "):
+    with pytest.raises(ArgumentError, match=rf"^{word}: expected "):
         build()
 
 

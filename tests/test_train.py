@@ -246,7 +246,7 @@ def test_cli_train_writes_checkpoints_curve_and_model_then_resumes(tmp_path, mon
     assert lm.backbone.config.n_layer == 1 and lm.tokenizer is not None
     from minibloom.checkpoint import read_safetensors
 
-    saved = read_safetensors(out / "checkpoints" / "step-00000006" / "params.safetensors")
+    saved = read_safetensors(out / "checkpoints" / "step-00000006" / "model.safetensors")
     for k, p in lm.params.items():
         np.testing.assert_array_equal(p, saved[k][1])
 
