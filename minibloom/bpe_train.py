@@ -27,8 +27,7 @@ from pathlib import Path
 import regex
 
 from minibloom.errors import ArgumentError, TokenizerError
-from minibloom.kernels.bpe import split_pieces
-from minibloom.tokenizer import SPECIAL_TOKENS, BloomTokenizer, bytes_to_unicode
+from minibloom.tokenizer import SPECIAL_TOKENS, BloomTokenizer, bytes_to_unicode, split_pieces
 
 
 def read_training_texts(paths) -> list:

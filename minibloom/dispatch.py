@@ -7,7 +7,10 @@ to float32 rounding (tested per function). The fast tier is on when numba can be
 the environment variable MINIBLOOM_NUMBA is not "0"; the choice is made at each call, so a test
 can flip MINIBLOOM_NUMBA and compare the two tiers on the same model.
 
-To read the math, read minibloom/ops.py: the fast tier only makes it faster.
+Functions outside ops.py that have a fast twin are listed in FAST and chosen with
+`fast_or_reference(reference_function)`.
+
+To read the math, read the reference modules: the fast tier only makes them faster.
 """
 
 import importlib
@@ -35,3 +38,18 @@ class _Dispatch:
 
 
 ops = _Dispatch(reference, "minibloom.kernels.ops")
+
+
+# Every fast twin of a reference function outside ops.py: "module.function" -> (fast module, name).
+FAST = {
+    "minibloom.optim.adamw_update": ("minibloom.kernels.adamw", "adamw_update"),
+    "minibloom.tokenizer.encode_texts": ("minibloom.kernels.bpe", "encode_texts"),
+}
+
+
+def fast_or_reference(reference):
+    """The fast twin of the function `reference` (see FAST) when the fast tier is on, else `reference`."""
+    twin = FAST.get(f"{reference.__module__}.{reference.__name__}")
+    if twin is None or not use_numba():
+        return reference
+    return getattr(importlib.import_module(twin[0]), twin[1])

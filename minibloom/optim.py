@@ -6,7 +6,9 @@ The numbers follow PyTorch, the golden reference:
 
 - `AdamW.apply` equals `torch.optim.AdamW(..., foreach=False)` step for step (bias correction,
   eps added outside the square root, decoupled weight decay `p *= 1 - lr * wd` applied before the
-  moment update). The element-wise loop is in `minibloom/kernels/adamw.py`.
+  moment update). `adamw_update` below is that arithmetic on whole arrays; its fast twin, one
+  fused numba loop (`minibloom/kernels/adamw.py`, the same statements per element), is chosen
+  by `minibloom.dispatch.fast_or_reference`.
 - `clip_grad_norm` equals `torch.nn.utils.clip_grad_norm_` (the norm of all gradients together,
   scale by `max_norm / (norm + 1e-6)` when that is below 1).
 - The schedules equal transformers' `get_constant_schedule_with_warmup`,
@@ -22,13 +24,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minibloom.dispatch import fast_or_reference
 from minibloom.errors import ArgumentError, TrainingError
-from minibloom.kernels.adamw import adamw_update
 
 # Substrings of the parameter names that are usually kept out of weight decay: every bias and
 # every LayerNorm gain (the embedding LayerNorm, each block's two, and ln_f). Pass it as
 # `AdamW(..., exclude_from_weight_decay=BIAS_AND_NORM)`.
 BIAS_AND_NORM = ("bias", "layernorm", "ln_f")
+
+
+# ------------------------------------------------------------------------------------------------
+# the update of one tensor
+# ------------------------------------------------------------------------------------------------
+
+
+def adamw_update(p, g, m, v, *, decay, one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, step_size):
+    """One AdamW step on one tensor, in place on `p`, `m` and `v`, as torch.optim.AdamW rounds it.
+
+    p, g, m, v: float32 arrays of one shape (parameter, gradient, first and second moment); g is
+    read only. The scalars are np.float32 (computed once per step by `AdamW.apply`):
+    decay = 1 - lr * wd, step_size = lr / (1 - beta_1**t), bc2_sqrt = sqrt(1 - beta_2**t).
+    """
+    p *= decay  # decoupled weight decay, applied first
+    m += one_minus_b1 * (g - m)  # m = m + (1 - beta_1) (g - m): torch's m.lerp_(g, 1 - beta_1)
+    v *= b2
+    v += one_minus_b2 * g * g  # v = beta_2 v + (1 - beta_2) g^2
+    denom = np.sqrt(v) / bc2_sqrt + eps  # eps after the square root and the bias correction
+    p -= step_size * m / denom
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,6 +234,7 @@ class AdamW:
         # Per-step scalars, computed in float64 like torch's Python floats, rounded to float32 once.
         step_size = lr / (1.0 - self.beta_1**t)
         bc2_sqrt = (1.0 - self.beta_2**t) ** 0.5
+        update = fast_or_reference(adamw_update)
         for name, p in params.items():
             g = grads[name]
             if p.dtype != np.float32 or g.dtype != np.float32 or g.shape != p.shape:
@@ -222,10 +245,10 @@ class AdamW:
                 self.m[name] = np.zeros_like(p)
                 self.v[name] = np.zeros_like(p)
             wd = self.weight_decay if self.decays(name) else 0.0
-            adamw_update(p, np.ascontiguousarray(g), self.m[name], self.v[name],
-                         decay=1.0 - lr * wd, one_minus_b1=1.0 - self.beta_1, b2=self.beta_2,
-                         one_minus_b2=1.0 - self.beta_2, bc2_sqrt=bc2_sqrt, eps=self.epsilon,
-                         step_size=step_size)
+            f32 = np.float32
+            update(p, np.ascontiguousarray(g), self.m[name], self.v[name], decay=f32(1.0 - lr * wd),
+                   one_minus_b1=f32(1.0 - self.beta_1), b2=f32(self.beta_2), one_minus_b2=f32(1.0 - self.beta_2),
+                   bc2_sqrt=f32(bc2_sqrt), eps=f32(self.epsilon), step_size=f32(step_size))
         return lr
 
     # --- checkpoints ----------------------------------------------------------------------------
