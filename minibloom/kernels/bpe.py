@@ -31,7 +31,7 @@ import numpy as np
 
 from minibloom.errors import TokenizerError
 from minibloom.jit import njit, use_numba
-from minibloom.tokenizer import SPLIT_EXCLUDED, TEXT_SEPARATOR
+from minibloom.tokenizer import SPLIT_EXCLUDED, TEXT_SEPARATOR, BpeModel
 
 def _excluded_table() -> np.ndarray:
     """bool[65536]: True for the code points in SPLIT_EXCLUDED (all of them are in the BMP)."""
@@ -484,7 +484,7 @@ def _encode_numba(data, fixed, byte_ids, byte_pairs, pair_table, excluded):
     return out[:n_out], text_bounds
 
 
-def encode_texts(data: bytes, fixed: np.ndarray, model) -> list:
+def encode_texts(data: bytes, fixed: np.ndarray, model: BpeModel) -> list:
     """minibloom.tokenizer.encode_texts, compiled: all texts of `data` in one call (one piece cache,
     no per-text work in Python but the final list slicing). Builds model.fast on first use."""
     if model.fast is None:
