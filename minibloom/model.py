@@ -40,6 +40,7 @@ from minibloom.config import BLOCK_KEYS, BloomConfig, param_shapes
 from minibloom.dispatch import ops
 from minibloom.errors import ArgumentError
 from minibloom.kvcache import KVCache
+from minibloom.memory import check_fits
 
 def init_params(config, seed=0):
     """Random parameters initialised as HF does: N(0, initializer_range) for Linear and Embedding
@@ -226,6 +227,8 @@ class BloomBackbone:
     def _setup(self, config, params, seed):
         self.config = config
         if params is None:
+            check_fits(4 * config.num_parameters(), f"a random init of {config.num_parameters():,} float32 parameters",
+                       "choose a smaller config")
             params = init_params(config, seed)
         check_params(params, config)
         self.params = params

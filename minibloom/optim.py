@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minibloom.arguments import check_float, check_int
 from minibloom.dispatch import fast_or_reference
 from minibloom.errors import ArgumentError, TrainingError
 
@@ -58,53 +59,59 @@ def adamw_update(p, g, m, v, *, decay, one_minus_b1, b2, one_minus_b2, bc2_sqrt,
 # ------------------------------------------------------------------------------------------------
 
 
+class _Warmup:
+    """What every schedule starts with: a linear warmup from 0 to `learning_rate` over
+    `warmup_steps` updates; `after_warmup(step)` gives the rate from then on."""
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.learning_rate * step / max(1, self.warmup_steps)
+        return self.after_warmup(step)
+
+
 @dataclass(frozen=True)
-class ConstantSchedule:
+class ConstantSchedule(_Warmup):
     """The same learning rate at every step, after an optional linear warmup from 0."""
 
     learning_rate: float
     warmup_steps: int = 0
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.learning_rate * step / max(1, self.warmup_steps)
+    def after_warmup(self, step: int) -> float:
         return self.learning_rate
 
 
 @dataclass(frozen=True)
-class WarmupLinearSchedule:
-    """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then linear decay to 0 at
-    `total_steps` (transformers' `get_linear_schedule_with_warmup`)."""
+class WarmupLinearSchedule(_Warmup):
+    """Linear warmup, then linear decay to 0 at `total_steps` (transformers'
+    `get_linear_schedule_with_warmup`)."""
 
     learning_rate: float
     warmup_steps: int
     total_steps: int
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.learning_rate * step / max(1, self.warmup_steps)
+    def after_warmup(self, step: int) -> float:
         remaining = (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps)
         return self.learning_rate * max(0.0, remaining)
 
 
 @dataclass(frozen=True)
-class WarmupCosineSchedule:
-    """Linear warmup from 0 to `learning_rate`, then half a cosine down to 0 at `total_steps`
-    (transformers' `get_cosine_schedule_with_warmup` with num_cycles=0.5)."""
+class WarmupCosineSchedule(_Warmup):
+    """Linear warmup, then half a cosine down to 0 at `total_steps` (transformers'
+    `get_cosine_schedule_with_warmup` with num_cycles=0.5)."""
 
     learning_rate: float
     warmup_steps: int
     total_steps: int
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.learning_rate * step / max(1, self.warmup_steps)
+    def after_warmup(self, step: int) -> float:
         progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return self.learning_rate * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def get_schedule(name: str, learning_rate: float, warmup_steps: int = 0, total_steps: int = 0):
     """A schedule by name: "constant", "linear" or "cosine" (the last two need `total_steps`)."""
+    learning_rate = check_float("learning_rate", learning_rate, lo=0)
+    warmup_steps = check_int("warmup_steps", warmup_steps, lo=0)
     if name == "constant":
         return ConstantSchedule(learning_rate, warmup_steps)
     if name in ("linear", "cosine"):
@@ -193,18 +200,15 @@ class AdamW:
 
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.01,
                  exclude_from_weight_decay=(), global_clipnorm=None):
-        if not callable(learning_rate) and not (isinstance(learning_rate, (int, float)) and learning_rate >= 0):
-            raise ArgumentError(f"learning_rate: expected a float >= 0 or a schedule, found {learning_rate!r}")
-        for name, value in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not 0.0 <= value < 1.0:
-                raise ArgumentError(f"{name}: expected 0 <= {name} < 1, found {value}")
-        if epsilon <= 0 or weight_decay < 0:
-            raise ArgumentError(f"epsilon must be > 0 and weight_decay >= 0, found {epsilon}, {weight_decay}")
-        if global_clipnorm is not None and global_clipnorm <= 0:
-            raise ArgumentError(f"global_clipnorm: expected None or > 0, found {global_clipnorm}")
+        if not callable(learning_rate):
+            learning_rate = check_float("learning_rate", learning_rate, lo=0)
         self.learning_rate = learning_rate
-        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
-        self.weight_decay = float(weight_decay)
+        self.beta_1 = check_float("beta_1", beta_1, lo=0, hi=1, hi_open=True)
+        self.beta_2 = check_float("beta_2", beta_2, lo=0, hi=1, hi_open=True)
+        self.epsilon = check_float("epsilon", epsilon, lo=0, lo_open=True)
+        self.weight_decay = check_float("weight_decay", weight_decay, lo=0)
+        if global_clipnorm is not None:
+            global_clipnorm = check_float("global_clipnorm", global_clipnorm, lo=0, lo_open=True)
         self.exclude_from_weight_decay = tuple(exclude_from_weight_decay)
         self.global_clipnorm = global_clipnorm
         self.step = 0
