@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from minibloom.kernels.bpe import SPLIT_EXCLUDED  # noqa: E402
+from minibloom.tokenizer import SPLIT_EXCLUDED  # noqa: E402
 from minibloom.tokenizer import BloomTokenizer, bytes_to_unicode  # noqa: E402
 
 

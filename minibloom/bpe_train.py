@@ -24,8 +24,7 @@ from collections import Counter, defaultdict
 import regex
 
 from minibloom.errors import ArgumentError
-from minibloom.kernels.bpe import split_pieces
-from minibloom.tokenizer import SPECIAL_TOKENS, BloomTokenizer, bytes_to_unicode
+from minibloom.tokenizer import SPECIAL_TOKENS, BloomTokenizer, bytes_to_unicode, split_pieces
 
 
 def read_training_texts(paths) -> list:

@@ -48,9 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minibloom.config import BloomConfig
+from minibloom.config import BloomConfig, param_shapes
 from minibloom.errors import ArgumentError, CheckpointError
-from minibloom.model import param_shapes
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -431,7 +430,7 @@ def read_checkpoint(path) -> dict[str, tuple[str, np.ndarray]]:
 
 
 # ------------------------------------------------------------------------------------------------
-# BLOOM parameters: HF names (model.param_shapes), dtype conversion
+# BLOOM parameters: HF names (config.param_shapes), dtype conversion
 # ------------------------------------------------------------------------------------------------
 
 

@@ -252,6 +252,53 @@ class BloomConfig:
 
 
 # ------------------------------------------------------------------------------------------------
+# the parameters a config describes
+# ------------------------------------------------------------------------------------------------
+
+# Sub-keys of one block, h.{i}.<sub>, in forward order.
+BLOCK_KEYS = (
+    "input_layernorm.weight",
+    "input_layernorm.bias",
+    "self_attention.query_key_value.weight",
+    "self_attention.query_key_value.bias",
+    "self_attention.dense.weight",
+    "self_attention.dense.bias",
+    "post_attention_layernorm.weight",
+    "post_attention_layernorm.bias",
+    "mlp.dense_h_to_4h.weight",
+    "mlp.dense_h_to_4h.bias",
+    "mlp.dense_4h_to_h.weight",
+    "mlp.dense_4h_to_h.bias",
+)
+
+
+def param_shapes(config):
+    """{HF name without `transformer.`: shape} for every parameter of `config`, in model order
+    (the names of docs/ARCHITECTURE.md; checkpoint loaders and model.py both use them)."""
+    C, F, V = config.hidden_size, config.ffn_size, config.vocab_size
+    shapes = {"word_embeddings.weight": (V, C), "word_embeddings_layernorm.weight": (C,), "word_embeddings_layernorm.bias": (C,)}
+    block = {
+        "input_layernorm.weight": (C,),
+        "input_layernorm.bias": (C,),
+        "self_attention.query_key_value.weight": (3 * C, C),
+        "self_attention.query_key_value.bias": (3 * C,),
+        "self_attention.dense.weight": (C, C),
+        "self_attention.dense.bias": (C,),
+        "post_attention_layernorm.weight": (C,),
+        "post_attention_layernorm.bias": (C,),
+        "mlp.dense_h_to_4h.weight": (F, C),
+        "mlp.dense_h_to_4h.bias": (F,),
+        "mlp.dense_4h_to_h.weight": (C, F),
+        "mlp.dense_4h_to_h.bias": (C,),
+    }
+    for i in range(config.n_layer):
+        shapes.update({f"h.{i}.{k}": block[k] for k in BLOCK_KEYS})
+    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+    return shapes
+
+
+
+# ------------------------------------------------------------------------------------------------
 # generation_config.json: the ids generation needs
 # ------------------------------------------------------------------------------------------------
 

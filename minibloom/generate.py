@@ -75,13 +75,12 @@ import time
 
 import numpy as np
 
-from minibloom import memory
+from minibloom import memory, samplers
 from minibloom.arguments import check_int
+from minibloom.dispatch import fast_or_reference
 from minibloom.errors import ArgumentError
-from minibloom.kernels.sampling import top_k_indices
 from minibloom.kvcache import KVCache
-from minibloom import samplers
-from minibloom.samplers import BeamSampler, ContrastiveSampler, GreedySampler
+from minibloom.samplers import BeamSampler, ContrastiveSampler, GreedySampler, top_k_indices
 
 NEG = np.float32(-1.0e9)  # HF's "impossible" beam score
 
@@ -184,7 +183,7 @@ def _contrastive_step(backbone, cache, logits, past_hidden, past_mask, sampler, 
     B, V = logits.shape
     K = min(sampler.k, V)
     x = sampler.scaled(logits)
-    cand = top_k_indices(x, K)  # (B, K) best first
+    cand = fast_or_reference(top_k_indices)(x, K)  # (B, K) best first
     top = np.take_along_axis(x, cand, axis=1).astype(np.float64)
     logz = np.log(np.exp(x.astype(np.float64) - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) + x.max(-1, keepdims=True)
     probs = np.exp(top - logz)  # (B, K) softmax probabilities of the candidates
@@ -346,7 +345,7 @@ def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_tok
     while True:
         logp = _log_softmax(sampler.scaled(logits)).reshape(B, nb, V) + running_scores[:, :, None]
         logp = logp.reshape(B, nb * V)  # (B, nb*V) accumulated score of every continuation
-        idx = top_k_indices(logp, K)  # (B, K) best first
+        idx = fast_or_reference(top_k_indices)(logp, K)  # (B, K) best first
         cand_scores = np.take_along_axis(logp, idx, axis=1)  # (B, K) float32
         src_beam, tok = idx // V, idx % V
         cand = np.take_along_axis(running, src_beam[:, :, None], axis=1)  # (B, K, S)
@@ -355,7 +354,7 @@ def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_tok
 
         # the best num_beams candidates that did not end keep running
         live_scores = cand_scores + hits.astype(np.float32) * NEG
-        keep = top_k_indices(live_scores, nb)  # (B, nb)
+        keep = fast_or_reference(top_k_indices)(live_scores, nb)  # (B, nb)
         running = np.take_along_axis(cand, keep[:, :, None], axis=1)
         running_scores = np.take_along_axis(live_scores, keep, axis=1)
         beam_rows = np.take_along_axis(src_beam, keep, axis=1) + np.arange(B)[:, None] * nb  # (B, nb)
@@ -368,7 +367,7 @@ def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_tok
         pool_scores = pool_scores + (~may_improve).astype(np.float32) * NEG
         pool_scores = pool_scores + (~just_done).astype(np.float32) * NEG
         merged_scores = np.concatenate([finished_scores, pool_scores], axis=1)  # (B, nb + K)
-        best = top_k_indices(merged_scores, nb)  # (B, nb)
+        best = fast_or_reference(top_k_indices)(merged_scores, nb)  # (B, nb)
         finished = np.take_along_axis(np.concatenate([finished, cand], axis=1), best[:, :, None], axis=1)
         finished_scores = np.take_along_axis(merged_scores, best, axis=1)
         new_len = np.broadcast_to(np.int64(cur + 1 - P), (B, K))

@@ -1,65 +1,52 @@
-"""The switch between numba kernels and their plain-NumPy twins.
+"""numba, optional: the decorator the fast tier compiles with, and the switch that turns it off.
 
-Every hot loop in minibloom exists twice: a plain Python/NumPy version that is the readable
-reference, and a numba version compiled on first use (`cache=True`, so once per clone). Tests
-check that both agree. Set the environment variable `MINIBLOOM_NUMBA=0` to run the plain
-versions everywhere (useful for debugging, or where numba is unavailable).
+The reference tier (ops.py, model.py, losses, optim, samplers, tokenizer) never imports numba.
+The fast tier (minibloom/kernels/) compiles its loops with `njit` from here and is used only when
+`use_numba()` is true: numba is installed and the environment variable MINIBLOOM_NUMBA is not
+"0". Without numba, `njit` returns the Python function unchanged and `prange` is `range`, so the
+kernel modules still import (and their loops still run, slowly, in the twin tests).
 
-numba is optional: when it cannot be imported, `njit` returns the plain Python function
-unchanged, `prange` is `range` and `use_numba()` is False, so `import minibloom` and every
-command still work (slowly). The compiled-code cache lives next to the sources (`__pycache__`);
-on a read-only install numba falls back to its user-wide cache ($NUMBA_CACHE_DIR, else
-~/.cache/numba); when no cache directory is writable at all, `njit` compiles without a cache
-instead of failing at import.
-
-Usage in a kernel module:
-
-    @njit
-    def _merge_numba(...): ...          # compiled, loops
-
-    def _merge_plain(...): ...          # reference
-
-    def merge(...):
-        return (_merge_numba if use_numba() else _merge_plain)(...)
+Compiled kernels are cached on disk (`cache=True`): next to the package when it is writable, else
+in numba's user-wide cache directory (or $NUMBA_CACHE_DIR). Where neither can be written (a
+read-only install with a read-only home), numba refuses to cache; `njit` then compiles without a
+cache instead of failing the import.
 """
 
 import os
 
 try:
     import numba
-except ImportError:  # optional: the plain twins run instead
+except ImportError:  # the reference tier runs without it
     numba = None
 
-prange = range if numba is None else numba.prange  # parallel loop of a kernel (a plain range without numba)
+prange = range if numba is None else numba.prange
 
 
 def use_numba() -> bool:
-    """True if numba is installed, unless the environment variable MINIBLOOM_NUMBA is set to "0"."""
+    """True when numba is installed and MINIBLOOM_NUMBA is not "0"."""
     return numba is not None and os.environ.get("MINIBLOOM_NUMBA", "1") != "0"
 
 
 def njit(*args, **kwargs):
-    """`numba.njit` with minibloom's defaults: cached to disk, no Python objects, fastmath off.
+    """`numba.njit` with minibloom's defaults: cached to disk, nogil, fastmath off.
 
     fastmath stays off so that kernels round exactly like the NumPy twins they are tested against.
-    Without numba the function is returned as is. If no cache directory is writable (numba raises
-    "cannot cache function ...: no locator available"), the kernel is compiled without a cache.
     """
     kwargs.setdefault("cache", True)
     kwargs.setdefault("nogil", True)
 
-    def decorate(function):
+    def compile_(f):
         if numba is None:
-            return function
+            return f
         try:
-            return numba.njit(**kwargs)(function)
-        except RuntimeError as e:
+            return numba.njit(**kwargs)(f)
+        except RuntimeError as e:  # "cannot cache function ...: no locator available": read-only everywhere
             if not kwargs.get("cache") or "cannot cache" not in str(e):
                 raise
-            return numba.njit(**{**kwargs, "cache": False})(function)
+            return numba.njit(**{**kwargs, "cache": False})(f)
 
     if args and callable(args[0]):
-        return decorate(args[0])
-    if args:  # a signature: numba.njit("f8(f8)", ...)
-        kwargs["signature_or_function"] = args[0]
-    return decorate
+        return compile_(args[0])
+    if args:
+        raise TypeError("njit: pass options as keywords")
+    return compile_

@@ -102,6 +102,3 @@ class KVCache:
     def repeat(self, n):
         """Each row repeated n times consecutively (B -> B * n), e.g. to expand a prompt into beams."""
         return self.reorder(np.repeat(np.arange(self.batch_size), n))
-
-    def copy(self):
-        return self.reorder(np.arange(self.batch_size))

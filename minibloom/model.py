@@ -21,10 +21,11 @@ D = C / H, F MLP width, V vocabulary rows, L blocks.
 Parameters live in a flat dict keyed by HF names without `transformer.` (docs/ARCHITECTURE.md).
 They may be float16 (or another float dtype) when a user keeps a half-precision checkpoint in
 memory: each op widens the weights it uses to float32, one layer at a time, so the compute and
-the result are the same as converting everything up front. In a decode step (at most
-ops.MATVEC16_ROWS rows) a float16 matrix is not widened as a whole: the matvec16 kernel reads
-its 16-bit words and widens them row by row inside the dot products (same values, float32 sums
-in another order), which halves the bytes read per token.
+the result are the same as converting everything up front.
+
+Every op is called as `ops.<name>`: the math is in minibloom/ops.py; minibloom/dispatch.py may
+hand out a faster twin of the same signature instead (minibloom/kernels/ops.py: numba attention,
+16-bit matrix-vector products for decode steps), equal to float32 rounding.
 
 Leaves out: reading checkpoints (checkpoint.py), the loss (losses.py), the task API (causal_lm.py),
 generation loops (generate.py) and HF's `pretraining_tp`/`slow_but_exact` replay.
@@ -34,51 +35,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minibloom import ops
-from minibloom.config import BloomConfig
+from minibloom import ops as reference_ops
+from minibloom.config import BLOCK_KEYS, BloomConfig, param_shapes
+from minibloom.dispatch import ops
 from minibloom.errors import ArgumentError
 from minibloom.kvcache import KVCache
-
-# Sub-keys of one block, h.{i}.<sub>, in forward order.
-BLOCK_KEYS = (
-    "input_layernorm.weight",
-    "input_layernorm.bias",
-    "self_attention.query_key_value.weight",
-    "self_attention.query_key_value.bias",
-    "self_attention.dense.weight",
-    "self_attention.dense.bias",
-    "post_attention_layernorm.weight",
-    "post_attention_layernorm.bias",
-    "mlp.dense_h_to_4h.weight",
-    "mlp.dense_h_to_4h.bias",
-    "mlp.dense_4h_to_h.weight",
-    "mlp.dense_4h_to_h.bias",
-)
-
-
-def param_shapes(config):
-    """{HF name without `transformer.`: shape} for every parameter of `config`, in model order."""
-    C, F, V = config.hidden_size, config.ffn_size, config.vocab_size
-    shapes = {"word_embeddings.weight": (V, C), "word_embeddings_layernorm.weight": (C,), "word_embeddings_layernorm.bias": (C,)}
-    block = {
-        "input_layernorm.weight": (C,),
-        "input_layernorm.bias": (C,),
-        "self_attention.query_key_value.weight": (3 * C, C),
-        "self_attention.query_key_value.bias": (3 * C,),
-        "self_attention.dense.weight": (C, C),
-        "self_attention.dense.bias": (C,),
-        "post_attention_layernorm.weight": (C,),
-        "post_attention_layernorm.bias": (C,),
-        "mlp.dense_h_to_4h.weight": (F, C),
-        "mlp.dense_h_to_4h.bias": (F,),
-        "mlp.dense_4h_to_h.weight": (C, F),
-        "mlp.dense_4h_to_h.bias": (C,),
-    }
-    for i in range(config.n_layer):
-        shapes.update({f"h.{i}.{k}": block[k] for k in BLOCK_KEYS})
-    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
-    return shapes
-
+from minibloom.memory import check_fits
 
 def init_params(config, seed=0):
     """Random parameters initialised as HF does: N(0, initializer_range) for Linear and Embedding
@@ -123,16 +85,16 @@ def check_params(params, config):
 class BlockCache(NamedTuple):
     """What block_backward needs, one op cache per forward step."""
 
-    ln1: ops.LayerNormCache
-    qkv: ops.LinearCache
-    attn: ops.AttentionCache
-    dense: ops.LinearCache
-    drop1: ops.DropoutCache
-    ln2: ops.LayerNormCache
-    fc1: ops.LinearCache
-    gelu: ops.GeluCache
-    fc2: ops.LinearCache
-    drop2: ops.DropoutCache
+    ln1: reference_ops.LayerNormCache
+    qkv: reference_ops.LinearCache
+    attn: reference_ops.AttentionCache
+    dense: reference_ops.LinearCache
+    drop1: reference_ops.DropoutCache
+    ln2: reference_ops.LayerNormCache
+    fc1: reference_ops.LinearCache
+    gelu: reference_ops.GeluCache
+    fc2: reference_ops.LinearCache
+    drop2: reference_ops.DropoutCache
 
 
 def block_forward(x, p, alibi, visible, config, kv=None, layer=0, training=False, rng=None):
@@ -265,6 +227,8 @@ class BloomBackbone:
     def _setup(self, config, params, seed):
         self.config = config
         if params is None:
+            check_fits(4 * config.num_parameters(), f"a random init of {config.num_parameters():,} float32 parameters",
+                       "choose a smaller config")
             params = init_params(config, seed)
         check_params(params, config)
         self.params = params
@@ -348,22 +312,13 @@ class BloomBackbone:
         saved = (c_emb, c_ln_emb, block_caches, c_ln_f) if training else None
         return ForwardResult(hidden, hidden_states, saved)
 
-    def logits(self, hidden, chunk_rows=32768):
+    def logits(self, hidden):
         """Tied LM head: hidden (B, T, C) -> logits (B, T, V) float32 = hidden @ E.T.
 
         For generation pass only the last position, `logits(hidden[:, -1:])`: the head is the
-        largest matmul of the model. A half-precision E is read as is by the matvec16 kernel for
-        a few rows (ops.times_weight_t), else widened `chunk_rows` rows at a time.
+        largest matmul of the model.
         """
-        E = self.params["word_embeddings.weight"]
-        B, T, C = hidden.shape
-        h = hidden.reshape(B * T, C)  # one (B*T, C) @ (C, V) call: E is read once, not B times
-        if E.dtype == hidden.dtype or B * T <= ops.MATVEC16_ROWS:
-            return ops.times_weight_t(h, E).reshape(B, T, -1)
-        out = np.empty((B * T, E.shape[0]), dtype=hidden.dtype)
-        for start in range(0, E.shape[0], chunk_rows):
-            out[:, start : start + chunk_rows] = h @ E[start : start + chunk_rows].astype(hidden.dtype).T
-        return out.reshape(B, T, -1)
+        return ops.lm_head_forward(hidden, self.params["word_embeddings.weight"])
 
     def backward(self, saved, dhidden=None, dlogits=None, hidden=None):
         """All parameter gradients, a dict keyed like `params` (float32).
@@ -375,17 +330,11 @@ class BloomBackbone:
         if saved is None:
             raise ArgumentError("backward: needs the `saved` activations of forward(..., training=True)")
         c_emb, c_ln_emb, block_caches, c_ln_f = saved
-        E = self.params["word_embeddings.weight"]
         dE_head = None
         if dlogits is not None:
             if hidden is None:
                 raise ArgumentError("backward: dlogits needs the forward's final `hidden` states")
-            B, T, V = dlogits.shape
-            Ew = ops.widen(E, dlogits)
-            dhead = dlogits.reshape(B * T, V)
-            # logits = hidden @ E.T  ->  dhidden = dlogits @ E,  dE = dlogits^T @ hidden
-            dhidden_head = (dhead @ Ew).reshape(B, T, -1)
-            dE_head = dhead.T @ hidden.reshape(B * T, -1)
+            dhidden_head, dE_head = ops.lm_head_backward(dlogits, hidden, self.params["word_embeddings.weight"])
             dhidden = dhidden_head if dhidden is None else dhidden + dhidden_head
         if dhidden is None:
             raise ArgumentError("backward: give dhidden or dlogits")

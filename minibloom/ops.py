@@ -29,7 +29,11 @@ Dtypes: activations float32. Weights may arrive in a narrower float dtype (a mod
 precision); each op widens them to float32 on use, so compute is float32 throughout. The same
 ops run in float64 when every input is float64 (used only by the gradient-check tests).
 
-Hot loops live in minibloom/kernels/ (attention.py), each beside its NumPy twin.
+This file is the reference tier: plain NumPy, one formula per line, nothing but numpy imported.
+The fast tier (minibloom/kernels/ops.py: numba attention loops, 16-bit matrix-vector products,
+in-place GeLU passes) replaces some of these functions with versions of the same signature and
+the same results to float32 rounding; minibloom/dispatch.py is the one place that chooses, and
+`MINIBLOOM_NUMBA=0` (or numba not installed) selects this file everywhere.
 
 Leaves out: the block and model wiring (model.py), the KV cache bookkeeping (kvcache.py), the
 loss (losses.py), and HF's `pretraining_tp`/`slow_but_exact` replay (not used by released models).
@@ -40,8 +44,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minibloom.kernels import attention as attention_kernels
-from minibloom.kernels.matvec16 import matvec16
 
 
 def widen(w, like):
@@ -120,9 +122,7 @@ def layernorm_backward(dy, cache):
     dw = (dy * norm).reshape(-1, C).sum(axis=0)  # y = norm * w + b
     db = dy.reshape(-1, C).sum(axis=0)
     g = dy * w
-    dx = g - g.mean(axis=-1, keepdims=True)  # the formula above, term by term, in one buffer
-    dx -= norm * (g * norm).mean(axis=-1, keepdims=True)
-    dx *= rstd
+    dx = (g - g.mean(axis=-1, keepdims=True) - norm * (g * norm).mean(axis=-1, keepdims=True)) * rstd
     return dx, dw, db
 
 
@@ -133,57 +133,52 @@ def layernorm_backward(dy, cache):
 
 class LinearCache(NamedTuple):
     x: np.ndarray  # (..., in)
-    W: np.ndarray  # (out, in), widened (or float16 as stored, after the matvec16 path)
-
-
-# Up to this many rows (B * T: a decode step), a float16 weight is read by the matvec16 kernel.
-MATVEC16_ROWS = 16
-
-
-def times_weight_t(x2, W):
-    """x2 @ W.T for x2 (N, in) float32 and W (out, in) in its stored dtype -> (N, out) float32.
-
-    A decode step has few rows and reads each weight once, so its speed is the speed of reading
-    W. A float16 W is then handed as is to kernels/matvec16.py, which widens one row at a time
-    inside the dot products: half the bytes of widening the whole matrix to float32 first (which
-    is what happens for many rows, where one BLAS call on float32 wins).
-    """
-    if _reads_16_bit(x2, W):
-        return matvec16(x2, W.view(np.uint16), "F16")
-    return x2 @ widen(W, x2).T  # one BLAS call for the whole batch
-
-
-def _reads_16_bit(x2, W):
-    return W.dtype == np.float16 and x2.dtype == np.float32 and x2.shape[0] <= MATVEC16_ROWS
+    W: np.ndarray  # (out, in), widened
 
 
 def linear_forward(x, W, b):
     """y = x @ W.T + b. x (..., in), W (out, in) as stored by torch, b (out,) -> y (..., out)."""
-    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-    if not _reads_16_bit(x2, W):
-        W = widen(W, x)  # float32 for BLAS and for the backward (no copy if it already is)
-    y = times_weight_t(x2, W)  # (N, out)
-    y += widen(b, x)
-    return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)
+    W = widen(W, x)  # float32 (no copy if it already is)
+    x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in): one matrix product for every row
+    y = x2 @ W.T + widen(b, x)  # (N, out)
+    return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)  # (N, out) -> (..., out)
 
 
 def linear_backward(dy, cache):
     """Gradients of `y = x @ W.T + b`, returned as (dx, dW, db): dx = dy @ W, dW = dy^T @ x, db = sum dy."""
     x, W = cache
     n_out, n_in = W.shape
-    dy2 = dy.reshape(-1, n_out)  # (N, out)
-    dx = (dy2 @ W).reshape(x.shape)
-    dW = dy2.T @ x.reshape(-1, n_in)  # (out, in)
+    dy2 = dy.reshape(-1, n_out)  # (..., out) -> (N, out)
+    dx = (dy2 @ W).reshape(x.shape)  # (N, in) -> (..., in)
+    dW = dy2.T @ x.reshape(-1, n_in)  # (out, N) @ (N, in) -> (out, in)
     db = dy2.sum(axis=0)
     return dx, dW, db
 
 
 # ------------------------------------------------------------------------------------------------
+# the tied LM head
+# ------------------------------------------------------------------------------------------------
+
+
+def lm_head_forward(hidden, E):
+    """logits = hidden @ E.T: the tied head reuses the embedding E (V, C). hidden (B, T, C) -> (B, T, V)."""
+    B, T, C = hidden.shape
+    logits = hidden.reshape(B * T, C) @ widen(E, hidden).T  # (B*T, V): E is read once, not B times
+    return logits.reshape(B, T, -1)  # (B*T, V) -> (B, T, V)
+
+
+def lm_head_backward(dlogits, hidden, E):
+    """Gradients of `logits = hidden @ E.T`, returned as (dhidden, dE): dlogits @ E, dlogits^T @ hidden."""
+    B, T, V = dlogits.shape
+    d2 = dlogits.reshape(B * T, V)  # (B, T, V) -> (B*T, V)
+    dhidden = (d2 @ widen(E, dlogits)).reshape(B, T, -1)  # (B*T, C) -> (B, T, C)
+    dE = d2.T @ hidden.reshape(B * T, -1)  # (V, B*T) @ (B*T, C) -> (V, C)
+    return dhidden, dE
+
+
+# ------------------------------------------------------------------------------------------------
 # tanh-approximation GeLU
 # ------------------------------------------------------------------------------------------------
-# No numba kernel here on purpose: NumPy's tanh is SIMD-vectorised while a numba loop calls the
-# scalar libm tanhf; measured on (8, 128, 4096) float32, the loop was 4x slower than these
-# in-place NumPy passes (forward) and 1.5x slower (backward).
 
 GELU_C0 = 0.79788456  # sqrt(2 / pi), truncated as in HF BLOOM
 GELU_C1 = 0.044715
@@ -195,43 +190,18 @@ class GeluCache(NamedTuple):
 
 
 def gelu_forward(x):
-    """y = x * 0.5 * (1 + tanh(0.79788456 * x * (1 + 0.044715 * x * x))), elementwise.
-
-    0.79788456 is HF's truncated literal for sqrt(2 / pi); we use it as they do. Evaluated in
-    place, in the same order as that expression.
-    """
-    u = GELU_C1 * x
-    u *= x
-    u += 1.0  # 1 + 0.044715 x^2
-    u *= GELU_C0 * x
-    np.tanh(u, out=u)
-    u += 1.0
-    y = x * 0.5
-    y *= u
+    """HF BLOOM's tanh GeLU, elementwise, with its truncated constant 0.79788456 for sqrt(2 / pi)."""
+    y = x * 0.5 * (1.0 + np.tanh(GELU_C0 * x * (1 + GELU_C1 * x * x)))
     return y, GeluCache(x)
 
 
 def gelu_backward(dy, cache):
-    """dx for the GeLU above, HF's `bloom_gelu_back` derivative:
-    t = tanh(0.79788456 * x * (1 + 0.044715 x^2));
-    dy/dx = 0.5 x (1 - t^2) (0.79788456 + 0.1070322243 x^2) + 0.5 (1 + t).
-    """
+    """dx for the GeLU above, HF's `bloom_gelu_back`: with t = tanh(0.79788456 x (1 + 0.044715 x^2)),
+    dy/dx = 0.5 x (1 - t^2) (0.79788456 + 0.1070322243 x^2) + 0.5 (1 + t)."""
     x = cache.x
-    t = GELU_C1 * x
-    t *= x
-    t += 1.0
-    t *= GELU_C0 * x
-    np.tanh(t, out=t)
-    slope = GELU_C2 * x
-    slope *= x
-    slope += GELU_C0  # 0.79788456 + 0.1070322243 x^2
-    slope *= 0.5 * x
-    slope *= 1.0 - t * t
-    t += 1.0
-    t *= 0.5
-    slope += t
-    slope *= dy
-    return slope
+    t = np.tanh(GELU_C0 * x * (1 + GELU_C1 * x * x))
+    slope = 0.5 * x * ((1 - t * t) * (GELU_C0 + GELU_C2 * x * x)) + 0.5 * (1 + t)
+    return slope * dy
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,7 +316,7 @@ def split_merged_grad(dout, num_heads):
 
 
 # ------------------------------------------------------------------------------------------------
-# scaled dot-product attention with ALiBi (kernels/attention.py has the softmax loop)
+# scaled dot-product attention with ALiBi
 # ------------------------------------------------------------------------------------------------
 
 
@@ -369,10 +339,12 @@ def attention_forward(q, k, v, alibi, visible, dropout_p=0.0, rng=None):
     Cache: AttentionCache(q, k, v, probs, dropout).
     """
     inv = 1.0 / math.sqrt(q.shape[-1])
-    probs, ctx = attention_kernels.attention(q, k, v, alibi, visible, inv)  # (B, H, T, S), (B, H, T, D)
+    scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(inv) + alibi[:, :, None, :]  # (B, H, T, S)
+    scores = np.where(visible[:, None, :, :], scores, np.finfo(q.dtype).min)  # (B, 1, T, S) over heads
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs = e / e.sum(axis=-1, keepdims=True)  # (B, H, T, S)
     dropped, dcache = dropout_forward(probs, dropout_p, rng)
-    if dcache.keep is not None:
-        ctx = dropped @ v  # (B, H, T, D), with the dropped probabilities
+    ctx = dropped @ v  # (B, H, T, D)
     return ctx, AttentionCache(q, k, v, probs, dcache)
 
 
@@ -387,14 +359,11 @@ def attention_backward(dctx, cache):
     qk = q @ k^T                    -> dq = inv * dscores @ k,  dk = inv * dscores^T @ q
     """
     q, k, v, probs, dcache = cache
-    inv = 1.0 / math.sqrt(q.shape[-1])
-    if dcache.keep is None:  # the same steps, looped in kernels/attention.py
-        return attention_kernels.attention_backward(dctx, q, k, v, probs, inv)
+    inv = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     dropped = probs if dcache.keep is None else probs * dcache.keep * probs.dtype.type(dcache.scale)
     dv = dropped.swapaxes(-1, -2) @ dctx  # (B, H, S, D)
     dprobs = dropout_backward(dctx @ v.swapaxes(-1, -2), dcache)  # (B, H, T, S)
-    dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
-    dscores *= dscores.dtype.type(inv)
+    dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True)) * inv
     dq = dscores @ k  # (B, H, T, D)
     dk = dscores.swapaxes(-1, -2) @ q  # (B, H, S, D)
     return dq, dk, dv

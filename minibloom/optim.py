@@ -6,7 +6,9 @@ The numbers follow PyTorch, the golden reference:
 
 - `AdamW.apply` equals `torch.optim.AdamW(..., foreach=False)` step for step (bias correction,
   eps added outside the square root, decoupled weight decay `p *= 1 - lr * wd` applied before the
-  moment update). The element-wise loop is in `minibloom/kernels/adamw.py`.
+  moment update). `adamw_update` below is that arithmetic on whole arrays; its fast twin, one
+  fused numba loop (`minibloom/kernels/adamw.py`, the same statements per element), is chosen
+  by `minibloom.dispatch.fast_or_reference`.
 - `clip_grad_norm` equals `torch.nn.utils.clip_grad_norm_` (the norm of all gradients together,
   scale by `max_norm / (norm + 1e-6)` when that is below 1).
 - The schedules equal transformers' `get_constant_schedule_with_warmup`,
@@ -22,8 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minibloom.arguments import check_float, check_int
+from minibloom.dispatch import fast_or_reference
 from minibloom.errors import ArgumentError, TrainingError
-from minibloom.kernels.adamw import adamw_update
 
 # Substrings of the parameter names that are usually kept out of weight decay: every bias and
 # every LayerNorm gain (the embedding LayerNorm, each block's two, and ln_f). Pass it as
@@ -32,57 +35,83 @@ BIAS_AND_NORM = ("bias", "layernorm", "ln_f")
 
 
 # ------------------------------------------------------------------------------------------------
+# the update of one tensor
+# ------------------------------------------------------------------------------------------------
+
+
+def adamw_update(p, g, m, v, *, decay, one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, step_size):
+    """One AdamW step on one tensor, in place on `p`, `m` and `v`, as torch.optim.AdamW rounds it.
+
+    p, g, m, v: float32 arrays of one shape (parameter, gradient, first and second moment); g is
+    read only. The scalars are np.float32 (computed once per step by `AdamW.apply`):
+    decay = 1 - lr * wd, step_size = lr / (1 - beta_1**t), bc2_sqrt = sqrt(1 - beta_2**t).
+    """
+    p *= decay  # decoupled weight decay, applied first
+    m += one_minus_b1 * (g - m)  # m = m + (1 - beta_1) (g - m): torch's m.lerp_(g, 1 - beta_1)
+    v *= b2
+    v += one_minus_b2 * g * g  # v = beta_2 v + (1 - beta_2) g^2
+    denom = np.sqrt(v) / bc2_sqrt + eps  # eps after the square root and the bias correction
+    p -= step_size * m / denom
+
+
+# ------------------------------------------------------------------------------------------------
 # learning-rate schedules: callables step -> learning rate, step = updates already made (0 first)
 # ------------------------------------------------------------------------------------------------
 
 
+class _Warmup:
+    """What every schedule starts with: a linear warmup from 0 to `learning_rate` over
+    `warmup_steps` updates; `after_warmup(step)` gives the rate from then on."""
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.learning_rate * step / max(1, self.warmup_steps)
+        return self.after_warmup(step)
+
+
 @dataclass(frozen=True)
-class ConstantSchedule:
+class ConstantSchedule(_Warmup):
     """The same learning rate at every step, after an optional linear warmup from 0."""
 
     learning_rate: float
     warmup_steps: int = 0
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.learning_rate * step / max(1, self.warmup_steps)
+    def after_warmup(self, step: int) -> float:
         return self.learning_rate
 
 
 @dataclass(frozen=True)
-class WarmupLinearSchedule:
-    """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then linear decay to 0 at
-    `total_steps` (transformers' `get_linear_schedule_with_warmup`)."""
+class WarmupLinearSchedule(_Warmup):
+    """Linear warmup, then linear decay to 0 at `total_steps` (transformers'
+    `get_linear_schedule_with_warmup`)."""
 
     learning_rate: float
     warmup_steps: int
     total_steps: int
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.learning_rate * step / max(1, self.warmup_steps)
+    def after_warmup(self, step: int) -> float:
         remaining = (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps)
         return self.learning_rate * max(0.0, remaining)
 
 
 @dataclass(frozen=True)
-class WarmupCosineSchedule:
-    """Linear warmup from 0 to `learning_rate`, then half a cosine down to 0 at `total_steps`
-    (transformers' `get_cosine_schedule_with_warmup` with num_cycles=0.5)."""
+class WarmupCosineSchedule(_Warmup):
+    """Linear warmup, then half a cosine down to 0 at `total_steps` (transformers'
+    `get_cosine_schedule_with_warmup` with num_cycles=0.5)."""
 
     learning_rate: float
     warmup_steps: int
     total_steps: int
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.learning_rate * step / max(1, self.warmup_steps)
+    def after_warmup(self, step: int) -> float:
         progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return self.learning_rate * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def get_schedule(name: str, learning_rate: float, warmup_steps: int = 0, total_steps: int = 0):
     """A schedule by name: "constant", "linear" or "cosine" (the last two need `total_steps`)."""
+    learning_rate = check_float("learning_rate", learning_rate, lo=0)
+    warmup_steps = check_int("warmup_steps", warmup_steps, lo=0)
     if name == "constant":
         return ConstantSchedule(learning_rate, warmup_steps)
     if name in ("linear", "cosine"):
@@ -171,18 +200,15 @@ class AdamW:
 
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.01,
                  exclude_from_weight_decay=(), global_clipnorm=None):
-        if not callable(learning_rate) and not (isinstance(learning_rate, (int, float)) and learning_rate >= 0):
-            raise ArgumentError(f"learning_rate: expected a float >= 0 or a schedule, found {learning_rate!r}")
-        for name, value in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not 0.0 <= value < 1.0:
-                raise ArgumentError(f"{name}: expected 0 <= {name} < 1, found {value}")
-        if epsilon <= 0 or weight_decay < 0:
-            raise ArgumentError(f"epsilon must be > 0 and weight_decay >= 0, found {epsilon}, {weight_decay}")
-        if global_clipnorm is not None and global_clipnorm <= 0:
-            raise ArgumentError(f"global_clipnorm: expected None or > 0, found {global_clipnorm}")
+        if not callable(learning_rate):
+            learning_rate = check_float("learning_rate", learning_rate, lo=0)
         self.learning_rate = learning_rate
-        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
-        self.weight_decay = float(weight_decay)
+        self.beta_1 = check_float("beta_1", beta_1, lo=0, hi=1, hi_open=True)
+        self.beta_2 = check_float("beta_2", beta_2, lo=0, hi=1, hi_open=True)
+        self.epsilon = check_float("epsilon", epsilon, lo=0, lo_open=True)
+        self.weight_decay = check_float("weight_decay", weight_decay, lo=0)
+        if global_clipnorm is not None:
+            global_clipnorm = check_float("global_clipnorm", global_clipnorm, lo=0, lo_open=True)
         self.exclude_from_weight_decay = tuple(exclude_from_weight_decay)
         self.global_clipnorm = global_clipnorm
         self.step = 0
@@ -212,6 +238,7 @@ class AdamW:
         # Per-step scalars, computed in float64 like torch's Python floats, rounded to float32 once.
         step_size = lr / (1.0 - self.beta_1**t)
         bc2_sqrt = (1.0 - self.beta_2**t) ** 0.5
+        update = fast_or_reference(adamw_update)
         for name, p in params.items():
             g = grads[name]
             if p.dtype != np.float32 or g.dtype != np.float32 or g.shape != p.shape:
@@ -222,10 +249,10 @@ class AdamW:
                 self.m[name] = np.zeros_like(p)
                 self.v[name] = np.zeros_like(p)
             wd = self.weight_decay if self.decays(name) else 0.0
-            adamw_update(p, np.ascontiguousarray(g), self.m[name], self.v[name],
-                         decay=1.0 - lr * wd, one_minus_b1=1.0 - self.beta_1, b2=self.beta_2,
-                         one_minus_b2=1.0 - self.beta_2, bc2_sqrt=bc2_sqrt, eps=self.epsilon,
-                         step_size=step_size)
+            f32 = np.float32
+            update(p, np.ascontiguousarray(g), self.m[name], self.v[name], decay=f32(1.0 - lr * wd),
+                   one_minus_b1=f32(1.0 - self.beta_1), b2=f32(self.beta_2), one_minus_b2=f32(1.0 - self.beta_2),
+                   bc2_sqrt=f32(bc2_sqrt), eps=f32(self.epsilon), step_size=f32(step_size))
         return lr
 
     # --- checkpoints ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from minibloom.config import BloomConfig
 from minibloom.errors import PresetNotFoundError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,25 +37,26 @@ WEIGHTS_DIR = REPO_ROOT / "weights"
 
 @dataclass(frozen=True)
 class Preset:
-    """One released BLOOM checkpoint."""
+    """One released BLOOM checkpoint: its names and the BloomConfig of its config.json."""
 
     name: str  # keras-hub style name
     hf_id: str  # Hugging Face repository id
-    n_layer: int
-    hidden_size: int
-    n_head: int
-    params: int  # parameter count with the tied LM head (vocabulary 250880)
+    config: BloomConfig
     description: str
 
     @property
     def hf_name(self) -> str:
         return self.hf_id.split("/", 1)[1]
 
+    @property
+    def params(self) -> int:
+        """Parameter count with the tied LM head."""
+        return self.config.num_parameters()
+
 
 def _p(name, hf_id, n_layer, hidden, heads, description):
-    V = 250880
-    params = V * hidden + n_layer * (12 * hidden * hidden + 13 * hidden) + 4 * hidden
-    return Preset(name, hf_id, n_layer, hidden, heads, params, description)
+    config = BloomConfig(vocab_size=250880, hidden_size=hidden, n_layer=n_layer, n_head=heads)
+    return Preset(name, hf_id, config, description)
 
 
 _BASE = "BLOOM pretrained on ROOTS: 45 natural and 12 programming languages"

@@ -2,8 +2,11 @@
 
 Covers loading and saving the two file formats (HF `tokenizer.json`; keras-hub's
 `vocabulary.json` + `merges.txt`), checking that a file describes BLOOM's pipeline, added/special
-token matching, encode and decode. The hot loops (pre-token split and BPE merges) live in
-minibloom/kernels/bpe.py; the trainer in minibloom/bpe_train.py.
+token matching, encode and decode, and the reference of the two steps that do the work: BLOOM's
+pre-tokenizer (`split_pieces`, the Split regex) and the BPE merge loop (`bpe_merge`,
+`encode_texts`). Their fast twin, one compiled pass over the bytes of a whole batch, is
+minibloom/kernels/bpe.py (same ids, chosen by minibloom.dispatch); the trainer is
+minibloom/bpe_train.py.
 
 Encoding, in HF's order (bloom-spec.md §4):
 
@@ -11,8 +14,8 @@ Encoding, in HF's order (bloom-spec.md §4):
    tokens whose `normalized` flag is false (BLOOM's specials `<unk> <s> </s> <pad>`), then, in the
    text between those, the tokens with `normalized` true. (BLOOM has no normalizer, so the flag
    only decides the pass.) An added token matches anywhere, even inside a word.
-2. Every stretch of text between added tokens goes through `kernels.bpe.encode_texts`: the
-   Split regex (Isolated), ByteLevel without regex, BPE by merge rank.
+2. Every stretch of text between added tokens goes through `encode_texts`: the Split regex
+   (Isolated), ByteLevel without regex, BPE by merge rank (below).
 3. Nothing is added around the ids: BLOOM's post-processor adds no BOS/EOS.
 
 Decoding maps every id to its token string (added tokens included; `skip_special_tokens` drops
@@ -33,11 +36,122 @@ from pathlib import Path
 import numpy as np
 import regex
 
+from minibloom.dispatch import fast_or_reference
 from minibloom.errors import ArgumentError, PresetNotFoundError, TokenizerError
-from minibloom.kernels import bpe
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # BLOOM's ids 0, 1, 2, 3
 _MAX_ID_SPREAD = 4  # ids may leave holes, but the largest id stays below 4 x tokens + 1024
+
+
+# ------------------------------------------------------------------------------------------------
+# BLOOM's pre-tokenizer: Split (behaviour "Isolated") on one regex
+# ------------------------------------------------------------------------------------------------
+
+# The regex exactly as BLOOM's tokenizer.json spells it (Oniguruma syntax). Oniguruma reads the
+# nested class as "not one of: ( ) | whitespace . , ! ? … 。 ， 、 । ۔ ،". Every match is a piece
+# and every gap between two matches is ONE piece too (gaps are never split further).
+BLOOM_SPLIT_REGEX = " ?[^(\\s|[.,!?…。，、।۔،])]+"
+
+# Oniguruma's \s in Unicode mode: the White_Space property (checked against `tokenizers` for
+# every code point: U+001C-001F, U+180E and U+200B are NOT in it; U+0085 and U+00A0 are).
+WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+# Every character that cannot be part of a "word" run: the nested class flattened.
+SPLIT_EXCLUDED = "()|" + WHITESPACE + ".,!?…。，、।۔،"
+
+# The same class as a flat Python-`regex` pattern (the nested form does not compile in regex's
+# default mode, and `\s` would be Python's). Written out character by character with escapes.
+_SPLIT_PATTERN = regex.compile(" ?[^" + "".join(f"\\u{ord(c):04x}" for c in SPLIT_EXCLUDED) + "]+")
+
+
+def split_pieces(text: str) -> list:
+    """BLOOM's pre-tokenizer: the pieces of `text` (matches and the gaps between them, in order).
+
+    >>> split_pieces("Hello  world... (x)")
+    ['Hello', ' ', ' world', '... (', 'x', ')']
+    """
+    pieces, gap_start = [], 0
+    for m in _SPLIT_PATTERN.finditer(text):
+        if m.start() > gap_start:
+            pieces.append(text[gap_start : m.start()])  # the gap before this match: one piece
+        pieces.append(m.group())
+        gap_start = m.end()
+    if gap_start < len(text):
+        pieces.append(text[gap_start:])
+    return pieces
+
+
+# ------------------------------------------------------------------------------------------------
+# BPE: merge the adjacent pair of lowest rank until none is left
+# ------------------------------------------------------------------------------------------------
+
+TEXT_SEPARATOR = 0xFF  # joins the texts of a batch: never occurs in UTF-8, so nothing matches across it
+
+
+class BpeModel:
+    """The merges in the form encoding needs, built once per tokenizer.
+
+    byte_ids: int64 (256,) id of the one-byte token of each byte, -1 if the vocab lacks it (HF then
+        drops that byte silently; BLOOM's vocab has all 256).
+    merges: {(left_id, right_id): (rank, merged_id)}; a pair listed twice keeps its last rank, as HF.
+    fast: None, or the fast twin's packed tables (kernels/bpe.py builds them on first use).
+    """
+
+    __slots__ = ("byte_ids", "merges", "fast")
+
+    def __init__(self, byte_ids, merges):
+        self.byte_ids, self.merges, self.fast = byte_ids, merges, None
+
+
+def bpe_merge(symbols: list, merges: dict) -> list:
+    """Merge a piece's symbols (token ids) by rank: lowest rank first, leftmost on ties."""
+    while len(symbols) > 1:
+        best_rank, best_i, best_id = None, -1, -1
+        for i in range(len(symbols) - 1):
+            hit = merges.get((symbols[i], symbols[i + 1]))
+            if hit is not None and (best_rank is None or hit[0] < best_rank):
+                best_rank, best_i, best_id = hit[0], i, hit[1]
+        if best_rank is None:
+            break
+        symbols[best_i : best_i + 2] = [best_id]
+    return symbols
+
+
+def _encode_ordinary(text: str, model: BpeModel, cache: dict) -> list:
+    """Ids of one text without added tokens; cache maps piece -> its ids (pieces repeat a lot)."""
+    ids = []
+    byte_ids = model.byte_ids.tolist()
+    for piece in split_pieces(text):
+        hit = cache.get(piece)
+        if hit is None:
+            symbols = [byte_ids[b] for b in piece.encode("utf-8")]  # ByteLevel: one symbol per byte
+            hit = cache[piece] = bpe_merge([s for s in symbols if s >= 0], model.merges)
+        ids.extend(hit)
+    return ids
+
+
+def encode_texts(data: bytes, fixed: np.ndarray, model: BpeModel) -> list:
+    """Token ids of the UTF-8 texts in data, one list per text.
+
+    data: the texts' UTF-8 bytes joined by TEXT_SEPARATOR bytes (one text: no separator).
+    fixed: int64 (K, 3) rows (start, stop, id), sorted, not overlapping and not crossing a
+        separator: byte spans that are already a token (the caller's added tokens). They become
+        that id; the text between them is split and BPE-merged.
+    """
+    cache, texts, ids, p = {}, [], [], 0
+    for start, stop, token_id in fixed.tolist() + [(len(data), len(data), None)]:
+        for i, chunk in enumerate(data[p:start].split(bytes([TEXT_SEPARATOR]))):
+            if i > 0:  # a separator: the text is complete
+                texts.append(ids)
+                ids = []
+            ids.extend(_encode_ordinary(chunk.decode("utf-8"), model, cache))
+        if token_id is not None:
+            ids.append(token_id)
+        p = stop
+    texts.append(ids)
+    return texts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,7 +245,7 @@ class BloomTokenizer:
         self._match_normalized = matcher([t["content"] for t in self._added if t["normalized"]])
         self._added_ids = {t["content"].encode("utf-8"): t["id"] for t in self._added}
 
-        self._tables = self._build_tables()
+        self._bpe = self._build_bpe()
         char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
         self._id_bytes = [b"" if t is None else _token_bytes(t, char_to_byte) for t in self._id_to_token]
 
@@ -155,17 +269,15 @@ class BloomTokenizer:
         special = bool(token.get("special", True))
         return {"content": content, "id": i, "special": special, "normalized": bool(token.get("normalized", not special))}
 
-    def _build_tables(self) -> bpe.BpeTables:
+    def _build_bpe(self) -> BpeModel:
         byte_ids = np.array([self._vocab.get(c, -1) for c in bytes_to_unicode().values()], dtype=np.int64)
-        left, right, into = [], [], []
+        merges = {}
         for rank, (a, b) in enumerate(self._merges):
             for part in (a, b, a + b):
                 if part not in self._vocab:
                     raise TokenizerError(f"{self.source}: merge {rank} ({a!r} {b!r}) uses {part!r}, which is not in model.vocab")
-            left.append(self._vocab[a])
-            right.append(self._vocab[b])
-            into.append(self._vocab[a + b])
-        return bpe.build_tables(byte_ids, left, right, into)
+            merges[(self._vocab[a], self._vocab[b])] = (rank, self._vocab[a + b])
+        return BpeModel(byte_ids, merges)
 
     # --- loading -------------------------------------------------------------------------------
 
@@ -257,7 +369,7 @@ class BloomTokenizer:
             "pre_tokenizer": {
                 "type": "Sequence",
                 "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": bpe.BLOOM_SPLIT_REGEX}, "behavior": "Isolated", "invert": False},
+                    {"type": "Split", "pattern": {"Regex": BLOOM_SPLIT_REGEX}, "behavior": "Isolated", "invert": False},
                     {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
                 ],
             },
@@ -338,8 +450,8 @@ class BloomTokenizer:
                 raise ArgumentError(f"encode: text {n} is not valid Unicode (lone surrogate at index {e.start})") from None
         if not encoded:
             return []
-        data = encoded[0] if len(encoded) == 1 else bytes([bpe.TEXT_SEPARATOR]).join(encoded)
-        return bpe.encode_texts(data, self._find_added(data), self._tables)
+        data = encoded[0] if len(encoded) == 1 else bytes([TEXT_SEPARATOR]).join(encoded)
+        return fast_or_reference(encode_texts)(data, self._find_added(data), self._bpe)
 
     def tokenize(self, text):
         """keras-hub name: ids of a string, or a list of id lists for a list of strings."""
@@ -452,18 +564,18 @@ def _parse_tokenizer_json(spec, path):
         raise _differs(path, "normalizer", "null", spec["normalizer"])
 
     pre = spec.get("pre_tokenizer")
-    expected_pre = f'Sequence[Split(Regex "{bpe.BLOOM_SPLIT_REGEX}", Isolated), ByteLevel(add_prefix_space=false, use_regex=false)]'
+    expected_pre = f'Sequence[Split(Regex "{BLOOM_SPLIT_REGEX}", Isolated), ByteLevel(add_prefix_space=false, use_regex=false)]'
     steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else None
     if not isinstance(steps, list) or len(steps) != 2 or not all(isinstance(s, dict) for s in steps):
         raise _differs(path, "pre_tokenizer", expected_pre, pre)
     split, byte_level = steps
     if (
         split.get("type") != "Split"
-        or split.get("pattern") != {"Regex": bpe.BLOOM_SPLIT_REGEX}
+        or split.get("pattern") != {"Regex": BLOOM_SPLIT_REGEX}
         or split.get("behavior") != "Isolated"
         or split.get("invert", False)
     ):
-        raise _differs(path, "pre_tokenizer's Split", f'Split(Regex "{bpe.BLOOM_SPLIT_REGEX}", behavior Isolated, invert false)', split)
+        raise _differs(path, "pre_tokenizer's Split", f'Split(Regex "{BLOOM_SPLIT_REGEX}", behavior Isolated, invert false)', split)
     if byte_level.get("type") != "ByteLevel" or byte_level.get("add_prefix_space") or byte_level.get("use_regex", True):
         raise _differs(path, "pre_tokenizer's ByteLevel", "ByteLevel(add_prefix_space=false, use_regex=false)", byte_level)
 

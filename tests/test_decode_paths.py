@@ -1,4 +1,4 @@
-"""The fast paths of a decode step, each against its plain twin.
+"""The fast paths of a decode step (minibloom/kernels/), each against its reference twin.
 
 - attention: the single-thread loop used for small calls (a decode step), the threaded loop used
   for large ones (a prompt), and the NumPy twin agree, on KV-cache views with padding;
@@ -16,6 +16,7 @@ from minibloom import ops
 from minibloom.errors import ArgumentError
 from minibloom.generate import decode_steps
 from minibloom.kernels import attention as attention_kernels
+from minibloom.kernels import ops as fast_ops
 from minibloom.kvcache import KVCache
 from minibloom.model import BloomBackbone
 from minibloom.samplers import GreedySampler
@@ -42,10 +43,11 @@ def test_attention_serial_threaded_and_plain_agree(monkeypatch, T):
     q, k, v, alibi, visible = _cached_attention_inputs(np.random.default_rng(T), T=T)
     assert not k.flags.c_contiguous  # a strided view, as KVCache.write returns
     results = {}
-    for name, numba, serial_work in (("serial", "1", 1 << 62), ("threaded", "1", 0), ("plain", "0", 0)):
-        monkeypatch.setenv("MINIBLOOM_NUMBA", numba)
+    for name, serial_work in (("serial", 1 << 62), ("threaded", 0)):
         monkeypatch.setattr(attention_kernels, "SERIAL_WORK", serial_work)
-        results[name] = attention_kernels.attention(q, k, v, alibi, visible, 0.125)
+        results[name] = attention_kernels.attention(q, k, v, alibi, visible, 1 / np.sqrt(8))
+    ctx, cache = ops.attention_forward(q, k, v, alibi, visible)  # the reference
+    results["plain"] = cache.probs, ctx
     (ps, cs), (pt, ct), (pp, cp) = results["serial"], results["threaded"], results["plain"]
     assert ps.dtype == cs.dtype == np.float32
     assert np.array_equal(ps, pt) and np.array_equal(cs, ct)  # the same loop body, per (b, h) pair
@@ -60,15 +62,14 @@ def test_decode_step_attention_runs_on_one_thread_and_prompt_on_many():
     assert 1 * H * 128 * 128 * D > attention_kernels.SERIAL_WORK  # a 128-token prompt
 
 
-@pytest.mark.parametrize("rows", [1, 3, ops.MATVEC16_ROWS])
+@pytest.mark.parametrize("rows", [1, 3, fast_ops.MATVEC16_ROWS])
 def test_linear_float16_few_rows_uses_matvec16_and_agrees(monkeypatch, rows):
     rng = np.random.default_rng(rows)
     W16 = (0.05 * rng.standard_normal((40, 64))).astype(np.float16)
     b = rng.standard_normal(40).astype(np.float32)
     x = rng.standard_normal((rows, 1, 64)).astype(np.float32)
     ref, ref_cache = ops.linear_forward(x, W16.astype(np.float32), b)
-    monkeypatch.setenv("MINIBLOOM_NUMBA", "1")
-    fast, cache = ops.linear_forward(x, W16, b)
+    fast, cache = fast_ops.linear_forward(x, W16, b)
     assert fast.dtype == np.float32 and fast.shape == (rows, 1, 40)
     assert cache.W.dtype == np.float16  # not widened: the kernel read the stored 16-bit words
     assert_close("linear float16 via matvec16 vs float32", fast, ref, MATVEC16_ATOL)
@@ -76,16 +77,15 @@ def test_linear_float16_few_rows_uses_matvec16_and_agrees(monkeypatch, rows):
     for name, g, g_ref in zip(("dx", "dW", "db"), ops.linear_backward(dy, cache), ops.linear_backward(dy, ref_cache)):
         assert g.dtype == np.float32
         assert_close(f"linear float16 backward {name}", g, g_ref, 1e-6)
-    monkeypatch.setenv("MINIBLOOM_NUMBA", "0")
     plain, _ = ops.linear_forward(x, W16, b)
-    assert np.array_equal(plain, ref)  # the twin widens, then the same BLAS call
+    assert np.array_equal(plain, ref)  # the reference widens, then the same BLAS call
 
 
 def test_linear_float16_many_rows_widens_for_blas(monkeypatch):
     rng = np.random.default_rng(0)
     W16 = rng.standard_normal((24, 32)).astype(np.float16)
-    x = rng.standard_normal((ops.MATVEC16_ROWS + 1, 32)).astype(np.float32)
-    y, cache = ops.linear_forward(x, W16, np.zeros(24, np.float32))
+    x = rng.standard_normal((fast_ops.MATVEC16_ROWS + 1, 32)).astype(np.float32)
+    y, cache = fast_ops.linear_forward(x, W16, np.zeros(24, np.float32))
     assert cache.W.dtype == np.float32
     assert np.array_equal(y, x @ W16.astype(np.float32).T)
 
@@ -155,9 +155,9 @@ def test_matvec16_serial_threaded_and_plain_agree(monkeypatch, kind):
     w16 = (W.view(np.uint32) >> 16).astype(np.uint16) if kind == "BF16" else W.astype(np.float16).view(np.uint16)
     x = rng.standard_normal((2, 70)).astype(np.float32)
     results = {}
-    for name, numba, serial_work in (("serial", "1", 1 << 62), ("threaded", "1", 0), ("plain", "0", 0)):
-        monkeypatch.setenv("MINIBLOOM_NUMBA", numba)
+    for name, serial_work in (("serial", 1 << 62), ("threaded", 0)):
         monkeypatch.setattr(mv, "SERIAL_WORK", serial_work)
         results[name] = mv.matvec16(x, w16, kind)
+    results["plain"] = mv.matvec16_plain(x, w16, kind)
     assert np.array_equal(results["serial"], results["threaded"])  # the same chunk loop
     assert_close(f"matvec16 {kind} serial vs plain", results["serial"], results["plain"], 1e-6, 1e-5)

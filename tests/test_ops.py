@@ -1,5 +1,5 @@
-"""ops.py and kernels/attention.py: every backward against float64 central differences,
-ALiBi slopes/positions against known values, and each numba kernel against its NumPy twin."""
+"""ops.py and its fast twins (kernels/ops.py, kernels/attention.py): every backward against float64
+central differences, ALiBi slopes/positions against known values, each fast op against its reference."""
 
 import numpy as np
 import pytest
@@ -7,6 +7,7 @@ import pytest
 from conftest import assert_close
 from minibloom import losses, ops
 from minibloom.kernels import attention as attention_kernels
+from minibloom.kernels import ops as fast_ops
 
 EPS = 1e-6  # central-difference step (float64)
 GRAD_ATOL, GRAD_RTOL = 1e-7, 1e-6  # analytic vs numeric, float64
@@ -100,13 +101,12 @@ def _attention_inputs(rng, B=2, H=3, T=4, P=2, D=5):
     return q, k, v, alibi, ops.attention_visibility(mask, T)
 
 
-@pytest.mark.parametrize("numba", ["1", "0"])
+@pytest.mark.parametrize("tier", [ops, fast_ops], ids=["reference", "fast"])
 @pytest.mark.parametrize("p", [0.0, 0.4])
-def test_attention_backward(rng, monkeypatch, p, numba):
-    monkeypatch.setenv("MINIBLOOM_NUMBA", numba)
+def test_attention_backward(rng, p, tier):
     q, k, v, alibi, visible = _attention_inputs(rng)
-    fwd = lambda q, k, v: ops.attention_forward(q, k, v, alibi, visible, p, np.random.default_rng(3))  # noqa: E731
-    check_backward("attention", fwd, ops.attention_backward, (q, k, v))
+    fwd = lambda q, k, v: tier.attention_forward(q, k, v, alibi, visible, p, np.random.default_rng(3))  # noqa: E731
+    check_backward("attention", fwd, tier.attention_backward, (q, k, v))
 
 
 def test_qkv_split_is_head_interleaved_and_merge_inverts_it(rng):
@@ -185,15 +185,12 @@ def test_cross_entropy_reductions_differ_by_the_weight_sum(rng):
     assert mean == pytest.approx(float(ce[w > 0].mean()), rel=1e-6)
 
 
-# --- numba twins ---------------------------------------------------------------------------------
+# --- fast twins ----------------------------------------------------------------------------------
 
 
-def _both(monkeypatch, f):
-    monkeypatch.setenv("MINIBLOOM_NUMBA", "1")
-    a = f()
-    monkeypatch.setenv("MINIBLOOM_NUMBA", "0")
-    b = f()
-    return a, b
+def _reference_attention(q, k, v, alibi, visible):
+    ctx, cache = ops.attention_forward(q, k, v, alibi, visible)
+    return cache.probs, ctx
 
 
 def test_gelu_uses_hf_constant_and_order():
@@ -204,9 +201,9 @@ def test_gelu_uses_hf_constant_and_order():
     assert_close("gelu vs HF expression", y, expected, 1e-7)
 
 
-def test_attention_numba_matches_plain(rng, monkeypatch):
+def test_attention_numba_matches_reference(rng):
     q, k, v, alibi, visible = (a.astype(np.float32) if a.dtype == np.float64 else a for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8))
-    (pa, ca), (pb, cb) = _both(monkeypatch, lambda: attention_kernels.attention(q, k, v, alibi, visible, 0.125))
+    (pa, ca), (pb, cb) = attention_kernels.attention(q, k, v, alibi, visible, 1 / np.sqrt(8)), _reference_attention(q, k, v, alibi, visible)
     assert pa.dtype == pb.dtype == ca.dtype == cb.dtype == np.float32
     assert_close("probs numba vs plain", pa, pb, TWIN_ATOL)
     assert_close("ctx numba vs plain", ca, cb, TWIN_ATOL)
@@ -215,19 +212,44 @@ def test_attention_numba_matches_plain(rng, monkeypatch):
     # keys read from a KVCache are strided views; the loop must give the same result on them
     big_k, big_v = np.zeros((2, 4, 12, 8), np.float32), np.zeros((2, 4, 12, 8), np.float32)
     big_k[:, :, :9], big_v[:, :, :9] = k, v
-    monkeypatch.setenv("MINIBLOOM_NUMBA", "1")
-    pc, cc = attention_kernels.attention(q, big_k[:, :, :9], big_v[:, :, :9], alibi, visible, 0.125)
+    pc, cc = attention_kernels.attention(q, big_k[:, :, :9], big_v[:, :, :9], alibi, visible, 1 / np.sqrt(8))
     assert np.array_equal(pc, pa) and np.array_equal(cc, ca)
 
 
-def test_attention_backward_numba_matches_plain(rng, monkeypatch):
+def test_attention_backward_numba_matches_reference(rng):
     q, k, v, alibi, visible = (a.astype(np.float32) if a.dtype == np.float64 else a for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8))
     visible = visible.copy()
     visible[0, 0, :] = False  # a query with no visible key (a left pad): uniform over all keys
-    probs, _ = attention_kernels.attention(q, k, v, alibi, visible, 0.125)
+    probs, _ = attention_kernels.attention(q, k, v, alibi, visible, 1 / np.sqrt(8))
     assert_close("uniform row", probs[0, :, 0], np.full((4, 9), 1 / 9), 1e-7)
     dctx = rng.standard_normal(q.shape).astype(np.float32)
-    a, b = _both(monkeypatch, lambda: attention_kernels.attention_backward(dctx, q, k, v, probs, 0.125))
+    a = attention_kernels.attention_backward(dctx, q, k, v, probs, 1 / np.sqrt(8))
+    b = ops.attention_backward(dctx, ops.AttentionCache(q, k, v, probs, ops.DropoutCache(None, 1.0)))
     for name, x, y in zip(("dq", "dk", "dv"), a, b):
         assert x.dtype == y.dtype == np.float32
         assert_close(f"{name} numba vs plain", x, y, TWIN_ATOL)
+
+
+def test_fast_gelu_is_the_reference_expression_bit_for_bit(rng):
+    x = (rng.standard_normal((4, 33)) * 4).astype(np.float32)
+    y, cache = ops.gelu_forward(x)
+    y_fast, cache_fast = fast_ops.gelu_forward(x)
+    assert np.array_equal(y, y_fast)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    assert np.array_equal(ops.gelu_backward(dy, cache), fast_ops.gelu_backward(dy, cache_fast))
+
+
+@pytest.mark.parametrize("rows, dtype", [(2, np.float32), (40, np.float32), (40, np.float16)])
+def test_fast_linear_and_head_equal_the_reference(rng, rows, dtype):
+    """Float32 weights, and float16 weights with many rows, take the same BLAS call as the reference
+    (the few-row float16 path is compared in test_decode_paths.py)."""
+    x = rng.standard_normal((rows, 1, 16)).astype(np.float32)
+    W, b = rng.standard_normal((24, 16)).astype(dtype), rng.standard_normal(24).astype(dtype)
+    assert np.array_equal(fast_ops.linear_forward(x, W, b)[0], ops.linear_forward(x, W, b)[0])
+    assert np.array_equal(fast_ops.lm_head_forward(x, W), ops.lm_head_forward(x, W))
+
+
+def test_lm_head_backward(rng):
+    hidden, E = rng.standard_normal((2, 3, 4)), rng.standard_normal((7, 4))
+    check_backward("lm head", lambda h, E: (ops.lm_head_forward(h, E), (h, E)),
+                   lambda d, c: ops.lm_head_backward(d, *c), (hidden, E))

@@ -105,7 +105,7 @@ def test_top_p_support_is_the_smallest_prefix_reaching_p(p, n_kept):
     ids = np.array([2, 0, 3, 1])
     logits = np.full(4, -np.inf, dtype=np.float32)
     logits[ids] = np.log([0.4, 0.3, 0.2, 0.1]).astype(np.float32)
-    kept, probs = sampling.top_p_set(logits, p)
+    kept, probs = samplers.top_p_set(logits, p)
     assert kept.tolist() == ids[:n_kept].tolist()
     np.testing.assert_allclose(probs, [0.4, 0.3, 0.2, 0.1][:n_kept], rtol=1e-6)
     draws = draw_many(TopPSampler(p=p, seed=3), logits, n=2000)
@@ -115,8 +115,8 @@ def test_top_p_support_is_the_smallest_prefix_reaching_p(p, n_kept):
 def test_top_p_with_k_cuts_to_k_first_and_renormalises():
     logits = np.log(np.array([0.4, 0.3, 0.2, 0.1], dtype=np.float32))
     # over the 2 best the probabilities are 4/7, 3/7: p=0.5 keeps one, p=0.6 keeps both
-    assert sampling.top_p_set(logits, 0.5, k=2)[0].tolist() == [0]
-    kept, probs = sampling.top_p_set(logits, 0.6, k=2)
+    assert samplers.top_p_set(logits, 0.5, k=2)[0].tolist() == [0]
+    kept, probs = samplers.top_p_set(logits, 0.6, k=2)
     assert kept.tolist() == [0, 1]
     np.testing.assert_allclose(probs, [4 / 7, 3 / 7], rtol=1e-6)
 
@@ -164,39 +164,37 @@ def test_seeded_samplers_repeat_and_seeds_differ(make):
     assert a.tolist() != c.tolist()
 
 
-# --- numba kernels == plain twins -----------------------------------------------------------
+# --- fast twins (kernels/sampling.py) == the references in samplers.py -----------------------
 
 
-def _both(monkeypatch, fn, *args):
-    monkeypatch.setenv("MINIBLOOM_NUMBA", "1")
-    fast = fn(*args)
-    monkeypatch.setenv("MINIBLOOM_NUMBA", "0")
-    plain = fn(*args)
-    return fast, plain
+def _both(fn_name, *args):
+    from minibloom import samplers
+
+    return getattr(sampling, fn_name)(*args), getattr(samplers, fn_name)(*args)
 
 
 @pytest.mark.parametrize("k", [1, 5, 64, 300])
-def test_top_k_indices_numba_equals_plain(monkeypatch, k):
+def test_top_k_indices_fast_equals_reference(k):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 2000)).astype(np.float32)
     x[1] = np.round(x[1])  # many ties: order must fall back to the lower index
     x[2, :50] = -np.inf
-    fast, plain = _both(monkeypatch, sampling.top_k_indices, x, k)
+    fast, plain = _both("top_k_indices", x, k)
     assert fast.tolist() == plain.tolist()
 
 
-def test_top_k_indices_over_a_bloom_sized_row(monkeypatch):
+def test_top_k_indices_over_a_bloom_sized_row():
     x = np.random.default_rng(1).standard_normal((2, 250880)).astype(np.float32)
-    fast, plain = _both(monkeypatch, sampling.top_k_indices, x, 50)
+    fast, plain = _both("top_k_indices", x, 50)
     assert fast.tolist() == plain.tolist()
 
 
 @pytest.mark.parametrize("p, k", [(0.1, None), (0.9, None), (0.999, None), (1.0, None), (0.5, 40)])
-def test_top_p_set_numba_path_equals_plain(monkeypatch, p, k):
+def test_top_p_set_fast_equals_reference(p, k):
     # a peaked row (small nucleus) and a flat one (the window has to widen several times)
     for scale in (4.0, 0.3):
         x = (scale * np.random.default_rng(2).standard_normal(5000)).astype(np.float32)
-        (fi, fp), (pi, pp) = _both(monkeypatch, sampling.top_p_set, x, p, k)
+        (fi, fp), (pi, pp) = _both("top_p_set", x, p, k)
         assert fi.tolist() == pi.tolist()
         np.testing.assert_array_equal(fp, pp)
 

@@ -1,8 +1,9 @@
-"""The fused AdamW update of one parameter tensor: numba loop and its plain-NumPy twin.
+"""The fused AdamW update of one parameter tensor (fast tier): one numba loop over the elements.
 
-This file holds only the element-wise arithmetic of one step. Everything that is computed once
-per step (the learning rate from the schedule, bias corrections, which tensors get weight decay,
-gradient clipping) lives in `minibloom/optim.py`, which calls `adamw_update` once per tensor.
+The reference is `minibloom.optim.adamw_update` (the same statements on whole arrays, each line
+allocating a temporary); this loop does them per element in one pass over p, g, m and v.
+Everything computed once per step (learning rate, bias corrections, weight-decay groups,
+clipping) stays in `minibloom/optim.py`.
 
 The arithmetic follows `torch.optim.AdamW` (the single-tensor CPU path) operation by operation,
 in float32, so that both twins round like torch does:
@@ -19,7 +20,7 @@ The scalars arrive already rounded to float32 by the caller.
 
 import numpy as np
 
-from minibloom.jit import njit, use_numba
+from minibloom.jit import njit
 
 
 @njit
@@ -36,25 +37,7 @@ def _adamw_update_numba(p, g, m, v, decay, one_minus_b1, b2, one_minus_b2, bc2_s
         v[i] = vi
 
 
-def _adamw_update_plain(p, g, m, v, decay, one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, step_size):
-    # The same statements as the loop above, on whole arrays (each line allocates a temporary).
-    p *= decay
-    m += one_minus_b1 * (g - m)
-    v *= b2
-    v += one_minus_b2 * g * g
-    denom = np.sqrt(v) / bc2_sqrt + eps
-    p -= step_size * m / denom
-
-
 def adamw_update(p, g, m, v, *, decay, one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, step_size):
-    """One AdamW step on one tensor, in place on `p`, `m` and `v`.
-
-    Args:
-        p, g, m, v: float32 C-contiguous arrays of one shape (parameter, gradient, first and
-            second moment). `g` is read only.
-        decay ... step_size: np.float32 scalars, see the module docstring.
-    """
-    f32 = np.float32
+    """minibloom.optim.adamw_update, fused: p, g, m, v float32 C-contiguous of one shape, in place."""
     args = (p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1))  # (N,) views, no copies
-    scalars = (f32(decay), f32(one_minus_b1), f32(b2), f32(one_minus_b2), f32(bc2_sqrt), f32(eps), f32(step_size))
-    (_adamw_update_numba if use_numba() else _adamw_update_plain)(*args, *scalars)
+    _adamw_update_numba(*args, decay, one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, step_size)

@@ -1,4 +1,4 @@
-"""ALiBi attention for one layer, forward and backward: numba loops and their NumPy twins.
+"""ALiBi attention for one layer, forward and backward: numba loops (fast tier).
 
 For q (B, H, T, D), k/v (B, H, S, D), alibi (B, H, S), visible (B, T, S) bool:
 
@@ -8,7 +8,8 @@ For q (B, H, T, D), k/v (B, H, S, D), alibi (B, H, S), visible (B, T, S) bool:
 
 which is HF's `alibi.baddbmm(q, k^T, beta=1, alpha=inv)` + additive mask + float32 softmax + bmm.
 
-The twin does it with three stacked matmuls and five NumPy passes. The numba loop works on one
+The reference twin is ops.attention_forward / attention_backward (three stacked matmuls and a
+written-out softmax; kernels/ops.py calls these loops in its place). The numba loop works on one
 (b, h) pair at a time, pairs split across threads (or, for small calls such as a decode step,
 all on the calling thread: `SERIAL_WORK`). It skips the keys that come after the query
 (half of a causal prompt), and its innermost loops run along contiguous memory without a
@@ -24,24 +25,12 @@ Leaves out: dropout (ops.py applies it to the returned probabilities, and takes 
 backward when a keep-mask is present).
 """
 
-import numba
 import numpy as np
 
-from minibloom.jit import njit, use_numba
+from minibloom.jit import njit, prange
 
 # Multiply-adds (B * H * T * S * D) up to which the forward runs on one thread (a decode step).
 SERIAL_WORK = 1 << 22
-
-
-def _attention_plain(q, k, v, alibi, visible, inv):
-    scores = q @ k.swapaxes(-1, -2)  # (B, H, T, S)
-    scores *= scores.dtype.type(inv)
-    scores += alibi[:, :, None, :]  # (B, H, 1, S) broadcast over queries
-    np.copyto(scores, np.finfo(scores.dtype).min, where=~visible[:, None, :, :])
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    return scores, scores @ v  # probs (B, H, T, S), ctx (B, H, T, D)
 
 
 @njit
@@ -83,7 +72,7 @@ def _attention_pair(q, k, v, alibi, visible, inv, fmin, probs, ctx, b, h):
 @njit(parallel=True)
 def _attention_numba(q, k, v, alibi, visible, inv, fmin, probs, ctx):
     B, H = q.shape[0], q.shape[1]
-    for bh in numba.prange(B * H):  # (b, h) pairs split across threads
+    for bh in prange(B * H):  # (b, h) pairs split across threads
         _attention_pair(q, k, v, alibi, visible, inv, fmin, probs, ctx, bh // H, bh % H)
 
 
@@ -96,8 +85,6 @@ def _attention_serial(q, k, v, alibi, visible, inv, fmin, probs, ctx):
 
 def attention(q, k, v, alibi, visible, inv):
     """(probs (B, H, T, S), ctx (B, H, T, D)) for the attention above, in q's float dtype."""
-    if not use_numba():
-        return _attention_plain(q, k, v, alibi, visible, inv)
     B, H, T, D = q.shape
     S = k.shape[2]
     f = q.dtype.type
@@ -114,19 +101,11 @@ def attention(q, k, v, alibi, visible, inv):
 # --- backward -----------------------------------------------------------------------------------
 
 
-def _attention_backward_plain(dctx, q, k, v, probs, inv):
-    dv = probs.swapaxes(-1, -2) @ dctx  # (B, H, S, D)
-    dprobs = dctx @ v.swapaxes(-1, -2)  # (B, H, T, S)
-    dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
-    dscores *= dscores.dtype.type(inv)
-    return dscores @ k, dscores.swapaxes(-1, -2) @ q, dv  # dq, dk, dv
-
-
 @njit(parallel=True)
 def _attention_backward_numba(dctx, q, k, v, probs, inv, dq, dk, dv):
     B, H, T, D = q.shape
     S = k.shape[2]
-    for bh in numba.prange(B * H):
+    for bh in prange(B * H):
         b = bh // H
         h = bh % H
         vT = np.ascontiguousarray(v[b, h].T)  # (D, S)
@@ -158,8 +137,6 @@ def _attention_backward_numba(dctx, q, k, v, probs, inv, dq, dk, dv):
 
 def attention_backward(dctx, q, k, v, probs, inv):
     """(dq, dk, dv) of ctx = softmax(alibi + q @ k^T * inv, masked) @ v, given probs (no dropout)."""
-    if not use_numba():
-        return _attention_backward_plain(dctx, q, k, v, probs, inv)
     dctx = np.ascontiguousarray(dctx)
     f = q.dtype.type
     dq, dk, dv = np.empty_like(q), np.empty(k.shape, q.dtype), np.empty(v.shape, q.dtype)

@@ -1,34 +1,19 @@
-"""The tokenizer's hot loops: BLOOM's pre-token split and the BPE merge loop, numba + plain twins.
+"""The tokenizer's fast twin: BLOOM's pre-token split and the BPE merges in one numba pass.
 
-Covers `encode_texts(data, fixed, tables)`, which turns UTF-8 texts into token ids (the caller
-marks the byte spans of added tokens, which become their ids as they are), `build_tables`, and
-`split_pieces(text)`, the pre-tokenizer on its own. Leaves out everything that is about files,
-finding added tokens and decoding (minibloom/tokenizer.py) and training (bpe_train.py).
+`encode_texts(data, fixed, model)` has the signature and the ids of the reference
+`minibloom.tokenizer.encode_texts` (the `regex` split, `bpe_merge` on a dict; about 1 MB/s), and
+is chosen in its place by `minibloom.dispatch.fast_or_reference`. tests/test_tokenizer.py checks
+that the two give the same ids (golden corpus, long pieces, hypothesis).
 
-The pipeline, as HF `tokenizers` runs it for BLOOM's tokenizer.json:
-
-1. Split (behaviour "Isolated") on the Oniguruma regex ` ?[^(\\s|[.,!?…。，、।۔،])]+`. Oniguruma reads
-   the nested class as "not one of: ( ) | whitespace . , ! ? … 。 ， 、 । ۔ ،", where whitespace is
-   Unicode White_Space (`WHITESPACE` below: not Python's `\\s`, which adds U+001C-001F). Every match
-   is a piece and every gap between two matches is ONE piece too (gaps are never split further).
-2. ByteLevel without its own regex: each piece becomes its UTF-8 bytes, each byte one symbol.
-3. BPE: repeatedly merge the adjacent pair with the lowest merge rank (ties: leftmost) until no
-   adjacent pair is in the merge table.
-
-Two twins give identical ids (tests/test_tokenizer.py checks it):
-
-- plain: the `regex` module does the split and a Python dict holds the merges, with a per-call
-  piece cache. Short and obviously right; about 1 MB/s.
-- numba: one compiled pass over the UTF-8 bytes of all texts of a batch (joined by a byte that
-  UTF-8 never uses), which finds piece boundaries with a hand-written scanner (the regex above is
-  simple enough to scan: an optional space, then a run of "word" characters) and merges each piece
-  in two small arrays (symbols, and the merge of each adjacent pair). Merges are packed into one
-  int64 (rank << 32 | merged id) so that comparing them compares ranks; the first round of pairs
-  (single bytes) reads a dense 256 x 256 table, later pairs an open-addressing hash table whose key
-  and merge share a row (one cache line per lookup); a 1 MB cache of recent short pieces saves
-  re-merging repeats. About 19 MB/s of CPU time here with an 8k or a 50k vocabulary: ~12x HF
-  `tokenizers` (single thread), 1.0x tiktoken with 8k tokens, 1.25x with 50k
-  (benchmarks/bench_tokenizer.py).
+How it is fast: one compiled pass over the UTF-8 bytes of all texts of a batch (joined by a byte
+that UTF-8 never uses) finds piece boundaries with a hand-written scanner (the Split regex is
+simple enough to scan: an optional space, then a run of "word" characters) and merges each piece
+in two small arrays (symbols, and the merge of each adjacent pair). Merges are packed into one
+int64 (rank << 32 | merged id) so that comparing them compares ranks; the first round of pairs
+(single bytes) reads a dense 256 x 256 table, later pairs an open-addressing hash table whose key
+and merge share a row (one cache line per lookup); a 1 MB cache of recent short pieces saves
+re-merging repeats (benchmarks/bench_tokenizer.py measures it against HF `tokenizers` and
+tiktoken).
 
 Speed notes, measured: the three separate key/rank/merged arrays and the linked list of symbols
 that came before cost 40% (three cache misses per lookup, pointer chasing); a bigger piece cache
@@ -37,56 +22,16 @@ the first pieces seen (UDHR changes language every few kB); inside numba kernels
 compiles to a slow generic path (20x, see `_is_word`). Pieces of more than LONG_PIECE bytes (CJK
 sentences, long runs of one character) are merged with a heap, O(n log n) like HF, so no input is
 quadratic.
-
-`MINIBLOOM_NUMBA=0` selects the plain twin (read at call time through `minibloom.jit.use_numba`).
 """
 
 import gc
 from typing import NamedTuple
 
 import numpy as np
-import regex
 
 from minibloom.errors import TokenizerError
 from minibloom.jit import njit, use_numba
-
-# ------------------------------------------------------------------------------------------------
-# the split regex and the characters it excludes
-# ------------------------------------------------------------------------------------------------
-
-# The regex exactly as BLOOM's tokenizer.json spells it (Oniguruma syntax).
-BLOOM_SPLIT_REGEX = " ?[^(\\s|[.,!?…。，、।۔،])]+"
-
-# Oniguruma's \s in Unicode mode: the White_Space property (checked against `tokenizers` for
-# every code point: U+001C-001F, U+180E and U+200B are NOT in it; U+0085 and U+00A0 are).
-WHITESPACE = (
-    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-    "\u2028\u2029\u202f\u205f\u3000"
-)
-# Every character that cannot be part of a "word" run: the nested class flattened.
-SPLIT_EXCLUDED = "()|" + WHITESPACE + ".,!?…。，、।۔،"
-
-# The same class as a flat Python-`regex` pattern (the nested form does not compile in regex's
-# default mode, and `\s` would be Python's). Written out character by character with escapes.
-_SPLIT_PATTERN = regex.compile(" ?[^" + "".join(f"\\u{ord(c):04x}" for c in SPLIT_EXCLUDED) + "]+")
-
-
-def split_pieces(text: str) -> list:
-    """BLOOM's pre-tokenizer: the pieces of `text` (matches and the gaps between them, in order).
-
-    >>> split_pieces("Hello  world... (x)")
-    ['Hello', ' ', ' world', '...', ' ', '(', 'x', ')']
-    """
-    pieces, gap_start = [], 0
-    for m in _SPLIT_PATTERN.finditer(text):
-        if m.start() > gap_start:
-            pieces.append(text[gap_start : m.start()])  # the gap before this match: one piece
-        pieces.append(m.group())
-        gap_start = m.end()
-    if gap_start < len(text):
-        pieces.append(text[gap_start:])
-    return pieces
-
+from minibloom.tokenizer import SPLIT_EXCLUDED, TEXT_SEPARATOR, BpeModel
 
 def _excluded_table() -> np.ndarray:
     """bool[65536]: True for the code points in SPLIT_EXCLUDED (all of them are in the BMP)."""
@@ -102,11 +47,9 @@ def _excluded_table() -> np.ndarray:
 
 
 class BpeTables(NamedTuple):
-    """Everything the BPE step needs, built once per tokenizer by `build_tables`.
+    """The packed merge tables of one tokenizer, built once by `build_tables` (kept in BpeModel.fast).
 
-    byte_ids:   int64 (256,)  id of the one-byte token for each byte, -1 if the vocab lacks it
-                (HF then drops that byte silently; BLOOM's vocab has all 256).
-    merges:     dict {(left_id, right_id): (rank, merged_id)} for the plain twin.
+    byte_ids:   int64 (256,)  BpeModel.byte_ids.
     pair_table: int64 (N, 2)  open-addressing hash table of the merges for the numba twin. Row =
                 (key, merge): key = left << 32 | right (-1 marks an empty row) and merge =
                 rank << 32 | merged_id (see `pack_merge`). N is a power of two >= 2 x merges; key
@@ -118,7 +61,6 @@ class BpeTables(NamedTuple):
     """
 
     byte_ids: np.ndarray
-    merges: dict
     pair_table: np.ndarray
     byte_pairs: np.ndarray
     excluded: np.ndarray
@@ -128,7 +70,6 @@ class BpeTables(NamedTuple):
 # merges order like their ranks, so "lowest rank" is "smallest packed value" and the merged id
 # travels along for free. NO_MERGE is larger than any packed merge.
 NO_MERGE = np.int64(2**63 - 1)
-_ID_LIMIT = 2**31  # ids and ranks must fit in 31 bits for the packing above
 
 
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing constant (2^64 / golden ratio)
@@ -139,35 +80,31 @@ def pack_merge(rank: int, merged_id: int) -> int:
     return (rank << 32) | merged_id
 
 
-def build_tables(byte_ids, merge_left, merge_right, merge_into) -> BpeTables:
-    """Build both lookup forms from merges given in rank order (index = rank).
+def build_tables(byte_ids, merges: dict) -> BpeTables:
+    """Pack a BpeModel's merges {(left_id, right_id): (rank, merged_id)} into the two lookup tables.
 
-    Args:
-        byte_ids: int64 (256,), see BpeTables.
-        merge_left, merge_right, merge_into: int64 (M,), the pair and its merged id, rank = index.
-            A pair listed twice keeps its last rank, as HF does (its map is filled in order).
+    The pair table is filled by a numba loop or its plain twin (`MINIBLOOM_NUMBA`, tested equal).
     """
     byte_ids = np.ascontiguousarray(byte_ids, dtype=np.int64)
-    merge_left = np.asarray(merge_left, dtype=np.int64)
-    merge_right = np.asarray(merge_right, dtype=np.int64)
-    merge_into = np.asarray(merge_into, dtype=np.int64)
-    largest = max([len(merge_left), int(byte_ids.max(initial=0))] + [int(a.max(initial=0)) for a in (merge_left, merge_right, merge_into)])
-    if largest >= _ID_LIMIT:
-        raise TokenizerError(f"merge table: ids and merge counts must be below 2^31, found {largest}")
-    merges = {}
-    for rank, (a, b, ab) in enumerate(zip(merge_left.tolist(), merge_right.tolist(), merge_into.tolist())):
-        merges[(a, b)] = (rank, ab)
+    pairs = sorted(merges.items(), key=lambda kv: kv[1][0])  # rank order
+    left = np.array([a for (a, _), _ in pairs], dtype=np.int64)
+    right = np.array([b for (_, b), _ in pairs], dtype=np.int64)
+    rank = np.array([r for _, (r, _) in pairs], dtype=np.int64)
+    into = np.array([ab for _, (_, ab) in pairs], dtype=np.int64)
+    largest = max([len(pairs), int(byte_ids.max(initial=0))] + [int(a.max(initial=0)) for a in (left, right, into)])
+    if largest >= 2**31:  # cannot happen for a tokenizer that loaded (ids < 4 x tokens + 1024), but would corrupt
+        raise TokenizerError(f"merge table: ids and merge counts must be below 2^31 to be packed, found {largest}")
     size = 1 << max(4, int(2 * max(len(merges), 1) - 1).bit_length())
     pair_table = np.full((size, 2), -1, dtype=np.int64)  # (N, 2) rows (key, packed merge)
     fill = _fill_pair_table_numba if use_numba() else _fill_pair_table_plain
-    fill(merge_left, merge_right, merge_into, pair_table)
+    fill(left, right, rank, into, pair_table)
 
     byte_pairs = np.full(256 * 256, NO_MERGE, dtype=np.int64)  # (256 * 256,) index b1 << 8 | b2
     byte_of = {token: b for b, token in enumerate(byte_ids.tolist()) if token >= 0}
-    for (a, b), (rank, ab) in merges.items():
+    for (a, b), (r, ab) in merges.items():
         if a in byte_of and b in byte_of:
-            byte_pairs[byte_of[a] << 8 | byte_of[b]] = pack_merge(rank, ab)
-    return BpeTables(byte_ids, merges, pair_table, byte_pairs, _excluded_table())
+            byte_pairs[byte_of[a] << 8 | byte_of[b]] = pack_merge(r, ab)
+    return BpeTables(byte_ids, pair_table, byte_pairs, _excluded_table())
 
 
 @njit
@@ -181,61 +118,29 @@ def _hash_slot_plain(key: int, mask: int) -> int:
 
 
 @njit
-def _fill_pair_table_numba(left, right, into, pair_table):
+def _fill_pair_table_numba(left, right, rank, into, pair_table):
     mask = pair_table.shape[0] - 1
-    for rank in range(left.shape[0]):
-        key = (left[rank] << 32) | right[rank]
+    for i in range(left.shape[0]):
+        key = (left[i] << 32) | right[i]
         slot = _hash_slot(key, mask)
         while pair_table[slot, 0] != -1 and pair_table[slot, 0] != key:  # linear probing
             slot = (slot + 1) & mask
-        pair_table[slot, 0] = key  # a repeated pair overwrites its row: the last rank wins
-        pair_table[slot, 1] = (rank << 32) | into[rank]
+        pair_table[slot, 0] = key
+        pair_table[slot, 1] = (rank[i] << 32) | into[i]
 
 
-def _fill_pair_table_plain(left, right, into, pair_table):
+def _fill_pair_table_plain(left, right, rank, into, pair_table):
     mask = pair_table.shape[0] - 1
-    for rank, (a, b, ab) in enumerate(zip(left.tolist(), right.tolist(), into.tolist())):
+    for a, b, r, ab in zip(left.tolist(), right.tolist(), rank.tolist(), into.tolist()):
         key = (a << 32) | b
         slot = _hash_slot_plain(key, mask)
         while pair_table[slot, 0] != -1 and pair_table[slot, 0] != key:
             slot = (slot + 1) & mask
-        pair_table[slot] = key, pack_merge(rank, ab)
+        pair_table[slot] = key, pack_merge(r, ab)
 
 
 # ------------------------------------------------------------------------------------------------
-# BPE on one piece: plain twin
-# ------------------------------------------------------------------------------------------------
-
-
-def _bpe_piece_plain(symbols: list, merges: dict) -> list:
-    """Merge a piece's symbols (token ids) by rank: lowest rank first, leftmost on ties."""
-    while len(symbols) > 1:
-        best_rank, best_i, best_id = None, -1, -1
-        for i in range(len(symbols) - 1):
-            hit = merges.get((symbols[i], symbols[i + 1]))
-            if hit is not None and (best_rank is None or hit[0] < best_rank):
-                best_rank, best_i, best_id = hit[0], i, hit[1]
-        if best_rank is None:
-            break
-        symbols[best_i : best_i + 2] = [best_id]
-    return symbols
-
-
-def _encode_ordinary_plain(text: str, tables: BpeTables, cache: dict) -> list:
-    """ids of one text; cache maps piece -> its ids (pieces repeat a lot in real text)."""
-    ids = []
-    byte_ids = tables.byte_ids.tolist()
-    for piece in split_pieces(text):
-        hit = cache.get(piece)
-        if hit is None:
-            symbols = [byte_ids[b] for b in piece.encode("utf-8")]
-            hit = cache[piece] = _bpe_piece_plain([s for s in symbols if s >= 0], tables.merges)
-        ids.extend(hit)
-    return ids
-
-
-# ------------------------------------------------------------------------------------------------
-# the same, compiled: scan UTF-8 bytes for pieces and merge each in place
+# scan UTF-8 bytes for pieces and merge each in place
 # ------------------------------------------------------------------------------------------------
 
 
@@ -535,7 +440,6 @@ def _encode_segment(data, start, end, tables, excluded, out, n_out, scratch, cac
     return n_out
 
 
-TEXT_SEPARATOR = 0xFF  # never occurs in UTF-8, so it cannot be part of a text or of an added token
 
 
 @njit
@@ -580,40 +484,12 @@ def _encode_numba(data, fixed, byte_ids, byte_pairs, pair_table, excluded):
     return out[:n_out], text_bounds
 
 
-# ------------------------------------------------------------------------------------------------
-# dispatch
-# ------------------------------------------------------------------------------------------------
-
-def _encode_plain(data: bytes, fixed: list, tables: BpeTables) -> list:
-    cache, texts, ids, p = {}, [], [], 0
-    for start, stop, token_id in fixed + [(len(data), len(data), None)]:
-        for i, chunk in enumerate(data[p:start].split(bytes([TEXT_SEPARATOR]))):
-            if i > 0:  # a separator: the text is complete
-                texts.append(ids)
-                ids = []
-            ids.extend(_encode_ordinary_plain(chunk.decode("utf-8"), tables, cache))
-        if token_id is not None:
-            ids.append(token_id)
-        p = stop
-    texts.append(ids)
-    return texts
-
-
-def encode_texts(data: bytes, fixed: np.ndarray, tables: BpeTables) -> list:
-    """Token ids of the UTF-8 texts in data, one list per text.
-
-    Args:
-        data: the texts' UTF-8 bytes joined by TEXT_SEPARATOR bytes (one text: no separator).
-        fixed: int64 (K, 3) rows (start, stop, id), sorted, not overlapping and not crossing a
-            separator: byte spans that are already a token (the caller's added tokens). They
-            become that id; the text between them is split and BPE-merged.
-        tables: from `build_tables`.
-
-    The numba twin encodes all texts in one compiled call (one piece cache, no per-text work in
-    Python but the final list slicing).
-    """
-    if not use_numba():
-        return _encode_plain(data, fixed.tolist(), tables)
+def encode_texts(data: bytes, fixed: np.ndarray, model: BpeModel) -> list:
+    """minibloom.tokenizer.encode_texts, compiled: all texts of `data` in one call (one piece cache,
+    no per-text work in Python but the final list slicing). Builds model.fast on first use."""
+    if model.fast is None:
+        model.fast = build_tables(model.byte_ids, model.merges)
+    tables = model.fast
     buffer = np.frombuffer(data, dtype=np.uint8)  # (n,)
     ids, text_bounds = _encode_numba(buffer, fixed, tables.byte_ids, tables.byte_pairs, tables.pair_table, tables.excluded)
     ids = ids.tolist()
@@ -630,4 +506,3 @@ def encode_texts(data: bytes, fixed: np.ndarray, tables: BpeTables) -> list:
     finally:
         if was_enabled:
             gc.enable()
-

@@ -25,10 +25,9 @@ ops.py own that); large N (prefill and training use BLAS on float32 instead).
 Shape legend: N rows of x (batch x new tokens, small), C inputs, O outputs.
 """
 
-import numba
 import numpy as np
 
-from minibloom.jit import njit, use_numba
+from minibloom.jit import njit, prange
 
 _TWO_112 = np.float32(2.0**112)
 
@@ -86,7 +85,7 @@ def _matvec16_chunk(x, w, is_bf16, out, c, bits):
 
 @njit(parallel=True)
 def _matvec16_numba(x, w, is_bf16, out):
-    for c in numba.prange((w.shape[0] + CHUNK - 1) // CHUNK):  # chunks of outputs split over threads
+    for c in prange((w.shape[0] + CHUNK - 1) // CHUNK):  # chunks of outputs split over threads
         _matvec16_chunk(x, w, is_bf16, out, c, np.empty(x.shape[1], dtype=np.uint32))
 
 
@@ -106,8 +105,9 @@ def _widen_numba(w, is_bf16):
     return out.view(np.float32)
 
 
-def _matvec16_plain(x, w, kind):
-    return x @ widen16(w, kind).T  # widen the whole weight, then one BLAS call (as ops.times_weight_t)
+def matvec16_plain(x, w, kind):
+    """The reference twin: widen the whole weight, then one BLAS call."""
+    return x @ widen16(w, kind).T
 
 
 def matvec16(x, w, kind):
@@ -116,10 +116,8 @@ def matvec16(x, w, kind):
     assert w.dtype == np.uint16 and w.ndim == 2 and w.shape[1] == x.shape[1], (w.dtype, w.shape, x.shape)
     if kind not in ("F16", "BF16"):
         raise ValueError(f"kind must be 'F16' or 'BF16', found {kind!r}")
-    if use_numba():
-        out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-        # small matrices (a tiny model): waking threads would cost more than the whole product
-        kernel = _matvec16_serial if x.shape[0] * w.size <= SERIAL_WORK else _matvec16_numba
-        kernel(np.ascontiguousarray(x), np.ascontiguousarray(w), kind == "BF16", out)
-        return out
-    return _matvec16_plain(x, w, kind)
+    out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+    # small matrices (a tiny model): waking threads would cost more than the whole product
+    kernel = _matvec16_serial if x.shape[0] * w.size <= SERIAL_WORK else _matvec16_numba
+    kernel(np.ascontiguousarray(x), np.ascontiguousarray(w), kind == "BF16", out)
+    return out

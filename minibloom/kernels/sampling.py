@@ -1,12 +1,9 @@
-"""Hot loops of token selection: the k best entries of a long row, and the nucleus (top-p) set.
+"""The fast twins of the cuts in samplers.py: the k best entries of a long row, and the nucleus.
 
-A BLOOM vocabulary row has V = 250,880 logits. Sorting it to find the best few costs ~15 ms per
-row; a single pass with a small heap costs ~1 ms. Both functions here have a numba kernel and a
-plain NumPy twin (a stable full sort), selected by `minibloom.jit.use_numba()` at call time.
-
-Order convention (shared by both twins, so they return identical ids): candidates are sorted by
-value, descending; equal values are ordered by the lower index first, which is what a stable
-`argsort(-x)` gives.
+A BLOOM vocabulary row has V = 250,880 logits. The references (`samplers.top_k_indices`,
+`samplers.top_p_set`) sort the whole row, ~15 ms per row; a single pass with a small heap costs
+~1 ms. Same signatures, same ids (ties: the lower index first, as a stable argsort of -x);
+`minibloom.dispatch.fast_or_reference` chooses them. tests/test_samplers.py checks the twins agree.
 
 Leaves out: the sampler objects, temperature and random draws (samplers.py) and the beam-search
 bookkeeping (generate.py; its top-k over `num_beams * V` scores reuses `top_k_indices`).
@@ -17,7 +14,8 @@ K number of candidates kept.
 
 import numpy as np
 
-from minibloom.jit import njit, use_numba
+from minibloom.jit import njit
+from minibloom.samplers import nucleus_cut
 
 # -----------------------------------------------------------------------------------------------
 # top-k indices of each row
@@ -80,48 +78,15 @@ def _top_k_indices_numba(x, k):
     return out
 
 
-def _top_k_indices_plain(x, k):
-    """Reference: a stable sort of the negated row keeps ties in index order."""
-    return np.argsort(-x, axis=-1, kind="stable")[:, :k].astype(np.int64)
-
-
 def top_k_indices(x, k):
-    """Indices of the k largest entries of each row, best first (ties: lower index first).
-
-    x: (B, V) float32 or float64; k: 1 <= k <= V. Returns (B, K) int64.
-    """
-    assert x.ndim == 2 and x.dtype in (np.float32, np.float64), (x.shape, x.dtype)
-    V = x.shape[1]
-    assert 1 <= k <= V, (k, V)
-    if use_numba():
-        return _top_k_indices_numba(np.ascontiguousarray(x), int(k))
-    return _top_k_indices_plain(x, k)
+    """samplers.top_k_indices, one heap pass per row. x: (B, V) float32 or float64, 1 <= k <= V."""
+    assert x.ndim == 2 and x.dtype in (np.float32, np.float64) and 1 <= k <= x.shape[1], (x.shape, x.dtype, k)
+    return _top_k_indices_numba(np.ascontiguousarray(x), int(k))
 
 
 # -----------------------------------------------------------------------------------------------
 # top-p (nucleus) set of one row
 # -----------------------------------------------------------------------------------------------
-
-
-def _nucleus_cut(sorted_probs, p):
-    """How many of the best-first probabilities to keep: the smallest prefix whose mass is >= p.
-
-    A token is kept when the mass of the tokens ranked before it is still < p (HF's rule; keras-hub
-    uses <=, which differs only at exact ties with p). At least one token is always kept.
-    """
-    before = np.cumsum(sorted_probs) - sorted_probs  # mass ranked strictly before each token
-    return max(1, int(np.count_nonzero(before < p)))
-
-
-def _top_p_plain(x, p, k):
-    """Reference: sort the whole row, softmax, cut."""
-    order = np.argsort(-x, kind="stable")
-    if k is not None:
-        order = order[:k]
-    z = np.exp(x.astype(np.float64) - x.max())
-    probs = z[order] / z[order].sum() if k is not None else z[order] / z.sum()
-    n = _nucleus_cut(probs, p)
-    return order[:n].astype(np.int64), probs[:n]
 
 
 def _top_p_numba(x, p, k):
@@ -140,21 +105,11 @@ def _top_p_numba(x, p, k):
             if np.cumsum(probs)[-1] >= p or window == V:  # same sum as _nucleus_cut's
                 break
             window = min(window * 4, V)
-    n = _nucleus_cut(probs, p)
+    n = nucleus_cut(probs, p)
     return order[:n], probs[:n]
 
 
 def top_p_set(x, p, k=None):
-    """The nucleus of one row of (temperature-scaled) logits.
-
-    x: (V,) float32 logits; p in (0, 1]; k: optional pre-cut to the k best (then the
-    probabilities are renormalised over those k first, as keras-hub's TopPSampler(k=...) does).
-    Returns (ids (K,) int64 best first, probs (K,) float64 under the full or k-truncated softmax,
-    not renormalised to the kept set).
-    """
+    """samplers.top_p_set: rank only the best entries the nucleus needs. x: (V,) float32."""
     assert x.ndim == 1 and x.dtype == np.float32, (x.shape, x.dtype)
-    if k is not None:
-        k = min(int(k), x.shape[0])
-    if use_numba():
-        return _top_p_numba(np.ascontiguousarray(x), float(p), k)
-    return _top_p_plain(x, float(p), k)
+    return _top_p_numba(np.ascontiguousarray(x), float(p), None if k is None else min(int(k), x.shape[0]))
