@@ -79,8 +79,25 @@ def forward_case(directory, library, batch, head, repeat, threads):
     """One prefill case in a fresh subprocess -> {"seconds", "peak_mb"}."""
     code = _MINIBLOOM if library == "minibloom" else _TRANSFORMERS
     n = str(threads)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, MKL_NUM_THREADS=n, NUMBA_NUM_THREADS=n)
-    args = [sys.executable, "-c", code, str(directory), str(batch), str(PROMPT_LEN), head, str(repeat), n]
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS=n,
+        OPENBLAS_NUM_THREADS=n,
+        MKL_NUM_THREADS=n,
+        NUMBA_NUM_THREADS=n,
+    )
+    args = [
+        sys.executable,
+        "-c",
+        code,
+        str(directory),
+        str(batch),
+        str(PROMPT_LEN),
+        head,
+        str(repeat),
+        n,
+    ]
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"{library} batch {batch} {head} failed:\n{out.stderr}")
@@ -88,12 +105,30 @@ def forward_case(directory, library, batch, head, repeat, threads):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", type=Path, default=None, help="reuse/write the F16 checkpoint here instead of a temp dir")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="reuse/write the F16 checkpoint here instead of a temp dir",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary checkpoint")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
-    ap.add_argument("--heads", nargs="+", default=["last", "full"], choices=["last", "full"], help="which logits to compute")
-    ap.add_argument("--repeat", type=int, default=2, help="timed runs per case (best is reported), after one warm-up")
+    ap.add_argument(
+        "--heads",
+        nargs="+",
+        default=["last", "full"],
+        choices=["last", "full"],
+        help="which logits to compute",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="timed runs per case (best is reported), after one warm-up",
+    )
     ap.add_argument("--threads", type=int, default=2, help="threads for both libraries")
     args = ap.parse_args(argv)
 
@@ -108,8 +143,12 @@ def main(argv=None) -> int:
             with open(f, "rb") as fh:
                 while fh.read(1 << 24):
                     pass
-        print(f"prefill of a {PROMPT_LEN}-token prompt, bloom-560m shape, float32, {args.threads} threads, no KV cache")
-        print(f"{'case':<16}{'minibloom s':>13}{'torch s':>10}{'ratio':>8}{'minibloom MB':>15}{'torch MB':>10}{'ratio':>8}")
+        print(
+            f"prefill of a {PROMPT_LEN}-token prompt, bloom-560m shape, float32, {args.threads} threads, no KV cache"
+        )
+        print(
+            f"{'case':<16}{'minibloom s':>13}{'torch s':>10}{'ratio':>8}{'minibloom MB':>15}{'torch MB':>10}{'ratio':>8}"
+        )
         for head in args.heads:
             for batch in args.batches:
                 m = forward_case(directory, "minibloom", batch, head, args.repeat, args.threads)
@@ -121,7 +160,9 @@ def main(argv=None) -> int:
                 )
         m = bench_load.load_case(directory, "minibloom", "float32")
         t = bench_load.load_case(directory, "transformers", "float32")
-        print(f"{'load F16->f32':<16}{m['seconds']:>13.3f}{t['seconds']:>10.3f}{m['seconds'] / t['seconds']:>8.2f}")
+        print(
+            f"{'load F16->f32':<16}{m['seconds']:>13.3f}{t['seconds']:>10.3f}{m['seconds'] / t['seconds']:>8.2f}"
+        )
     finally:
         if args.dir is None and not args.keep:
             shutil.rmtree(directory, ignore_errors=True)

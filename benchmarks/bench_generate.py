@@ -35,7 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def _args():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     ap.add_argument("--new", type=int, default=64, help="new tokens")
@@ -98,7 +100,9 @@ def main():
     t = time.perf_counter()
     params = init_params(config, seed=0)
     bb = BloomBackbone.from_config(config, params)
-    hf_config = transformers.BloomConfig(vocab_size=250880, hidden_size=1024, n_layer=args.layers, n_head=16)
+    hf_config = transformers.BloomConfig(
+        vocab_size=250880, hidden_size=1024, n_layer=args.layers, n_head=16
+    )
     with torch.device("meta"):
         model = transformers.BloomForCausalLM(hf_config)
     state = {f"transformer.{k}": torch.from_numpy(v) for k, v in params.items()}
@@ -107,12 +111,18 @@ def main():
     model.eval()
     assert model.lm_head.weight.data_ptr() == params["word_embeddings.weight"].ctypes.data
     weight_bytes = sum(v.nbytes for v in params.values())
-    print(f"model: {args.layers} layers, {weight_bytes / 1e9:.2f} GB float32 shared by both libraries "
-          f"(built in {time.perf_counter() - t:.1f} s); {args.threads} threads; numpy {np.__version__}, "
-          f"torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"load average before: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs; other processes make every number lower and noisier)")
+    print(
+        f"model: {args.layers} layers, {weight_bytes / 1e9:.2f} GB float32 shared by both libraries "
+        f"(built in {time.perf_counter() - t:.1f} s); {args.threads} threads; numpy {np.__version__}, "
+        f"torch {torch.__version__}, transformers {transformers.__version__}"
+    )
+    print(
+        f"load average before: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs; other processes make every number lower and noisier)"
+    )
     bandwidth = measure_bandwidth(np, psum)
-    print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s -> float32 bound {bandwidth / weight_bytes:.2f} tokens/s per row\n")
+    print(
+        f"read bandwidth: {bandwidth / 1e9:.1f} GB/s -> float32 bound {bandwidth / weight_bytes:.2f} tokens/s per row\n"
+    )
 
     # the same weights rounded to float16 and kept so in memory: decode reads them with the
     # matvec16 kernel (ops.times_weight_t), half the bytes per token
@@ -124,7 +134,9 @@ def main():
             mask = np.ones(ids.shape, dtype=bool)
             t0 = time.perf_counter()
             first = None
-            for t, _, _ in decode_steps(backbone, ids, mask, ids.shape[1] + args.new, GreedySampler(), (), 3):
+            for t, _, _ in decode_steps(
+                backbone, ids, mask, ids.shape[1] + args.new, GreedySampler(), (), 3
+            ):
                 if first is None:
                     first = time.perf_counter() - t0
             return first, time.perf_counter() - t0
@@ -133,7 +145,13 @@ def main():
 
     def theirs(ids):
         x = torch.from_numpy(ids)
-        kw = dict(attention_mask=torch.ones_like(x), do_sample=False, eos_token_id=None, pad_token_id=3, min_new_tokens=0)
+        kw = dict(
+            attention_mask=torch.ones_like(x),
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=3,
+            min_new_tokens=0,
+        )
         with torch.no_grad():
             t0 = time.perf_counter()
             model.generate(x, max_new_tokens=1, **kw)
@@ -145,35 +163,56 @@ def main():
         return first, total
 
     def best(fn, ids):
-        fn(ids[:, : 8])  # warm-up (numba kernels, allocations)
+        fn(ids[:, :8])  # warm-up (numba kernels, allocations)
         runs = [fn(ids) for _ in range(args.repeat)]
         return min(r[0] for r in runs), min(r[1] for r in runs)
 
-    print("bound columns: tokens/s if every weight byte is read once per step at the bandwidth above;")
-    print(f"'of f32' / 'of 16-bit' = measured / bound for {weight_bytes / 1e9:.2f} GB (float32) or {bytes16 / 1e9:.2f} GB (16-bit) of weights")
-    print(f"{'B':>2} {'library':<22} {'prefill s':>9} {'decode tok/s':>12} {'ratio':>6} {'of f32':>6} {'of 16-bit':>9}")
+    print(
+        "bound columns: tokens/s if every weight byte is read once per step at the bandwidth above;"
+    )
+    print(
+        f"'of f32' / 'of 16-bit' = measured / bound for {weight_bytes / 1e9:.2f} GB (float32) or {bytes16 / 1e9:.2f} GB (16-bit) of weights"
+    )
+    print(
+        f"{'B':>2} {'library':<22} {'prefill s':>9} {'decode tok/s':>12} {'ratio':>6} {'of f32':>6} {'of 16-bit':>9}"
+    )
     summary = []
     for B in args.batches:
         ids = np.random.default_rng(B).integers(4, 250680, size=(B, args.prompt))
         bound32, bound16 = B * bandwidth / weight_bytes, B * bandwidth / bytes16
         rates = {}
-        cases = (("transformers f32", theirs), ("minibloom f32", decode_with(bb)), ("minibloom f16 weights", decode_with(bb16)))
+        cases = (
+            ("transformers f32", theirs),
+            ("minibloom f32", decode_with(bb)),
+            ("minibloom f16 weights", decode_with(bb16)),
+        )
         for name, fn in cases:
             first, total = best(fn, ids)
             rates[name] = B * (args.new - 1) / (total - first)
             ratio = rates[name] / rates["transformers f32"]
-            print(f"{B:>2} {name:<22} {first:>9.3f} {rates[name]:>12.2f} {ratio:>6.2f} {rates[name] / bound32:>6.2f} {rates[name] / bound16:>9.2f}")
-            summary.append(f"B={B} {name}: {rates[name]:.2f} tok/s, {ratio:.2f}x transformers, "
-                           f"{rates[name] / bound32:.2f} of the f32 bound ({bound32:.1f}), {rates[name] / bound16:.2f} of the 16-bit bound ({bound16:.1f})")
-    print(f"load average after the decode runs: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
+            print(
+                f"{B:>2} {name:<22} {first:>9.3f} {rates[name]:>12.2f} {ratio:>6.2f} {rates[name] / bound32:>6.2f} {rates[name] / bound16:>9.2f}"
+            )
+            summary.append(
+                f"B={B} {name}: {rates[name]:.2f} tok/s, {ratio:.2f}x transformers, "
+                f"{rates[name] / bound32:.2f} of the f32 bound ({bound32:.1f}), {rates[name] / bound16:.2f} of the 16-bit bound ({bound16:.1f})"
+            )
+    print(
+        f"load average after the decode runs: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)"
+    )
     # --- 16-bit weights: every matrix of the model, one token ------------------------------------
     mats = [v for k, v in params.items() if v.ndim == 2]
     for kind in ("BF16", "F16"):
         if kind == "BF16":
-            w16 = [(m.view(np.uint32) >> 16).astype(np.uint16) for m in mats]  # truncated bf16 patterns
+            w16 = [
+                (m.view(np.uint32) >> 16).astype(np.uint16) for m in mats
+            ]  # truncated bf16 patterns
         else:
             w16 = [m.astype(np.float16).view(np.uint16) for m in mats]
-        x = {m.shape[1]: np.random.default_rng(0).standard_normal((1, m.shape[1])).astype(np.float32) for m in mats}
+        x = {
+            m.shape[1]: np.random.default_rng(0).standard_normal((1, m.shape[1])).astype(np.float32)
+            for m in mats
+        }
         nbytes = sum(w.nbytes for w in w16)
         for w in w16[:2]:
             matvec16(x[w.shape[1]], w, kind)  # compile / warm up
@@ -184,8 +223,10 @@ def main():
                 matvec16(x[w.shape[1]], w, kind)
             times.append(time.perf_counter() - t0)
         rate, bound16 = 1.0 / min(times), bandwidth / nbytes
-        print(f"\n16-bit matvec kernel ({kind}, {nbytes / 1e9:.2f} GB, all matrices, B=1): {rate:.2f} tokens/s = "
-              f"{nbytes * rate / 1e9:.1f} GB/s; 16-bit bound {bound16:.2f} tokens/s -> {rate / bound16:.2f} of bound")
+        print(
+            f"\n16-bit matvec kernel ({kind}, {nbytes / 1e9:.2f} GB, all matrices, B=1): {rate:.2f} tokens/s = "
+            f"{nbytes * rate / 1e9:.1f} GB/s; 16-bit bound {bound16:.2f} tokens/s -> {rate / bound16:.2f} of bound"
+        )
         del w16
     print("\nsummary")
     for line in summary:

@@ -92,17 +92,31 @@ def load_case(directory, library: str, dtype: str) -> dict:
     """Load `directory` with `library` ("minibloom" or "transformers") in a fresh process."""
     code = (_MINIBLOOM if library == "minibloom" else _TRANSFORMERS).replace("{peak_mb}", _PEAK_MB)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", code, str(directory), dtype], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(directory), dtype], capture_output=True, text=True, env=env
+    )
     if out.returncode:
         raise RuntimeError(f"{library} {dtype} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", type=Path, default=None, help="reuse/write the checkpoint here instead of a temp dir")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="reuse/write the checkpoint here instead of a temp dir",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary checkpoint")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per case, alternating libraries; the fastest is reported")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per case, alternating libraries; the fastest is reported",
+    )
     args = ap.parse_args(argv)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="bench_load_")) / "bloom-560m-f16"
     try:
@@ -114,13 +128,17 @@ def main(argv=None) -> int:
             while f.read(1 << 24):
                 pass
         print(f"checkpoint: {size / 1e9:.2f} GB F16, {SHAPE}")
-        print(f"{'in-memory dtype':<16} {'minibloom s':>12} {'transformers s':>15} {'ratio':>7} {'mb RSS MB':>10} {'tf RSS MB':>10} {'ratio':>7}")
+        print(
+            f"{'in-memory dtype':<16} {'minibloom s':>12} {'transformers s':>15} {'ratio':>7} {'mb RSS MB':>10} {'tf RSS MB':>10} {'ratio':>7}"
+        )
         for dtype in ("float32", "float16"):
             runs = {"minibloom": [], "transformers": []}
             for _ in range(args.repeat):  # alternate, so background load hits both alike
                 for library in runs:
                     runs[library].append(load_case(directory, library, dtype))
-            ours, theirs = (min(runs[lib], key=lambda r: r["seconds"]) for lib in ("minibloom", "transformers"))
+            ours, theirs = (
+                min(runs[lib], key=lambda r: r["seconds"]) for lib in ("minibloom", "transformers")
+            )
             print(
                 f"{dtype:<16} {ours['seconds']:12.3f} {theirs['seconds']:15.3f} {ours['seconds'] / theirs['seconds']:7.2f} "
                 f"{ours['peak_rss_mb']:10.0f} {theirs['peak_rss_mb']:10.0f} {ours['peak_rss_mb'] / theirs['peak_rss_mb']:7.2f}"

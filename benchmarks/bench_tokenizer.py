@@ -38,8 +38,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from minibloom.tokenizer import SPLIT_EXCLUDED  # noqa: E402
-from minibloom.tokenizer import BloomTokenizer, bytes_to_unicode  # noqa: E402
+from minibloom.tokenizer import (  # noqa: E402
+    SPLIT_EXCLUDED,  # noqa: E402
+    BloomTokenizer,
+    bytes_to_unicode,
+)
 
 
 def load_text(data_dir: Path) -> str:
@@ -71,7 +74,9 @@ def first_call_seconds(tokenizer: Path, cold: bool) -> float:
     with tempfile.TemporaryDirectory() as cache:
         if cold:
             env["NUMBA_CACHE_DIR"] = cache
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
     return float(out.stdout.strip().split()[-1])
 
 
@@ -90,7 +95,9 @@ def tiktoken_encoding(tok: BloomTokenizer):
     # A match: optional space + a run of word chars. A gap: excluded chars, where a space counts only
     # when it does not start a match (is not followed by a word char).
     pattern = f" ?[^{excluded}]+|(?:[{excluded_but_space}]| (?![^{excluded}]))+"
-    return tiktoken.Encoding("bloom-bench", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
+    return tiktoken.Encoding(
+        "bloom-bench", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials
+    )
 
 
 def big_tokenizer(vocab_size: int, directory: Path) -> Path:
@@ -111,7 +118,9 @@ def compare(tokenizer_path: Path, text: str, lines: list, repeats: int) -> None:
     mb = len(text.encode("utf-8")) / 1e6
     tok = BloomTokenizer.from_file(tokenizer_path)
     tok.encode("warm up")
-    print(f"\ntokenizer {tokenizer_path.name}: {tok.vocabulary_size()} tokens (CPU seconds, best of {repeats}; HF once)")
+    print(
+        f"\ntokenizer {tokenizer_path.name}: {tok.vocabulary_size()} tokens (CPU seconds, best of {repeats}; HF once)"
+    )
     rows = []
     ids, t = timed(tok.encode, text, repeats=repeats)
     rows.append(("minibloom encode (one string)", t))
@@ -135,33 +144,69 @@ def compare(tokenizer_path: Path, text: str, lines: list, repeats: int) -> None:
     assert tk_ids == ids, "tiktoken ids differ (split pattern or ranks not equivalent)"
     assert tk_batch == batch, "tiktoken ids differ on lines"
 
-    print(f"all three give identical ids ({len(ids)} tokens, {mb * 1e6 / len(ids):.2f} bytes/token)")
+    print(
+        f"all three give identical ids ({len(ids)} tokens, {mb * 1e6 / len(ids):.2f} bytes/token)"
+    )
     base = dict(rows)
     for name, t in rows:
         print(f"  {name:<40} {t:7.2f} s {mb / t:8.2f} MB/s")
     one, lots = base["minibloom encode (one string)"], base["minibloom encode_batch (lines)"]
-    print(f"  minibloom / HF tokenizers:  one string {base['HF tokenizers encode (one string)'] / one:5.1f}x, "
-          f"lines {base['HF tokenizers encode_batch (lines)'] / lots:5.1f}x   (target >= 5x)")
-    print(f"  minibloom / tiktoken:       one string {base['tiktoken encode_ordinary (one string)'] / one:5.2f}x, "
-          f"lines {base['tiktoken encode_ordinary_batch (lines)'] / lots:5.2f}x  (target >= 0.8x)")
+    print(
+        f"  minibloom / HF tokenizers:  one string {base['HF tokenizers encode (one string)'] / one:5.1f}x, "
+        f"lines {base['HF tokenizers encode_batch (lines)'] / lots:5.1f}x   (target >= 5x)"
+    )
+    print(
+        f"  minibloom / tiktoken:       one string {base['tiktoken encode_ordinary (one string)'] / one:5.2f}x, "
+        f"lines {base['tiktoken encode_ordinary_batch (lines)'] / lots:5.2f}x  (target >= 0.8x)"
+    )
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="directory with udhr.jsonl and tinyshakespeare.txt")
-    ap.add_argument("--tokenizer", type=Path, default=ROOT / "tests" / "golden" / "tokenizer.json", help="tokenizer.json to use")
-    ap.add_argument("--big-vocab", type=int, default=50000, help="also train (HF BpeTrainer) and time a tokenizer this large; 0: skip")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of minibloom and tiktoken (the fastest counts)")
-    ap.add_argument("--skip-first-call", action="store_true", help="do not time the first call in fresh processes")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared" / "data",
+        help="directory with udhr.jsonl and tinyshakespeare.txt",
+    )
+    ap.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=ROOT / "tests" / "golden" / "tokenizer.json",
+        help="tokenizer.json to use",
+    )
+    ap.add_argument(
+        "--big-vocab",
+        type=int,
+        default=50000,
+        help="also train (HF BpeTrainer) and time a tokenizer this large; 0: skip",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs of minibloom and tiktoken (the fastest counts)",
+    )
+    ap.add_argument(
+        "--skip-first-call",
+        action="store_true",
+        help="do not time the first call in fresh processes",
+    )
     args = ap.parse_args(argv)
 
     text = load_text(args.data)
     lines = text.split("\n")
     mb = len(text.encode("utf-8")) / 1e6
-    print(f"corpus: {mb:.2f} MB UTF-8, {len(lines)} lines; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(
+        f"corpus: {mb:.2f} MB UTF-8, {len(lines)} lines; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
     if not args.skip_first_call:
-        print(f"minibloom first call: {first_call_seconds(args.tokenizer, cold=True):.2f} s compiling numba, "
-              f"{first_call_seconds(args.tokenizer, cold=False):.3f} s from numba's cache")
+        print(
+            f"minibloom first call: {first_call_seconds(args.tokenizer, cold=True):.2f} s compiling numba, "
+            f"{first_call_seconds(args.tokenizer, cold=False):.3f} s from numba's cache"
+        )
     compare(args.tokenizer, text, lines, args.repeats)
     if args.big_vocab:
         with tempfile.TemporaryDirectory() as tmp:

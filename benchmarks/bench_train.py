@@ -54,7 +54,9 @@ def _worker_minibloom(V, L, H, C, B, T, steps):
     from minibloom.model import BloomBackbone
     from minibloom.optim import AdamW
 
-    lm = BloomCausalLM(BloomBackbone(vocabulary_size=V, num_layers=L, num_heads=H, hidden_dim=C, seed=0))
+    lm = BloomCausalLM(
+        BloomBackbone(vocabulary_size=V, num_layers=L, num_heads=H, hidden_dim=C, seed=0)
+    )
     opt = AdamW(1e-4, weight_decay=0.1)
     ids, y = _batch(V, B, T)
     x = {"token_ids": ids, "padding_mask": np.ones((B, T), dtype=bool)}
@@ -78,8 +80,9 @@ def _worker_torch(V, L, H, C, B, T, steps):
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     torch.manual_seed(0)
-    model = BloomForCausalLM(BloomConfig(vocab_size=V, n_layer=L, n_head=H, hidden_size=C,
-                                         attn_implementation="eager"))
+    model = BloomForCausalLM(
+        BloomConfig(vocab_size=V, n_layer=L, n_head=H, hidden_size=C, attn_implementation="eager")
+    )
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     ids, y = (torch.tensor(a) for a in _batch(V, B, T))
@@ -88,7 +91,9 @@ def _worker_torch(V, L, H, C, B, T, steps):
 
     def step():
         logits = model(input_ids=ids, attention_mask=mask).logits
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction="none")
+        ce = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, V), y.reshape(-1), reduction="none"
+        )
         loss = (w.reshape(-1) * ce).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -122,35 +127,58 @@ def _available_gb():
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=None,
-                    help=f"alternating rounds per shape (default {DEFAULT_ROUNDS})")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"alternating rounds per shape (default {DEFAULT_ROUNDS})",
+    )
     ap.add_argument("--worker", nargs=2, metavar=("LIB", "SHAPE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         _worker(*args.worker)
         return 0
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads),
-               OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               NUMBA_NUM_THREADS=str(args.threads))
-    print(f"training step (forward + backward + AdamW), {args.threads} threads, CPU; "
-          f"load average {_load()} (1/5/15 min) on {os.cpu_count()} CPUs")
-    print(f"{'shape':<8} {'B x T':>8} {'minibloom tok/s':>16} {'torch tok/s':>12} {'speed ratio':>12} "
-          f"{'(range)':>13} {'minibloom MB':>13} {'torch MB':>9} {'mem ratio':>10}")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS=str(args.threads),
+        OPENBLAS_NUM_THREADS=str(args.threads),
+        MKL_NUM_THREADS=str(args.threads),
+        NUMBA_NUM_THREADS=str(args.threads),
+    )
+    print(
+        f"training step (forward + backward + AdamW), {args.threads} threads, CPU; "
+        f"load average {_load()} (1/5/15 min) on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'shape':<8} {'B x T':>8} {'minibloom tok/s':>16} {'torch tok/s':>12} {'speed ratio':>12} "
+        f"{'(range)':>13} {'minibloom MB':>13} {'torch MB':>9} {'mem ratio':>10}"
+    )
     for shape in args.shapes:
         V, L, H, C, B, T, steps = SHAPES[shape]
         if shape == "560m" and _available_gb() < 13:
-            print(f"{shape:<8} skipped: {_available_gb():.1f} GB available, about 10 GB per run needed")
+            print(
+                f"{shape:<8} skipped: {_available_gb():.1f} GB available, about 10 GB per run needed"
+            )
             continue
         rounds = args.rounds or DEFAULT_ROUNDS[shape]
         runs = {"minibloom": [], "torch": []}  # one result dict per round
         for r in range(rounds):
             order = ("minibloom", "torch") if r % 2 == 0 else ("torch", "minibloom")
             for lib in order:
-                out = subprocess.run([sys.executable, __file__, "--worker", lib, shape], env=env,
-                                     capture_output=True, text=True, check=False)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--worker", lib, shape],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
                 if out.returncode != 0:
                     print(f"{shape}: {lib} worker failed:\n{out.stderr[-2000:]}")
                     return 1
@@ -160,9 +188,11 @@ def main(argv=None):
         ratios = [a / b for a, b in zip(m_tps, t_tps)]  # same round: same machine load
         m_mb = max(x["peak_mb"] for x in runs["minibloom"])
         t_mb = max(x["peak_mb"] for x in runs["torch"])
-        print(f"{shape:<8} {f'{B}x{T}':>8} {_median(m_tps):>16,.1f} {_median(t_tps):>12,.1f} "
-              f"{_median(ratios):>11.2f}x {f'{min(ratios):.2f}-{max(ratios):.2f}x':>13} "
-              f"{m_mb:>13,.0f} {t_mb:>9,.0f} {m_mb / t_mb:>9.2f}x")
+        print(
+            f"{shape:<8} {f'{B}x{T}':>8} {_median(m_tps):>16,.1f} {_median(t_tps):>12,.1f} "
+            f"{_median(ratios):>11.2f}x {f'{min(ratios):.2f}-{max(ratios):.2f}x':>13} "
+            f"{m_mb:>13,.0f} {t_mb:>9,.0f} {m_mb / t_mb:>9.2f}x"
+        )
     print(f"load average after: {_load()}; tok/s and ratio are medians over the rounds")
     return 0
 

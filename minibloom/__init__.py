@@ -4,22 +4,14 @@ The public names below are the ones other code and outside checks rely on; see R
 tour and docs/ARCHITECTURE.md for the module contract.
 """
 
+from minibloom.bpe_train import train_tokenizer
 from minibloom.causal_lm import BloomCausalLM
+from minibloom.checkpoint import load_params, read_checkpoint, save_params
 from minibloom.config import BloomConfig
-from minibloom.errors import MinibloomError
-from minibloom.samplers import (
-    BeamSampler,
-    ContrastiveSampler,
-    GreedySampler,
-    RandomSampler,
-    Sampler,
-    TopKSampler,
-    TopPSampler,
-)
+from minibloom.data import TokenWindows
+from minibloom.errors import CheckpointError, ConfigError, MinibloomError, PresetNotFoundError
 from minibloom.kvcache import KVCache
 from minibloom.model import BloomBackbone
-from minibloom.tokenizer import BloomTokenizer
-from minibloom.bpe_train import train_tokenizer
 from minibloom.optim import (
     BIAS_AND_NORM,
     AdamW,
@@ -31,8 +23,56 @@ from minibloom.optim import (
     get_schedule,
 )
 from minibloom.preprocessor import BloomCausalLMPreprocessor
-from minibloom.data import TokenWindows
+from minibloom.presets import PRESETS, Preset, default_model_dir, list_presets
+from minibloom.presets import resolve as resolve_preset
+from minibloom.samplers import (
+    BeamSampler,
+    ContrastiveSampler,
+    GreedySampler,
+    RandomSampler,
+    Sampler,
+    TopKSampler,
+    TopPSampler,
+)
+from minibloom.tokenizer import BloomTokenizer
 from minibloom.train import ArrayDataset, Trainer
-from minibloom.checkpoint import load_params, read_checkpoint, save_params
-from minibloom.presets import PRESETS, Preset, default_model_dir, list_presets, resolve as resolve_preset
-from minibloom.errors import CheckpointError, ConfigError, PresetNotFoundError
+
+__all__ = [
+    "BIAS_AND_NORM",
+    "PRESETS",
+    "AdamW",
+    "ArrayDataset",
+    "BeamSampler",
+    "BloomBackbone",
+    "BloomCausalLM",
+    "BloomCausalLMPreprocessor",
+    "BloomConfig",
+    "BloomTokenizer",
+    "CheckpointError",
+    "ConfigError",
+    "ConstantSchedule",
+    "ContrastiveSampler",
+    "GradientAccumulator",
+    "GreedySampler",
+    "KVCache",
+    "MinibloomError",
+    "Preset",
+    "PresetNotFoundError",
+    "RandomSampler",
+    "Sampler",
+    "TokenWindows",
+    "TopKSampler",
+    "TopPSampler",
+    "Trainer",
+    "WarmupCosineSchedule",
+    "WarmupLinearSchedule",
+    "clip_grad_norm",
+    "default_model_dir",
+    "get_schedule",
+    "list_presets",
+    "load_params",
+    "read_checkpoint",
+    "resolve_preset",
+    "save_params",
+    "train_tokenizer",
+]

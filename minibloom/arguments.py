@@ -64,10 +64,14 @@ def check_int(name: str, value, lo=None, hi=None) -> int:
     return value
 
 
-def check_float(name: str, value, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False) -> float:
+def check_float(
+    name: str, value, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False
+) -> float:
     """`value` as a finite float in the range (open or closed at each end), else ArgumentError."""
     expected = _range("a finite number", lo, hi, lo_open, hi_open)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
         raise ArgumentError(f"{name}: expected {expected}, found {_found(value)}")
     value = float(value)
     if not math.isfinite(value):
@@ -82,7 +86,9 @@ def check_float(name: str, value, lo=None, hi=None, lo_open: bool = False, hi_op
 def check_choice(name: str, value, choices) -> object:
     """`value` if it is one of `choices`, else ArgumentError listing them."""
     if value not in choices:
-        raise ArgumentError(f"{name}: expected one of {', '.join(map(repr, choices))}, found {_found(value)}")
+        raise ArgumentError(
+            f"{name}: expected one of {', '.join(map(repr, choices))}, found {_found(value)}"
+        )
     return value
 
 
@@ -92,7 +98,9 @@ def expand_path(name: str, value) -> Path:
         raise ArgumentError(f"{name}: expected a path, found {_found(value)}")
     text = os.fspath(value)
     if isinstance(text, bytes) or not text or "\0" in text:
-        raise ArgumentError(f"{name}: expected a non-empty path without NUL bytes, found {_found(text)}")
+        raise ArgumentError(
+            f"{name}: expected a non-empty path without NUL bytes, found {_found(text)}"
+        )
     try:
         return Path(text).expanduser()
     except RuntimeError:  # Path.expanduser: "Could not determine home directory" / no such user
@@ -113,7 +121,9 @@ def check_input_file(name: str, value) -> Path:
     if stat.S_ISDIR(st.st_mode):
         raise ArgumentError(f"{name}: {path} is a directory; expected a file")
     if not stat.S_ISREG(st.st_mode):
-        raise ArgumentError(f"{name}: {path} is not a regular file (a pipe or a device); expected a file")
+        raise ArgumentError(
+            f"{name}: {path} is not a regular file (a pipe or a device); expected a file"
+        )
     return path
 
 
@@ -127,7 +137,9 @@ def check_output_dir(name: str, value) -> Path:
         if p.exists() or p.is_symlink():
             if not p.is_dir():
                 where = "" if p == path else f" (its parent {p} is not a directory)"
-                raise ArgumentError(f"{name}: {path} exists and is not a directory{where}; expected a directory")
+                raise ArgumentError(
+                    f"{name}: {path} exists and is not a directory{where}; expected a directory"
+                )
             break
     return path
 
@@ -161,7 +173,9 @@ def cli_int(lo=None, hi=None):
 
 def cli_float(lo=None, hi=None, lo_open=False, hi_open=False):
     """argparse type: a finite number in the range."""
-    return _argparse_type(lambda v: check_float("value", v, lo, hi, lo_open, hi_open), float, "float")
+    return _argparse_type(
+        lambda v: check_float("value", v, lo, hi, lo_open, hi_open), float, "float"
+    )
 
 
 def cli_path(text):

@@ -21,6 +21,7 @@ The algorithm, kept fast enough for ~8 MB of text in well under a minute:
 
 import heapq
 from collections import Counter, defaultdict
+
 import regex
 
 from minibloom.errors import ArgumentError
@@ -41,17 +42,23 @@ def read_training_texts(paths) -> list:
 
 def count_pieces(texts, special_tokens=SPECIAL_TOKENS) -> Counter:
     """Counter {piece: occurrences} over all texts, special tokens cut out first."""
-    specials = regex.compile("|".join(regex.escape(t) for t in sorted(special_tokens, key=len, reverse=True)))
+    specials = regex.compile(
+        "|".join(regex.escape(t) for t in sorted(special_tokens, key=len, reverse=True))
+    )
     counts = Counter()
     for text in texts:
         if not isinstance(text, str):
-            raise ArgumentError(f"train_tokenizer: texts must be strings, found {type(text).__name__}")
+            raise ArgumentError(
+                f"train_tokenizer: texts must be strings, found {type(text).__name__}"
+            )
         for stretch in specials.split(text) if special_tokens else [text]:
             counts.update(split_pieces(stretch))
     return counts
 
 
-def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, min_frequency: int = 2) -> BloomTokenizer:
+def train_tokenizer(
+    texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, min_frequency: int = 2
+) -> BloomTokenizer:
     """Train BPE merges on `texts` (an iterable of str) and return a BloomTokenizer.
 
     Args:
@@ -67,7 +74,9 @@ def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, min_f
         raise ArgumentError(f"train_tokenizer: special_tokens has duplicates: {special_tokens}")
     from minibloom.arguments import check_int
 
-    vocab_size = check_int("vocab_size (special tokens + 256 bytes + merges)", vocab_size, lo=len(special_tokens) + 256)
+    vocab_size = check_int(
+        "vocab_size (special tokens + 256 bytes + merges)", vocab_size, lo=len(special_tokens) + 256
+    )
     min_frequency = check_int("min_frequency", min_frequency, lo=1)
 
     # Vocabulary: specials, then the byte tokens in byte order, then one token per new merge.
@@ -79,7 +88,9 @@ def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, min_f
     first_byte_id = len(special_tokens)
 
     piece_counts = count_pieces(texts, special_tokens)
-    words = [[first_byte_id + b for b in piece.encode("utf-8")] for piece in piece_counts]  # symbol ids per piece
+    words = [
+        [first_byte_id + b for b in piece.encode("utf-8")] for piece in piece_counts
+    ]  # symbol ids per piece
     freqs = list(piece_counts.values())
 
     pair_counts = defaultdict(int)  # (left, right) -> weighted count
@@ -126,7 +137,9 @@ def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, min_f
                 if p[0] == new or p[1] == new:  # the only pairs this word did not have before
                     where[p].add(w)
                     changed.add(p)
-            changed.update(p for p in zip(word, word[1:]) if p[0] in (a, b) or p[1] in (a, b))  # lost pairs
+            changed.update(
+                p for p in zip(word, word[1:]) if p[0] in (a, b) or p[1] in (a, b)
+            )  # lost pairs
             words[w] = out
         pair_counts.pop(pair, None)
         changed.discard(pair)

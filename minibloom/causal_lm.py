@@ -28,7 +28,11 @@ class BloomCausalLM:
         self.backbone = backbone
         self.preprocessor = preprocessor
         # the stop and pad ids of generate (HF generation_config.json; from config.json if absent)
-        self.generation_config = GenerationConfig.from_config(backbone.config) if generation_config is None else generation_config
+        self.generation_config = (
+            GenerationConfig.from_config(backbone.config)
+            if generation_config is None
+            else generation_config
+        )
         # the dtype the weights were stored in when loaded: what save_to_preset writes by default
         self.checkpoint_dtype = None
 
@@ -64,20 +68,26 @@ class BloomCausalLM:
         from minibloom.model import BloomBackbone
 
         directory = presets.default_model_dir() if preset is None else presets.resolve(preset)
-        finish_interrupted_save(directory)  # a save killed after its commit point: complete it first
+        finish_interrupted_save(
+            directory
+        )  # a save killed after its commit point: complete it first
         config = BloomConfig.from_json_file(directory / "config.json")
         generation_config = GenerationConfig.from_model_dir(directory, config)
         params = load_params(directory, config, dtype=dtype) if load_weights else None
         backbone = BloomBackbone.from_config(config, params)
         if isinstance(preprocessor, str):
             if preprocessor != "auto":
-                raise ArgumentError(f"preprocessor: expected 'auto', None or a preprocessor, found {preprocessor!r}")
+                raise ArgumentError(
+                    f"preprocessor: expected 'auto', None or a preprocessor, found {preprocessor!r}"
+                )
             preprocessor = None
             if (directory / "tokenizer.json").is_file():
                 from minibloom.preprocessor import BloomCausalLMPreprocessor
                 from minibloom.tokenizer import BloomTokenizer
 
-                preprocessor = BloomCausalLMPreprocessor(BloomTokenizer.from_file(directory / "tokenizer.json"))
+                preprocessor = BloomCausalLMPreprocessor(
+                    BloomTokenizer.from_file(directory / "tokenizer.json")
+                )
         tokenizer = getattr(preprocessor, "tokenizer", None)
         if tokenizer is not None and tokenizer.vocabulary_size() > config.vocab_size:
             from minibloom.errors import ConfigError
@@ -122,7 +132,9 @@ class BloomCausalLM:
         except RuntimeError as e:  # "~nosuchuser/x"
             raise ArgumentError(f"directory {str(directory)!r}: cannot be expanded ({e})") from None
         if directory.exists() and not directory.is_dir():
-            raise ArgumentError(f"{directory}: exists and is not a directory; expected a model directory to save into")
+            raise ArgumentError(
+                f"{directory}: exists and is not a directory; expected a model directory to save into"
+            )
         if (directory / "config.json").exists():
             try:
                 BloomConfig.from_json_file(directory / "config.json")
@@ -142,7 +154,11 @@ class BloomCausalLM:
         if self.tokenizer is not None:
             tokenizer_bytes = self.tokenizer.to_json_string().encode("utf-8")
             writers["tokenizer.json"] = lambda f: f.write(tokenizer_bytes)
-        stale = [n for n in stale_weight_files(directory) if n not in writers] if directory.is_dir() else []
+        stale = (
+            [n for n in stale_weight_files(directory) if n not in writers]
+            if directory.is_dir()
+            else []
+        )
         try:
             commit_files(directory, writers, stale)
         except CheckpointError as e:
@@ -159,7 +175,9 @@ class BloomCausalLM:
 
         if not isinstance(x, dict):
             if self.preprocessor is None:
-                raise ArgumentError("x: raw strings need a preprocessor; pass {'token_ids', 'padding_mask'} instead")
+                raise ArgumentError(
+                    "x: raw strings need a preprocessor; pass {'token_ids', 'padding_mask'} instead"
+                )
             x = self.preprocessor(x)[0]
         if "token_ids" not in x:
             raise ArgumentError("x: expected a dict with 'token_ids' (and 'padding_mask')")
@@ -174,17 +192,31 @@ class BloomCausalLM:
 
         ids, mask = self._token_inputs(x)
         ids, mask = np.asarray(ids), np.asarray(mask)
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0):
-            raise ArgumentError(f"batch_size: expected a positive integer or None, found {batch_size!r}")
+        if batch_size is not None and (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, (int, np.integer))
+            or batch_size <= 0
+        ):
+            raise ArgumentError(
+                f"batch_size: expected a positive integer or None, found {batch_size!r}"
+            )
         from minibloom.memory import check_fits
 
         if ids.ndim != 2:
             raise ArgumentError(f"token_ids: expected a (B, T) array, found shape {ids.shape}")
         B, T = ids.shape
-        check_fits(B * T * self.backbone.config.vocab_size * 4, f"predict: the logits of {B} x {T} tokens",
-                   "predict fewer rows or shorter sequences at a time")
+        check_fits(
+            B * T * self.backbone.config.vocab_size * 4,
+            f"predict: the logits of {B} x {T} tokens",
+            "predict fewer rows or shorter sequences at a time",
+        )
         step = max(B, 1) if batch_size is None else int(batch_size)
-        outs = [self.backbone.logits(self.backbone.forward(ids[i : i + step], mask[i : i + step]).hidden) for i in range(0, B, step)]
+        outs = [
+            self.backbone.logits(
+                self.backbone.forward(ids[i : i + step], mask[i : i + step]).hidden
+            )
+            for i in range(0, B, step)
+        ]
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
     def loss_and_grads(self, x, y, sample_weight=None, reduction="mean", rng=None):
@@ -206,7 +238,9 @@ class BloomCausalLM:
         result = self.backbone.forward(ids, mask, training=True, rng=rng)
         logits = self.backbone.logits(result.hidden)  # (B, T, V)
         # the probabilities overwrite the logits' (B, T, V) buffer: the largest array of the step
-        loss, cache = losses.softmax_cross_entropy_forward(logits, y, sample_weight, reduction, overwrite_logits=True)
+        loss, cache = losses.softmax_cross_entropy_forward(
+            logits, y, sample_weight, reduction, overwrite_logits=True
+        )
         del logits
         dlogits = losses.softmax_cross_entropy_backward(1.0, cache)
         grads = self.backbone.backward(result.saved, dlogits=dlogits, hidden=result.hidden)
@@ -228,12 +262,18 @@ class BloomCausalLM:
 
         if isinstance(optimizer, str):
             if optimizer not in ("auto", "adamw"):
-                raise ArgumentError(f"optimizer: expected 'auto', 'adamw' or an AdamW, found {optimizer!r}")
+                raise ArgumentError(
+                    f"optimizer: expected 'auto', 'adamw' or an AdamW, found {optimizer!r}"
+                )
             optimizer = AdamW(2e-5, weight_decay=0.0) if optimizer == "auto" else AdamW(1e-3)
         elif not hasattr(optimizer, "apply") or not hasattr(optimizer, "state_dict"):
-            raise ArgumentError(f"optimizer: expected 'auto', 'adamw' or an AdamW, found {type(optimizer).__name__}")
+            raise ArgumentError(
+                f"optimizer: expected 'auto', 'adamw' or an AdamW, found {type(optimizer).__name__}"
+            )
         if loss not in ("auto", "mean", "sum_over_batch_size"):
-            raise ArgumentError(f"loss: expected 'auto', 'mean' or 'sum_over_batch_size', found {loss!r}")
+            raise ArgumentError(
+                f"loss: expected 'auto', 'mean' or 'sum_over_batch_size', found {loss!r}"
+            )
         self.optimizer = optimizer
         self.loss_reduction = "mean" if loss == "auto" else loss
         self.sampler = sampler
@@ -243,8 +283,22 @@ class BloomCausalLM:
             self.compile()
         return self.optimizer, self.loss_reduction
 
-    def fit(self, x, y=None, sample_weight=None, batch_size=8, epochs=1, validation_data=None, shuffle=True,
-            seed=0, accumulate_steps=1, checkpoint_dir=None, save_every=None, resume=False, verbose=1):
+    def fit(
+        self,
+        x,
+        y=None,
+        sample_weight=None,
+        batch_size=8,
+        epochs=1,
+        validation_data=None,
+        shuffle=True,
+        seed=0,
+        accumulate_steps=1,
+        checkpoint_dir=None,
+        save_every=None,
+        resume=False,
+        verbose=1,
+    ):
         """Train on raw strings (with a preprocessor), a token dict plus y (and sample_weight), or
         a dataset (`minibloom.data.TokenWindows`, `minibloom.train.ArrayDataset`).
 
@@ -263,9 +317,18 @@ class BloomCausalLM:
         optimizer, reduction = self._compiled()
         data = train.as_dataset(self, x, y, sample_weight)
         val = None if validation_data is None else train.as_dataset(self, validation_data)
-        trainer = train.Trainer(self, optimizer, data, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                                reduction=reduction, accumulate_steps=accumulate_steps,
-                                checkpoint_dir=checkpoint_dir, save_every=save_every)
+        trainer = train.Trainer(
+            self,
+            optimizer,
+            data,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            reduction=reduction,
+            accumulate_steps=accumulate_steps,
+            checkpoint_dir=checkpoint_dir,
+            save_every=save_every,
+        )
         if resume and train.latest_checkpoint(checkpoint_dir) is not None:
             trainer.load_checkpoint()
         for _ in range(trainer.epoch, epochs):
@@ -273,10 +336,16 @@ class BloomCausalLM:
             if verbose:
                 from tqdm import tqdm
 
-                bar = tqdm(total=trainer.batches_per_epoch, initial=trainer.batch, desc=f"epoch {trainer.epoch + 1}/{epochs}")
+                bar = tqdm(
+                    total=trainer.batches_per_epoch,
+                    initial=trainer.batch,
+                    desc=f"epoch {trainer.epoch + 1}/{epochs}",
+                )
 
             def show(t, loss, grad_norm, lr):
-                bar.update(t.batch - bar.n)  # batches done in this epoch (several per step when accumulating)
+                bar.update(
+                    t.batch - bar.n
+                )  # batches done in this epoch (several per step when accumulating)
                 bar.set_postfix(loss=f"{loss:.4f}")
 
             trainer.run(epochs=trainer.epoch + 1, on_step=show if bar is not None else None)
@@ -294,11 +363,15 @@ class BloomCausalLM:
         from minibloom import train
 
         _, reduction = self._compiled()
-        return train.evaluate(self, train.as_dataset(self, x, y, sample_weight), batch_size, reduction)
+        return train.evaluate(
+            self, train.as_dataset(self, x, y, sample_weight), batch_size, reduction
+        )
 
     # --- generation (generate.py, samplers.py) --------------------------------------------------
 
-    def generate(self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False, stream=False):
+    def generate(
+        self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False, stream=False
+    ):
         """Continue prompts with the compiled sampler (greedy if `compile` was never called).
 
         Args:
@@ -327,7 +400,15 @@ class BloomCausalLM:
         """
         from minibloom import generate as gen
 
-        return gen.generate(self, inputs, max_length, stop_token_ids, strip_prompt, stream, getattr(self, "sampler", None))
+        return gen.generate(
+            self,
+            inputs,
+            max_length,
+            stop_token_ids,
+            strip_prompt,
+            stream,
+            getattr(self, "sampler", None),
+        )
 
     def stream(self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False):
         """Yield the text of one string prompt piece by piece as it is generated.
@@ -336,4 +417,6 @@ class BloomCausalLM:
         """
         from minibloom import generate as gen
 
-        return gen.stream_text(self, inputs, max_length, stop_token_ids, strip_prompt, getattr(self, "sampler", None))
+        return gen.stream_text(
+            self, inputs, max_length, stop_token_ids, strip_prompt, getattr(self, "sampler", None)
+        )

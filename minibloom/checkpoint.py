@@ -131,12 +131,16 @@ def read_header(path) -> tuple[dict, int]:
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError
         if not stat.S_ISREG(st.st_mode):  # reading a pipe or a device could block forever
-            raise CheckpointError(f"{path}: not a regular file (a pipe or a device?); expected a .safetensors file")
+            raise CheckpointError(
+                f"{path}: not a regular file (a pipe or a device?); expected a .safetensors file"
+            )
         size = st.st_size
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise CheckpointError(f"{path}: {size} bytes is too short for a safetensors file (needs an 8-byte header length)")
+                raise CheckpointError(
+                    f"{path}: {size} bytes is too short for a safetensors file (needs an 8-byte header length)"
+                )
             n = int.from_bytes(head, "little")
             if n > _MAX_HEADER or 8 + n > size:
                 raise CheckpointError(
@@ -151,13 +155,23 @@ def read_header(path) -> tuple[dict, int]:
         raise CheckpointError(f"{path}: cannot read weights file ({e.strerror or e})") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({_json_error(e)})") from None
+    except (
+        UnicodeDecodeError,
+        ValueError,
+        RecursionError,
+    ) as e:  # ValueError covers JSONDecodeError
+        raise CheckpointError(
+            f"{path}: safetensors header is not valid JSON ({_json_error(e)})"
+        ) from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: safetensors header must be a JSON object, found {type(header).__name__}")
+        raise CheckpointError(
+            f"{path}: safetensors header must be a JSON object, found {type(header).__name__}"
+        )
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not isinstance(metadata, dict):
-        raise CheckpointError(f"{path}: __metadata__ must be a JSON object of strings, found {type(metadata).__name__}")
+        raise CheckpointError(
+            f"{path}: __metadata__ must be a JSON object of strings, found {type(metadata).__name__}"
+        )
     data_start = 8 + n
     data_size = size - data_start
     spans = []  # (begin, end, name) of every non-empty tensor, to find overlaps
@@ -168,7 +182,9 @@ def read_header(path) -> tuple[dict, int]:
             )
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(dtype, str) or dtype not in _STORED:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r:.50}; minibloom reads {sorted(_STORED)}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has dtype {dtype!r:.50}; minibloom reads {sorted(_STORED)}"
+            )
         if not (
             isinstance(shape, list)
             and len(shape) <= _MAX_NDIM
@@ -178,10 +194,16 @@ def read_header(path) -> tuple[dict, int]:
                 f"{path}: tensor {name!r} has an invalid shape {shape!r:.200}; expected a list of at most {_MAX_NDIM} "
                 f"integers in [0, 2**48]"
             )
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-            raise CheckpointError(f"{path}: tensor {name!r} has data_offsets {offsets!r:.200}; expected [begin, end] integers")
+        if not (
+            isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+        ):
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has data_offsets {offsets!r:.200}; expected [begin, end] integers"
+            )
         begin, end = offsets
-        nbytes = math.prod(shape) * _STORED[dtype].itemsize  # Python ints: no overflow, no allocation
+        nbytes = (
+            math.prod(shape) * _STORED[dtype].itemsize
+        )  # Python ints: no overflow, no allocation
         if not (0 <= begin <= end <= data_size) or end - begin != nbytes:
             raise CheckpointError(
                 f"{path}: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes, but data_offsets {offsets} "
@@ -192,7 +214,9 @@ def read_header(path) -> tuple[dict, int]:
     spans.sort()
     for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
         if begin_b < end_a:
-            raise CheckpointError(f"{path}: tensors {a!r} and {b!r} overlap in the data section (bytes {begin_b}..{end_a})")
+            raise CheckpointError(
+                f"{path}: tensors {a!r} and {b!r} overlap in the data section (bytes {begin_b}..{end_a})"
+            )
     return header, data_start
 
 
@@ -207,14 +231,19 @@ def read_safetensors(path) -> dict[str, tuple[str, np.ndarray]]:
         return {}
     size = Path(path).stat().st_size
     if size == data_start:  # only empty tensors: nothing to map
-        return {name: (info["dtype"], np.zeros(info["shape"], _STORED[info["dtype"]])) for name, info in header.items()}
+        return {
+            name: (info["dtype"], np.zeros(info["shape"], _STORED[info["dtype"]]))
+            for name, info in header.items()
+        }
     with open(path, "rb") as f:  # the mapping stays valid after the file is closed
         mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private, copy-on-write
     data = np.frombuffer(mapping, dtype=np.uint8, offset=data_start)  # (bytes,) the data section
     tensors = {}
     for name, info in header.items():
         begin, end = info["data_offsets"]
-        arr = data[begin:end].view(_STORED[info["dtype"]]).reshape(info["shape"])  # as in the header
+        arr = (
+            data[begin:end].view(_STORED[info["dtype"]]).reshape(info["shape"])
+        )  # as in the header
         tensors[name] = (info["dtype"], arr)
     return tensors
 
@@ -299,13 +328,17 @@ def _encode(name: str, x: np.ndarray, dtype: str) -> np.ndarray:
     """An array -> its stored words in safetensors dtype `dtype` (little-endian, C order)."""
     x = np.asarray(x)
     if x.dtype.kind != "f":
-        raise CheckpointError(f"tensor {name!r}: expected a floating-point array, found dtype {x.dtype}")
+        raise CheckpointError(
+            f"tensor {name!r}: expected a floating-point array, found dtype {x.dtype}"
+        )
     if dtype == "BF16":
         return f32_to_bf16(x.astype(np.float32, copy=False))
     return np.ascontiguousarray(x, dtype=_STORED[dtype])
 
 
-def write_safetensors(path, tensors: dict, dtype: str = "F32", metadata: dict | None = None) -> None:
+def write_safetensors(
+    path, tensors: dict, dtype: str = "F32", metadata: dict | None = None
+) -> None:
     """Write {name: array} as one safetensors file in `dtype` ("F32", "F16" or "BF16"), atomically."""
     _atomic_write(Path(path), safetensors_writer(tensors, dtype, metadata))
 
@@ -319,7 +352,11 @@ def safetensors_writer(tensors: dict, dtype: str = "F32", metadata: dict | None 
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     for name, w in words.items():
-        header[name] = {"dtype": dtype, "shape": list(w.shape), "data_offsets": [offset, offset + w.nbytes]}
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(w.shape),
+            "data_offsets": [offset, offset + w.nbytes],
+        }
         offset += w.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # pad so the data section starts 8-byte aligned
@@ -373,7 +410,9 @@ def checkpoint_files(directory) -> list[Path]:
         try:
             spec = json.loads(index.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index, expected JSON ({_json_error(e)})") from None
+            raise CheckpointError(
+                f"{index}: not a valid safetensors index, expected JSON ({_json_error(e)})"
+            ) from None
         weight_map = spec.get("weight_map") if isinstance(spec, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(
@@ -382,7 +421,9 @@ def checkpoint_files(directory) -> list[Path]:
             )
         for tensor, name in weight_map.items():
             if not isinstance(name, str):
-                raise CheckpointError(f"{index}: weight_map[{tensor!r}] should be a shard file name, found {name!r:.100}")
+                raise CheckpointError(
+                    f"{index}: weight_map[{tensor!r}] should be a shard file name, found {name!r:.100}"
+                )
         names = sorted(set(weight_map.values()))
         roots = _shard_roots(directory)
         for name in names:
@@ -393,9 +434,13 @@ def checkpoint_files(directory) -> list[Path]:
                     f"{index}: shard file name {name!r:.100} is not a plain *.safetensors file name in {directory}"
                 )
             if not (directory / name).exists():
-                raise CheckpointError(f"{index}: lists shard {name!r}, which is missing from {directory}")
+                raise CheckpointError(
+                    f"{index}: lists shard {name!r}, which is missing from {directory}"
+                )
             if not any((directory / name).resolve().is_relative_to(root) for root in roots):
-                raise CheckpointError(f"{index}: shard {name!r} is a symlink leading outside {directory}; refused")
+                raise CheckpointError(
+                    f"{index}: shard {name!r} is a symlink leading outside {directory}; refused"
+                )
         return [directory / n for n in names]
     if (directory / SINGLE_FILE).exists():
         return [directory / SINGLE_FILE]
@@ -407,7 +452,10 @@ def checkpoint_files(directory) -> list[Path]:
             f"{directory}: {len(others)} .safetensors files but no {INDEX_FILE} to say how they fit together"
         )
     if list(directory.glob("pytorch_model*.bin")):
-        raise CheckpointError(f"{directory}: holds only pytorch_model*.bin. " + _PYTORCH_BIN_HINT.format(dir=directory))
+        raise CheckpointError(
+            f"{directory}: holds only pytorch_model*.bin. "
+            + _PYTORCH_BIN_HINT.format(dir=directory)
+        )
     raise CheckpointError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE} found")
 
 
@@ -460,7 +508,11 @@ def _release_pages(words: np.ndarray) -> None:
     while isinstance(base, np.ndarray):
         base = base.base
     dontneed = getattr(mmap, "MADV_DONTNEED", None)
-    if dontneed is None or words.nbytes == 0 or not (isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)):
+    if (
+        dontneed is None
+        or words.nbytes == 0
+        or not (isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap))
+    ):
         return
     mapping = base.obj
     start = words.ctypes.data - np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
@@ -500,7 +552,9 @@ def _first_nonfinite(x: np.ndarray):
     return tuple(int(i) for i in idx), float(x[idx])
 
 
-def load_params(path, config: BloomConfig, dtype: str = "float32", nonfinite: str = "error") -> dict[str, np.ndarray]:
+def load_params(
+    path, config: BloomConfig, dtype: str = "float32", nonfinite: str = "error"
+) -> dict[str, np.ndarray]:
     """Load BLOOM parameters from a checkpoint directory (or one .safetensors file).
 
     Keys come back without the `transformer.` prefix, as in ARCHITECTURE.md. Every tensor is
@@ -522,7 +576,9 @@ def load_params(path, config: BloomConfig, dtype: str = "float32", nonfinite: st
     for key, value in stored.items():
         name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
         if name in tensors:
-            raise CheckpointError(f"{path}: tensor {name!r} is stored both with and without the {PREFIX!r} prefix")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} is stored both with and without the {PREFIX!r} prefix"
+            )
         tensors[name] = value
 
     expected = param_shapes(config)
@@ -536,18 +592,23 @@ def load_params(path, config: BloomConfig, dtype: str = "float32", nonfinite: st
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} tensor(s): {_list(unexpected)}")
         raise CheckpointError(
-            f"{path}: checkpoint does not match its config (n_layer={config.n_layer}): " + "; ".join(parts)
+            f"{path}: checkpoint does not match its config (n_layer={config.n_layer}): "
+            + "; ".join(parts)
         )
     for name, shape in expected.items():
         found = tuple(tensors[name][1].shape)
         if found != shape:
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {found}, expected {shape} from the config")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has shape {found}, expected {shape} from the config"
+            )
     if head is not None:
         emb = tensors["word_embeddings.weight"]
         if head[0] == emb[0]:  # same stored dtype: compare the stored words, no conversion
             same = head[1].shape == emb[1].shape and np.array_equal(head[1], emb[1])
         else:
-            same = head[1].shape == emb[1].shape and np.array_equal(_convert(*head, "float32"), _convert(*emb, "float32"))
+            same = head[1].shape == emb[1].shape and np.array_equal(
+                _convert(*head, "float32"), _convert(*emb, "float32")
+            )
         if not same:
             raise CheckpointError(
                 f"{path}: {HEAD_KEY} differs from word_embeddings.weight; minibloom ties the LM head to the "
@@ -580,7 +641,9 @@ def load_params(path, config: BloomConfig, dtype: str = "float32", nonfinite: st
 OWNED_FILES = ("config.json", "generation_config.json", "tokenizer.json", SINGLE_FILE, INDEX_FILE)
 _OWNED_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 JOURNAL = ".minibloom-save.json"  # present only between a save's commit point and its end
-_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # what _write_temp creates: .NAME.<random>.tmp
+_TEMP = re.compile(
+    r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$"
+)  # what _write_temp creates: .NAME.<random>.tmp
 
 
 def is_owned_file(name: str) -> bool:
@@ -594,14 +657,20 @@ def _read_journal(directory: Path) -> dict:
         spec = json.loads(path.read_text(encoding="utf-8"))
         renames, removes = spec["rename"], spec["remove"]
         ok = all(
-            isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair)
-            and is_owned_file(pair[1]) and (m := _TEMP.fullmatch(pair[0])) is not None and m["name"] == pair[1]
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(n, str) for n in pair)
+            and is_owned_file(pair[1])
+            and (m := _TEMP.fullmatch(pair[0])) is not None
+            and m["name"] == pair[1]
             for pair in renames
         ) and all(isinstance(n, str) and is_owned_file(n) for n in removes)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
         ok = False
     if not ok:
-        raise CheckpointError(f"{path}: not a save journal written by minibloom; remove it by hand if it is not yours")
+        raise CheckpointError(
+            f"{path}: not a save journal written by minibloom; remove it by hand if it is not yours"
+        )
     return spec
 
 
@@ -657,7 +726,9 @@ def commit_files(directory, writers: dict, remove=(), error=CheckpointError) -> 
     names = list(writers)
     for name in [*names, *remove]:
         if not is_owned_file(name):
-            raise ArgumentError(f"commit_files: {name!r} is not a model file name ({', '.join(OWNED_FILES)}, shards)")
+            raise ArgumentError(
+                f"commit_files: {name!r} is not a model file name ({', '.join(OWNED_FILES)}, shards)"
+            )
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -668,8 +739,16 @@ def commit_files(directory, writers: dict, remove=(), error=CheckpointError) -> 
     try:
         for name in names:
             temps.append(_write_temp(directory / name, writers[name], error))
-        spec = {"format": "minibloom-save", "rename": [[t.name, n] for t, n in zip(temps, names)], "remove": list(remove)}
-        _atomic_write(directory / JOURNAL, lambda f: f.write(json.dumps(spec, indent=1).encode("utf-8")), error)
+        spec = {
+            "format": "minibloom-save",
+            "rename": [[t.name, n] for t, n in zip(temps, names)],
+            "remove": list(remove),
+        }
+        _atomic_write(
+            directory / JOURNAL,
+            lambda f: f.write(json.dumps(spec, indent=1).encode("utf-8")),
+            error,
+        )
     except error as e:
         for t in temps:
             t.unlink(missing_ok=True)
@@ -693,24 +772,39 @@ def stale_weight_files(directory) -> list[str]:
     stale = [n for n in (SINGLE_FILE, INDEX_FILE) if (directory / n).is_file()]
     if INDEX_FILE in stale:
         try:
-            weight_map = json.loads((directory / INDEX_FILE).read_text(encoding="utf-8")).get("weight_map", {})
-            stale += sorted({n for n in weight_map.values() if isinstance(n, str) and _OWNED_SHARD.fullmatch(n)})
+            weight_map = json.loads((directory / INDEX_FILE).read_text(encoding="utf-8")).get(
+                "weight_map", {}
+            )
+            stale += sorted(
+                {n for n in weight_map.values() if isinstance(n, str) and _OWNED_SHARD.fullmatch(n)}
+            )
         except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):
             pass
     return stale
 
 
-def weight_writers(params: dict, dtype: str = "float32", max_shard_bytes: int | None = None, prefix: str = "") -> dict:
+def weight_writers(
+    params: dict, dtype: str = "float32", max_shard_bytes: int | None = None, prefix: str = ""
+) -> dict:
     """{file name: write(file)} of an HF checkpoint of `params` (see save_params)."""
     if dtype not in _SAVE_DTYPES:
         raise ArgumentError(f"dtype: expected one of {sorted(_SAVE_DTYPES)}, found {dtype!r}")
-    if max_shard_bytes is not None and (isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int)
-                                        or max_shard_bytes < 1):
-        raise ArgumentError(f"max_shard_bytes: expected a positive integer or None, found {max_shard_bytes!r}")
+    if max_shard_bytes is not None and (
+        isinstance(max_shard_bytes, bool)
+        or not isinstance(max_shard_bytes, int)
+        or max_shard_bytes < 1
+    ):
+        raise ArgumentError(
+            f"max_shard_bytes: expected a positive integer or None, found {max_shard_bytes!r}"
+        )
     st_dtype = _SAVE_DTYPES[dtype]
     names = list(params)  # keep the model's order (embedding, blocks, ln_f)
     if max_shard_bytes is None:
-        return {SINGLE_FILE: safetensors_writer({prefix + n: params[n] for n in names}, st_dtype, {"format": "pt"})}
+        return {
+            SINGLE_FILE: safetensors_writer(
+                {prefix + n: params[n] for n in names}, st_dtype, {"format": "pt"}
+            )
+        }
     itemsize = _STORED[st_dtype].itemsize
     shards, current, current_bytes = [], [], 0
     for n in names:
@@ -725,7 +819,9 @@ def weight_writers(params: dict, dtype: str = "float32", max_shard_bytes: int | 
     writers, weight_map = {}, {}
     for k, shard in enumerate(shards, 1):
         fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        writers[fname] = safetensors_writer({prefix + n: params[n] for n in shard}, st_dtype, {"format": "pt"})
+        writers[fname] = safetensors_writer(
+            {prefix + n: params[n] for n in shard}, st_dtype, {"format": "pt"}
+        )
         weight_map.update({prefix + n: fname for n in shard})
     total = sum(int(np.asarray(params[n]).size) * itemsize for n in names)
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
@@ -734,7 +830,11 @@ def weight_writers(params: dict, dtype: str = "float32", max_shard_bytes: int | 
 
 
 def save_params(
-    directory, params: dict, dtype: str = "float32", max_shard_bytes: int | None = None, prefix: str = ""
+    directory,
+    params: dict,
+    dtype: str = "float32",
+    max_shard_bytes: int | None = None,
+    prefix: str = "",
 ) -> list[Path]:
     """Write parameters as an HF checkpoint into `directory`; returns the files written.
 

@@ -11,7 +11,15 @@ import argparse
 import os
 import sys
 
-from minibloom.arguments import check_output_dir, cli_file, cli_float, cli_int, cli_output_dir, cli_path, expand_path
+from minibloom.arguments import (
+    check_output_dir,
+    cli_file,
+    cli_float,
+    cli_int,
+    cli_output_dir,
+    cli_path,
+    expand_path,
+)
 from minibloom.errors import ArgumentError, MinibloomError
 
 
@@ -45,7 +53,9 @@ def _emit(text: str = "", end: str = "\n") -> None:
     except BrokenPipeError:
         raise  # the reader went away (`| head`): main() ends quietly
     except (OSError, ValueError) as e:  # ValueError: "I/O operation on closed file"
-        raise _StdoutError(f"cannot write to standard output ({getattr(e, 'strerror', None) or e})") from None
+        raise _StdoutError(
+            f"cannot write to standard output ({getattr(e, 'strerror', None) or e})"
+        ) from None
 
 
 def _log_lines():
@@ -60,7 +70,9 @@ def _log_lines():
             _emit(str(text))
         except (_StdoutError, BrokenPipeError) as e:
             state["ok"] = False
-            _error_line(f"minibloom: warning: {e or 'standard output closed'}; the run continues without log lines")
+            _error_line(
+                f"minibloom: warning: {e or 'standard output closed'}; the run continues without log lines"
+            )
 
     return log
 
@@ -95,7 +107,9 @@ def _read_text_arg(value: str, name: str = "TEXT") -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ArgumentError(f"{name} '-': standard input is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r})") from None
+        raise ArgumentError(
+            f"{name} '-': standard input is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 4]!r})"
+        ) from None
 
 
 def _model_dir_arg(text: str) -> str:
@@ -105,8 +119,10 @@ def _model_dir_arg(text: str) -> str:
         return text
     path = cli_path(text)
     if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is a file; expected a model directory (holding config.json), "
-                                         f"a preset name or hf://org/name")
+        raise argparse.ArgumentTypeError(
+            f"{path} is a file; expected a model directory (holding config.json), "
+            f"a preset name or hf://org/name"
+        )
     return str(path) if text.startswith("~") else text
 
 
@@ -116,10 +132,13 @@ def _ids_arg(text: str) -> list:
     try:
         ids = [int(t) for t in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected token ids (integers >= 0) separated by commas or spaces, "
-                                         f"found {text[:60]!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected token ids (integers >= 0) separated by commas or spaces, found {text[:60]!r}"
+        ) from None
     if not ids or min(ids) < 0:
-        raise argparse.ArgumentTypeError(f"expected one or more token ids >= 0, found {text[:60]!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected one or more token ids >= 0, found {text[:60]!r}"
+        )
     return ids
 
 
@@ -187,10 +206,29 @@ def _add_parity(sub):
         "Needs torch and transformers (pip install -e '.[ref]').",
         formatter_class=_Formatter,
     )
-    p.add_argument("model", metavar="PRESET_OR_DIR", type=_model_dir_arg, help="model directory, preset name or hf://org/name")
-    p.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog.", help="text to run (needs tokenizer.json)")
-    p.add_argument("--ids", type=_ids_arg, default=None, help="token ids to run instead of --prompt, e.g. '1,2,3'")
-    p.add_argument("--tolerance", type=cli_float(lo=0.0), default=1e-4, help="largest allowed max|diff| / max|reference| per layer")
+    p.add_argument(
+        "model",
+        metavar="PRESET_OR_DIR",
+        type=_model_dir_arg,
+        help="model directory, preset name or hf://org/name",
+    )
+    p.add_argument(
+        "--prompt",
+        default="The quick brown fox jumps over the lazy dog.",
+        help="text to run (needs tokenizer.json)",
+    )
+    p.add_argument(
+        "--ids",
+        type=_ids_arg,
+        default=None,
+        help="token ids to run instead of --prompt, e.g. '1,2,3'",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=cli_float(lo=0.0),
+        default=1e-4,
+        help="largest allowed max|diff| / max|reference| per layer",
+    )
     p.set_defaults(run=_run_parity)
 
 
@@ -208,10 +246,24 @@ def _add_dump(sub):
         "LayerNorms, Q/K/V, attention probabilities, MLP, outputs, logits) to FILE.npz, for checking a port.",
         formatter_class=_Formatter,
     )
-    p.add_argument("model", metavar="PRESET_OR_DIR", type=_model_dir_arg, help="model directory, preset name or hf://org/name")
-    p.add_argument("--prompt", required=True, help="text to run (needs tokenizer.json); use --ids for raw ids")
-    p.add_argument("--ids", type=_ids_arg, default=None, help="token ids to run instead of encoding --prompt, e.g. '1,2,3'")
-    p.add_argument("--out", required=True, type=_npz_out_arg, metavar="FILE.npz", help="output file")
+    p.add_argument(
+        "model",
+        metavar="PRESET_OR_DIR",
+        type=_model_dir_arg,
+        help="model directory, preset name or hf://org/name",
+    )
+    p.add_argument(
+        "--prompt", required=True, help="text to run (needs tokenizer.json); use --ids for raw ids"
+    )
+    p.add_argument(
+        "--ids",
+        type=_ids_arg,
+        default=None,
+        help="token ids to run instead of encoding --prompt, e.g. '1,2,3'",
+    )
+    p.add_argument(
+        "--out", required=True, type=_npz_out_arg, metavar="FILE.npz", help="output file"
+    )
     p.set_defaults(run=_run_dump)
 
 
@@ -230,7 +282,9 @@ def _load_tokenizer(value, flag="--tokenizer"):
     if path.is_file():
         return BloomTokenizer.from_file(path)
     if path.exists() and not path.is_dir():
-        raise ArgumentError(f"{flag} {path}: not a regular file; expected a tokenizer.json or a model directory")
+        raise ArgumentError(
+            f"{flag} {path}: not a regular file; expected a tokenizer.json or a model directory"
+        )
     return BloomTokenizer.from_preset(str(path) if path.exists() else str(value))
 
 
@@ -244,17 +298,32 @@ def _add_tokenize(sub):
         formatter_class=_Formatter,
     )
     p.add_argument("text", nargs="?", default="-", help="text to encode; '-' reads standard input")
-    p.add_argument("--tokenizer", default=None, metavar="PATH", help="tokenizer.json, or a directory / preset holding one; none: the default model's")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="PATH",
+        help="tokenizer.json, or a directory / preset holding one; none: the default model's",
+    )
     shown = p.add_mutually_exclusive_group()
-    shown.add_argument("--ids", action="store_true", help="print only the ids, space-separated on one line")
-    shown.add_argument("--pieces", action="store_true", help="print only the token strings, space-separated on one line")
+    shown.add_argument(
+        "--ids", action="store_true", help="print only the ids, space-separated on one line"
+    )
+    shown.add_argument(
+        "--pieces",
+        action="store_true",
+        help="print only the token strings, space-separated on one line",
+    )
     p.set_defaults(run=_run_tokenize)
 
 
 def _run_tokenize(args):
     from minibloom.tokenizer import BloomTokenizer, default_tokenizer_path
 
-    tok = _load_tokenizer(args.tokenizer) if args.tokenizer else BloomTokenizer.from_file(default_tokenizer_path())
+    tok = (
+        _load_tokenizer(args.tokenizer)
+        if args.tokenizer
+        else BloomTokenizer.from_file(default_tokenizer_path())
+    )
     ids = tok.encode(_read_text_arg(args.text))
     if args.ids:
         _emit(" ".join(map(str, ids)))
@@ -264,8 +333,10 @@ def _run_tokenize(args):
         _emit("".join(f"{i}\t{tok.id_to_token(i)}\t{tok.decode([i])!r}\n" for i in ids), end="")
 
 
-CORPUS_HELP = ("corpus files: UTF-8 text (blank lines separate documents) or JSON lines (.jsonl, one document "
-               "per line's \"text\" field), either optionally compressed (.xz, .gz)")
+CORPUS_HELP = (
+    "corpus files: UTF-8 text (blank lines separate documents) or JSON lines (.jsonl, one document "
+    'per line\'s "text" field), either optionally compressed (.xz, .gz)'
+)
 
 
 def _add_train_tokenizer(sub):
@@ -274,15 +345,37 @@ def _add_train_tokenizer(sub):
         help="train a BLOOM-pipeline BPE tokenizer and write tokenizer.json",
         description="Learn byte-level BPE merges on corpus files with BLOOM's pre-tokenizer and write an HF\n"
         "tokenizer.json (<unk> <s> </s> <pad> are ids 0-3). The files are read as `train` reads them:\n"
-        "plain text split into documents at blank lines, or the \"text\" field of each JSON line (.jsonl),\n"
+        'plain text split into documents at blank lines, or the "text" field of each JSON line (.jsonl),\n'
         "optionally .xz / .gz compressed; each document is pre-tokenized on its own.",
         formatter_class=_Formatter,
     )
-    p.add_argument("--data", nargs="+", required=True, type=cli_file, metavar="FILE", help=CORPUS_HELP)
-    p.add_argument("--vocab-size", type=cli_int(lo=260), default=8000, help="total ids, including the 4 specials and 256 byte tokens")
-    p.add_argument("--min-frequency", type=POSITIVE, default=2, help="stop when the most frequent pair occurs fewer times")
-    p.add_argument("--out", required=True, type=_tokenizer_out_arg, metavar="PATH", help="tokenizer.json to write (a directory gets tokenizer.json inside)")
-    p.add_argument("--keras", action="store_true", help="also write keras-hub vocabulary.json + merges.txt next to it")
+    p.add_argument(
+        "--data", nargs="+", required=True, type=cli_file, metavar="FILE", help=CORPUS_HELP
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=cli_int(lo=260),
+        default=8000,
+        help="total ids, including the 4 specials and 256 byte tokens",
+    )
+    p.add_argument(
+        "--min-frequency",
+        type=POSITIVE,
+        default=2,
+        help="stop when the most frequent pair occurs fewer times",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=_tokenizer_out_arg,
+        metavar="PATH",
+        help="tokenizer.json to write (a directory gets tokenizer.json inside)",
+    )
+    p.add_argument(
+        "--keras",
+        action="store_true",
+        help="also write keras-hub vocabulary.json + merges.txt next to it",
+    )
     p.set_defaults(run=_run_train_tokenizer)
 
 
@@ -292,7 +385,9 @@ def _run_train_tokenizer(args):
     from minibloom.bpe_train import read_training_texts, train_tokenizer
 
     start = time.perf_counter()
-    tok = train_tokenizer(read_training_texts(args.data), args.vocab_size, min_frequency=args.min_frequency)
+    tok = train_tokenizer(
+        read_training_texts(args.data), args.vocab_size, min_frequency=args.min_frequency
+    )
     path = tok.save(args.out)
     _emit(f"wrote {path}: {tok.vocabulary_size()} tokens in {time.perf_counter() - start:.1f} s")
     if args.keras:
@@ -307,7 +402,7 @@ def _add_train(sub):
     p = sub.add_parser(
         "train",
         help="train or fine-tune a BLOOM on text files (checkpoints, resume, held-out loss)",
-        description="Train on corpus files (documents separated by blank lines, or JSON lines with a \"text\" field;\n"
+        description='Train on corpus files (documents separated by blank lines, or JSON lines with a "text" field;\n'
         ".xz / .gz read as is; each document ended with </s>), packed into windows of --seq-len tokens.\n"
         "The model is a --preset / model directory (fine-tuning), a --config config.json, or the size\n"
         "flags (random init). Writes OUT/checkpoints (full training state, resumable with --resume;\n"
@@ -319,41 +414,109 @@ def _add_train(sub):
         "--config, size flag or --tokenizer that differs from them is refused.",
         formatter_class=_Formatter,
     )
-    p.add_argument("--data", nargs="+", required=True, type=cli_file, metavar="FILE", help=CORPUS_HELP)
-    p.add_argument("--out", required=True, type=cli_output_dir, metavar="DIR", help="output directory")
+    p.add_argument(
+        "--data", nargs="+", required=True, type=cli_file, metavar="FILE", help=CORPUS_HELP
+    )
+    p.add_argument(
+        "--out", required=True, type=cli_output_dir, metavar="DIR", help="output directory"
+    )
     model = p.add_mutually_exclusive_group()
-    model.add_argument("--preset", type=_model_dir_arg, metavar="NAME_OR_DIR", help="start from this model's weights (fine-tune)")
-    model.add_argument("--config", type=cli_file, metavar="FILE", help="config.json of a model to train from a random init")
+    model.add_argument(
+        "--preset",
+        type=_model_dir_arg,
+        metavar="NAME_OR_DIR",
+        help="start from this model's weights (fine-tune)",
+    )
+    model.add_argument(
+        "--config",
+        type=cli_file,
+        metavar="FILE",
+        help="config.json of a model to train from a random init",
+    )
     for flag, key, default in SIZE_FLAGS:
         what = {"layers": "blocks L", "hidden": "hidden size C", "heads": "attention heads H"}[flag]
-        p.add_argument(f"--{flag}", type=POSITIVE, default=None, help=f"{what} (size flags, when neither --preset nor --config; default {default})")
-    p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json (default: the preset's, else the default model's)")
+        p.add_argument(
+            f"--{flag}",
+            type=POSITIVE,
+            default=None,
+            help=f"{what} (size flags, when neither --preset nor --config; default {default})",
+        )
+    p.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="tokenizer.json (default: the preset's, else the default model's)",
+    )
     p.add_argument("--seq-len", type=POSITIVE, default=128, help="tokens per training window T")
     p.add_argument("--batch-size", type=POSITIVE, default=8, help="windows per micro-batch")
-    p.add_argument("--accumulate", type=POSITIVE, default=1, help="micro-batches per optimizer step (gradient accumulation)")
+    p.add_argument(
+        "--accumulate",
+        type=POSITIVE,
+        default=1,
+        help="micro-batches per optimizer step (gradient accumulation)",
+    )
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=POSITIVE, help="optimizer steps (default: --epochs 1)")
     length.add_argument("--epochs", type=POSITIVE, help="passes over the training windows")
-    p.add_argument("--lr", type=cli_float(lo=0.0, lo_open=True), default=3e-4, help="peak learning rate")
-    p.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine", help="after the warmup")
+    p.add_argument(
+        "--lr", type=cli_float(lo=0.0, lo_open=True), default=3e-4, help="peak learning rate"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["cosine", "linear", "constant"],
+        default="cosine",
+        help="after the warmup",
+    )
     p.add_argument("--warmup", type=NON_NEGATIVE, default=0, help="linear warmup steps")
-    p.add_argument("--weight-decay", type=cli_float(lo=0.0), default=0.1, help="AdamW decoupled weight decay (not on biases/LayerNorms)")
-    p.add_argument("--clip", type=cli_float(lo=0.0), default=1.0, help="global gradient-norm clipping (0: none)")
-    p.add_argument("--heldout", type=cli_float(0.0, 1.0, lo_open=True, hi_open=True), default=0.05, help="fraction of windows held out for evaluation")
-    p.add_argument("--eval-every", type=NON_NEGATIVE, default=100, help="evaluate on the held-out windows every N steps (0: never)")
-    p.add_argument("--eval-batches", type=POSITIVE, default=20, help="held-out batches per evaluation")
-    p.add_argument("--save-every", type=NON_NEGATIVE, default=200, help="checkpoint every N steps (0: only at the end and on Ctrl-C)")
-    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seeds the init, the batch order and dropout")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/LATEST if it exists")
+    p.add_argument(
+        "--weight-decay",
+        type=cli_float(lo=0.0),
+        default=0.1,
+        help="AdamW decoupled weight decay (not on biases/LayerNorms)",
+    )
+    p.add_argument(
+        "--clip",
+        type=cli_float(lo=0.0),
+        default=1.0,
+        help="global gradient-norm clipping (0: none)",
+    )
+    p.add_argument(
+        "--heldout",
+        type=cli_float(0.0, 1.0, lo_open=True, hi_open=True),
+        default=0.05,
+        help="fraction of windows held out for evaluation",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=NON_NEGATIVE,
+        default=100,
+        help="evaluate on the held-out windows every N steps (0: never)",
+    )
+    p.add_argument(
+        "--eval-batches", type=POSITIVE, default=20, help="held-out batches per evaluation"
+    )
+    p.add_argument(
+        "--save-every",
+        type=NON_NEGATIVE,
+        default=200,
+        help="checkpoint every N steps (0: only at the end and on Ctrl-C)",
+    )
+    p.add_argument(
+        "--seed", type=NON_NEGATIVE, default=0, help="seeds the init, the batch order and dropout"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoints/LATEST if it exists"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.set_defaults(run=_run_train)
 
 
 def _check_vocab_fits(tokenizer, config, source):
     if tokenizer.vocabulary_size() > config.vocab_size:
-        raise ArgumentError(f"--tokenizer {tokenizer.source}: {tokenizer.vocabulary_size()} tokens do not fit the "
-                            f"model's vocab_size {config.vocab_size} ({source}); expected a tokenizer of at most "
-                            f"{config.vocab_size} ids")
+        raise ArgumentError(
+            f"--tokenizer {tokenizer.source}: {tokenizer.vocabulary_size()} tokens do not fit the "
+            f"model's vocab_size {config.vocab_size} ({source}); expected a tokenizer of at most "
+            f"{config.vocab_size} ids"
+        )
 
 
 def _resumed_model(args, ckpt):
@@ -371,13 +534,17 @@ def _resumed_model(args, ckpt):
         tokenizer = BloomTokenizer.from_file(stored)
         diff = given and tokenizer_difference(given, tokenizer)
         if diff:
-            raise ArgumentError(f"--tokenizer {given.source} differs from the tokenizer of the run being resumed, {stored} "
-                                f"({diff}); drop --tokenizer (a resumed run keeps its tokenizer) or choose a new --out")
+            raise ArgumentError(
+                f"--tokenizer {given.source} differs from the tokenizer of the run being resumed, {stored} "
+                f"({diff}); drop --tokenizer (a resumed run keeps its tokenizer) or choose a new --out"
+            )
     elif given is not None:
         tokenizer = given  # an older checkpoint: the user says which tokenizer the run used
     else:
-        raise ArgumentError(f"--resume: {ckpt} has no tokenizer.json (written by an older minibloom), so the run's "
-                            f"tokenizer is unknown; pass --tokenizer with the tokenizer the run was started with")
+        raise ArgumentError(
+            f"--resume: {ckpt} has no tokenizer.json (written by an older minibloom), so the run's "
+            f"tokenizer is unknown; pass --tokenizer with the tokenizer the run was started with"
+        )
     conflicts = []
     if args.preset:
         directory = presets.resolve(args.preset)
@@ -385,9 +552,13 @@ def _resumed_model(args, ckpt):
         if diff:
             conflicts.append(f"--preset {args.preset} ({diff}: the preset vs the checkpoint)")
         elif given is None and (directory / "tokenizer.json").is_file():
-            diff = tokenizer_difference(BloomTokenizer.from_file(directory / "tokenizer.json"), tokenizer)
+            diff = tokenizer_difference(
+                BloomTokenizer.from_file(directory / "tokenizer.json"), tokenizer
+            )
             if diff:
-                conflicts.append(f"--preset {args.preset}'s tokenizer.json ({diff}: the preset vs {stored})")
+                conflicts.append(
+                    f"--preset {args.preset}'s tokenizer.json ({diff}: the preset vs {stored})"
+                )
     if args.config:
         diff = config_difference(BloomConfig.from_json_file(args.config), config)
         if diff:
@@ -397,8 +568,10 @@ def _resumed_model(args, ckpt):
         if value is not None and value != getattr(config, key):
             conflicts.append(f"--{flag} {value} (the checkpoint has {key} {getattr(config, key)})")
     if conflicts:
-        raise ArgumentError(f"--resume: {'; '.join(conflicts)} conflicts with the run being resumed, {ckpt / 'config.json'}; "
-                            f"a resumed run keeps its model: drop the flag, or choose a new --out")
+        raise ArgumentError(
+            f"--resume: {'; '.join(conflicts)} conflicts with the run being resumed, {ckpt / 'config.json'}; "
+            f"a resumed run keeps its model: drop the flag, or choose a new --out"
+        )
     _check_vocab_fits(tokenizer, config, ckpt / "config.json")
     return config, tokenizer
 
@@ -418,14 +591,18 @@ def _build_train_model(args):
     ckpt = latest_checkpoint(Path(out) / "checkpoints") if args.resume else None
     if ckpt is None and args.preset:
         if any(getattr(args, flag) is not None for flag, _, _ in SIZE_FLAGS):
-            raise ArgumentError("--layers / --hidden / --heads: the size comes from --preset; drop them")
+            raise ArgumentError(
+                "--layers / --hidden / --heads: the size comes from --preset; drop them"
+            )
         lm = BloomCausalLM.from_preset(args.preset)
         if args.tokenizer:
             tokenizer = _load_tokenizer(args.tokenizer)
             _check_vocab_fits(tokenizer, lm.backbone.config, f"--preset {args.preset}")
         elif lm.tokenizer is None:
-            raise ArgumentError(f"--preset {args.preset}: the model has no tokenizer.json; pass --tokenizer with the "
-                                f"tokenizer it was trained with")
+            raise ArgumentError(
+                f"--preset {args.preset}: the model has no tokenizer.json; pass --tokenizer with the "
+                f"tokenizer it was trained with"
+            )
         else:
             tokenizer = lm.tokenizer
     else:
@@ -433,18 +610,28 @@ def _build_train_model(args):
             config, tokenizer = _resumed_model(args, ckpt)
             source = f"the checkpoint {ckpt}"
         else:
-            tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else BloomTokenizer.from_file(default_tokenizer_path())
+            tokenizer = (
+                _load_tokenizer(args.tokenizer)
+                if args.tokenizer
+                else BloomTokenizer.from_file(default_tokenizer_path())
+            )
             if args.config:
                 if any(getattr(args, flag) is not None for flag, _, _ in SIZE_FLAGS):
-                    raise ArgumentError("--layers / --hidden / --heads: the size comes from --config; drop them")
+                    raise ArgumentError(
+                        "--layers / --hidden / --heads: the size comes from --config; drop them"
+                    )
                 config = BloomConfig.from_json_file(args.config)
                 _check_vocab_fits(tokenizer, config, str(args.config))
                 source = f"--config {args.config}"
             else:
                 sizes = {flag: getattr(args, flag) or default for flag, _, default in SIZE_FLAGS}
-                config = BloomConfig.from_keras_kwargs(tokenizer.vocabulary_size(), sizes["layers"], sizes["heads"], sizes["hidden"])
+                config = BloomConfig.from_keras_kwargs(
+                    tokenizer.vocabulary_size(), sizes["layers"], sizes["heads"], sizes["hidden"]
+                )
                 source = f"--layers {sizes['layers']} --hidden {sizes['hidden']} --heads {sizes['heads']}"
-        check_training_fits(config, args.batch_size, args.seq_len, with_params=True, source=f"the model of {source}")
+        check_training_fits(
+            config, args.batch_size, args.seq_len, with_params=True, source=f"the model of {source}"
+        )
         lm = BloomCausalLM(BloomBackbone.from_config(config, seed=args.seed))
         if ckpt is not None and (ckpt / "generation_config.json").is_file():
             from minibloom import config as config_module
@@ -460,11 +647,26 @@ def _run_train(args):
 
     lm, out = _build_train_model(args)
     train_on_files(
-        lm, args.data, out, sequence_length=args.seq_len, batch_size=args.batch_size, steps=args.steps,
-        epochs=None if args.steps else (args.epochs or 1), learning_rate=args.lr, schedule=args.schedule,
-        warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip, accumulate_steps=args.accumulate,
-        heldout=args.heldout, eval_every=args.eval_every, eval_batches=args.eval_batches,
-        save_every=args.save_every, seed=args.seed, resume=args.resume, progress=not args.no_progress,
+        lm,
+        args.data,
+        out,
+        sequence_length=args.seq_len,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        epochs=None if args.steps else (args.epochs or 1),
+        learning_rate=args.lr,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        clip=args.clip,
+        accumulate_steps=args.accumulate,
+        heldout=args.heldout,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        save_every=args.save_every,
+        seed=args.seed,
+        resume=args.resume,
+        progress=not args.no_progress,
         log=_log_lines(),
     )
 
@@ -480,18 +682,68 @@ def _add_generate(sub):
         "several) or at --max-length.",
         formatter_class=_Formatter,
     )
-    p.add_argument("prompt", metavar="PROMPT", help="text to continue; '-' reads standard input (one final newline dropped)")
-    p.add_argument("--preset", type=_model_dir_arg, default=None, metavar="NAME_OR_DIR", help="model directory, preset name or hf://org/name (none: the shipped model)")
+    p.add_argument(
+        "prompt",
+        metavar="PROMPT",
+        help="text to continue; '-' reads standard input (one final newline dropped)",
+    )
+    p.add_argument(
+        "--preset",
+        type=_model_dir_arg,
+        default=None,
+        metavar="NAME_OR_DIR",
+        help="model directory, preset name or hf://org/name (none: the shipped model)",
+    )
     p.add_argument("--max-length", type=POSITIVE, default=128, help="prompt + completion tokens")
-    p.add_argument("--sampler", choices=["greedy", "top_k", "top_p", "random", "beam", "contrastive"], default="greedy", help="how the next token is chosen")
-    p.add_argument("--temperature", type=cli_float(lo=0.0), default=1.0, help="divides the logits before the softmax; 0 means greedy")
-    p.add_argument("--top-k", type=POSITIVE, default=None, help="k of top_k and contrastive (default 5); for top_p an optional pre-cut")
-    p.add_argument("--top-p", type=cli_float(0.0, 1.0, lo_open=True), default=0.1, help="nucleus mass p of top_p, in (0, 1] (keras-hub's default 0.1)")
-    p.add_argument("--alpha", type=cli_float(0.0, 1.0), default=0.6, help="degeneration penalty of contrastive search, in [0, 1]")
+    p.add_argument(
+        "--sampler",
+        choices=["greedy", "top_k", "top_p", "random", "beam", "contrastive"],
+        default="greedy",
+        help="how the next token is chosen",
+    )
+    p.add_argument(
+        "--temperature",
+        type=cli_float(lo=0.0),
+        default=1.0,
+        help="divides the logits before the softmax; 0 means greedy",
+    )
+    p.add_argument(
+        "--top-k",
+        type=POSITIVE,
+        default=None,
+        help="k of top_k and contrastive (default 5); for top_p an optional pre-cut",
+    )
+    p.add_argument(
+        "--top-p",
+        type=cli_float(0.0, 1.0, lo_open=True),
+        default=0.1,
+        help="nucleus mass p of top_p, in (0, 1] (keras-hub's default 0.1)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=cli_float(0.0, 1.0),
+        default=0.6,
+        help="degeneration penalty of contrastive search, in [0, 1]",
+    )
     p.add_argument("--num-beams", type=POSITIVE, default=5, help="beams of beam search")
-    p.add_argument("--seed", type=NON_NEGATIVE, default=None, help="seed of top_k / top_p / random (none: a fresh seed each run)")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="an extra stop text (one token), besides </s>; repeat for several")
-    p.add_argument("--stats", action="store_true", help="print prompt tokens, new tokens, prefill time and tokens/s to stderr")
+    p.add_argument(
+        "--seed",
+        type=NON_NEGATIVE,
+        default=None,
+        help="seed of top_k / top_p / random (none: a fresh seed each run)",
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="an extra stop text (one token), besides </s>; repeat for several",
+    )
+    p.add_argument(
+        "--stats",
+        action="store_true",
+        help="print prompt tokens, new tokens, prefill time and tokens/s to stderr",
+    )
     p.set_defaults(run=_run_generate)
 
 
@@ -507,10 +759,16 @@ def _run_generate(args):
     make = {
         "greedy": lambda: samplers.GreedySampler(temperature=args.temperature),
         "top_k": lambda: samplers.TopKSampler(k=k, seed=args.seed, temperature=args.temperature),
-        "top_p": lambda: samplers.TopPSampler(p=args.top_p, k=args.top_k, seed=args.seed, temperature=args.temperature),
+        "top_p": lambda: samplers.TopPSampler(
+            p=args.top_p, k=args.top_k, seed=args.seed, temperature=args.temperature
+        ),
         "random": lambda: samplers.RandomSampler(seed=args.seed, temperature=args.temperature),
-        "beam": lambda: samplers.BeamSampler(num_beams=args.num_beams, temperature=args.temperature),
-        "contrastive": lambda: samplers.ContrastiveSampler(k=k, alpha=args.alpha, temperature=args.temperature),
+        "beam": lambda: samplers.BeamSampler(
+            num_beams=args.num_beams, temperature=args.temperature
+        ),
+        "contrastive": lambda: samplers.ContrastiveSampler(
+            k=k, alpha=args.alpha, temperature=args.temperature
+        ),
     }
     sampler = make[args.sampler]()  # checks k, p, temperature, ... before the model loads
     prompt = _read_text_arg(args.prompt, "PROMPT")
@@ -521,18 +779,26 @@ def _run_generate(args):
     except PresetNotFoundError:
         if args.preset is not None:
             raise
-        raise PresetNotFoundError("no default model is shipped in weights/ yet; pass --preset NAME_OR_DIR") from None
+        raise PresetNotFoundError(
+            "no default model is shipped in weights/ yet; pass --preset NAME_OR_DIR"
+        ) from None
     if lm.preprocessor is None:
-        raise ArgumentError(f"--preset {args.preset}: the model has no tokenizer.json, so it cannot read text")
+        raise ArgumentError(
+            f"--preset {args.preset}: the model has no tokenizer.json, so it cannot read text"
+        )
     tok = lm.preprocessor.tokenizer
     stops = list(resolve_stop_ids(lm, "auto"))  # the model's own: generation config eos, else </s>
     for text in args.stop:
         ids = tok.encode(text)
         if len(ids) != 1:
-            raise ArgumentError(f"--stop {text!r}: a stop text must be exactly one token, it encodes to {len(ids)} tokens {ids}")
+            raise ArgumentError(
+                f"--stop {text!r}: a stop text must be exactly one token, it encodes to {len(ids)} tokens {ids}"
+            )
         stops.append(ids[0])
     stats = {}
-    for piece in stream_text(lm, prompt, args.max_length, tuple(stops), False, sampler, stats=stats):
+    for piece in stream_text(
+        lm, prompt, args.max_length, tuple(stops), False, sampler, stats=stats
+    ):
         _emit(piece, end="")
     _emit()
     if args.stats:
@@ -549,16 +815,32 @@ def _add_evaluate(sub):
         "evaluate",
         help="score a held-out text file: loss, perplexity and bits per byte",
         description="Read a corpus file as `train` does (plain text with blank lines between documents, or JSON\n"
-        "lines with a \"text\" field, optionally .xz / .gz; each document ended by </s>), score it in\n"
+        'lines with a "text" field, optionally .xz / .gz; each document ended by </s>), score it in\n'
         "consecutive windows of --seq-len tokens, and print the loss per token, the perplexity and bits\n"
         "per byte (total negative log-likelihood in bits / UTF-8 bytes of the text).",
         formatter_class=_Formatter,
     )
-    p.add_argument("data", metavar="FILE", type=cli_file, help="corpus file (text, .jsonl, optionally .xz / .gz)")
-    p.add_argument("--preset", type=_model_dir_arg, default=None, metavar="NAME_OR_DIR", help="model directory or preset name (none: the shipped model)")
+    p.add_argument(
+        "data",
+        metavar="FILE",
+        type=cli_file,
+        help="corpus file (text, .jsonl, optionally .xz / .gz)",
+    )
+    p.add_argument(
+        "--preset",
+        type=_model_dir_arg,
+        default=None,
+        metavar="NAME_OR_DIR",
+        help="model directory or preset name (none: the shipped model)",
+    )
     p.add_argument("--seq-len", type=POSITIVE, default=128, help="tokens of context per window T")
     p.add_argument("--batch-size", type=POSITIVE, default=8, help="windows per forward pass")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="weights in memory (compute is float32)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="weights in memory (compute is float32)",
+    )
     p.set_defaults(run=_run_evaluate)
 
 
@@ -569,7 +851,9 @@ def _run_evaluate(args):
     lm = BloomCausalLM.from_preset(args.preset, dtype=args.dtype)
     m = evaluate_file(lm, args.data, sequence_length=args.seq_len, batch_size=args.batch_size)
     _emit(f"{args.data}: {m['tokens']:,} tokens scored, {m['bytes']:,} bytes")
-    _emit(f"loss {m['loss']:.4f} nats/token, perplexity {m['perplexity']:.2f}, {m['bits_per_byte']:.4f} bits per byte")
+    _emit(
+        f"loss {m['loss']:.4f} nats/token, perplexity {m['perplexity']:.2f}, {m['bits_per_byte']:.4f} bits per byte"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from minibloom.errors import ConfigError
 
+
 def read_json_file(path, error=ConfigError, what: str = "config"):
     """Parse a JSON file; any problem raises `error` naming the file: missing, not a regular file
     (a directory, or a pipe that would block the read), not UTF-8, invalid or absurdly nested JSON."""
@@ -110,9 +111,13 @@ class BloomConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{source}: `{name}` must be a positive integer, found {value!r}")
         if self.intermediate_size is not None and (
-            isinstance(self.intermediate_size, bool) or not isinstance(self.intermediate_size, int) or self.intermediate_size <= 0
+            isinstance(self.intermediate_size, bool)
+            or not isinstance(self.intermediate_size, int)
+            or self.intermediate_size <= 0
         ):
-            raise ConfigError(f"{source}: `intermediate_size` must be a positive integer, found {self.intermediate_size!r}")
+            raise ConfigError(
+                f"{source}: `intermediate_size` must be a positive integer, found {self.intermediate_size!r}"
+            )
         if self.hidden_size % self.n_head:
             raise ConfigError(
                 f"{source}: hidden_size {self.hidden_size} is not divisible by n_head {self.n_head} "
@@ -125,24 +130,43 @@ class BloomConfig:
                 f"(BLOOM-176B has 1.8e11): a typo or a corrupt config"
             )
         init = self.initializer_range
-        if isinstance(init, bool) or not isinstance(init, (int, float)) or not (0 <= init < math.inf):
-            raise ConfigError(f"{source}: `initializer_range` must be a finite number >= 0, found {init!r}")
+        if (
+            isinstance(init, bool)
+            or not isinstance(init, (int, float))
+            or not (0 <= init < math.inf)
+        ):
+            raise ConfigError(
+                f"{source}: `initializer_range` must be a finite number >= 0, found {init!r}"
+            )
         if not isinstance(self.apply_residual_connection_post_layernorm, bool):
             raise ConfigError(
                 f"{source}: `apply_residual_connection_post_layernorm` must be true or false, "
                 f"found {self.apply_residual_connection_post_layernorm!r}"
             )
         eps = self.layer_norm_epsilon
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1) or not math.isfinite(eps):
-            raise ConfigError(f"{source}: `layer_norm_epsilon` must be a small positive number, found {eps!r}")
+        if (
+            isinstance(eps, bool)
+            or not isinstance(eps, (int, float))
+            or not (0 < eps < 1)
+            or not math.isfinite(eps)
+        ):
+            raise ConfigError(
+                f"{source}: `layer_norm_epsilon` must be a small positive number, found {eps!r}"
+            )
         for name in ("hidden_dropout", "attention_dropout"):
             p = getattr(self, name)
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= p < 1.0):
                 raise ConfigError(f"{source}: `{name}` must be in [0, 1), found {p!r}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size):
-                raise ConfigError(f"{source}: `{name}` must be a token id in [0, {self.vocab_size}), found {value!r}")
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 0 <= value < self.vocab_size
+            ):
+                raise ConfigError(
+                    f"{source}: `{name}` must be a token id in [0, {self.vocab_size}), found {value!r}"
+                )
 
     # -- HF config.json --------------------------------------------------------------------------
 
@@ -151,12 +175,16 @@ class BloomConfig:
         """Build from an HF-style dict, accepting every spelling real configs use."""
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a JSON object, found {type(d).__name__}")
-        if "class_name" in d and "config" in d:  # keras' serialization: {"module", "class_name", "config", ...}
+        if (
+            "class_name" in d and "config" in d
+        ):  # keras' serialization: {"module", "class_name", "config", ...}
             raise ConfigError(
                 f"{source}: a keras config (class_name {str(d['class_name'])[:60]!r}), not an HF BLOOM config.json; "
                 f"minibloom reads HF model directories (config.json with model_type 'bloom')"
             )
-        missing = [name for name in _REQUIRED if not any(s in d for s in _ALIASES.get(name, (name,)))]
+        missing = [
+            name for name in _REQUIRED if not any(s in d for s in _ALIASES.get(name, (name,)))
+        ]
         if missing:
             raise ConfigError(
                 f"{source}: not a BLOOM config.json: missing {', '.join(missing)} (expected the sizes vocab_size, "
@@ -165,14 +193,18 @@ class BloomConfig:
         d = dict(d)
         model_type = d.pop("model_type", "bloom")
         if not isinstance(model_type, str):
-            raise ConfigError(f"{source}: model_type must be the string 'bloom', found {model_type!r}")
+            raise ConfigError(
+                f"{source}: model_type must be the string 'bloom', found {model_type!r}"
+            )
         if model_type != "bloom":
             raise ConfigError(f"{source}: model_type is {model_type!r}, expected 'bloom'")
         kwargs = {}
         for name, spellings in _ALIASES.items():
             found = [s for s in spellings if s in d]
             values = [d.pop(s) for s in found]
-            if any(v != values[0] for v in values):  # a list, not a set: values may be unhashable junk
+            if any(
+                v != values[0] for v in values
+            ):  # a list, not a set: values may be unhashable junk
                 raise ConfigError(f"{source}: conflicting values for {' / '.join(found)}: {values}")
             if values:
                 kwargs[name] = values[0]
@@ -188,7 +220,9 @@ class BloomConfig:
         d.pop("architectures", None)
         # Build without __post_init__ so that validation errors can name `source`.
         cfg = cls.__new__(cls)
-        cfg.__dict__.update({f.name: f.default for f in fields(cls) if f.name != "extra"}, extra=d, **kwargs)
+        cfg.__dict__.update(
+            {f.name: f.default for f in fields(cls) if f.name != "extra"}, extra=d, **kwargs
+        )
         cfg.validate(source)
         return cfg
 
@@ -243,7 +277,9 @@ class BloomConfig:
             n_layer=num_layers,
             n_head=num_heads,
             hidden_size=hidden_dim,
-            intermediate_size=None if intermediate_dim in (None, 4 * hidden_dim) else intermediate_dim,
+            intermediate_size=None
+            if intermediate_dim in (None, 4 * hidden_dim)
+            else intermediate_dim,
             hidden_dropout=dropout,
             attention_dropout=dropout,
             layer_norm_epsilon=layer_norm_epsilon,
@@ -276,7 +312,11 @@ def param_shapes(config):
     """{HF name without `transformer.`: shape} for every parameter of `config`, in model order
     (the names of docs/ARCHITECTURE.md; checkpoint loaders and model.py both use them)."""
     C, F, V = config.hidden_size, config.ffn_size, config.vocab_size
-    shapes = {"word_embeddings.weight": (V, C), "word_embeddings_layernorm.weight": (C,), "word_embeddings_layernorm.bias": (C,)}
+    shapes = {
+        "word_embeddings.weight": (V, C),
+        "word_embeddings_layernorm.weight": (C,),
+        "word_embeddings_layernorm.bias": (C,),
+    }
     block = {
         "input_layernorm.weight": (C,),
         "input_layernorm.bias": (C,),
@@ -297,7 +337,6 @@ def param_shapes(config):
     return shapes
 
 
-
 # ------------------------------------------------------------------------------------------------
 # generation_config.json: the ids generation needs
 # ------------------------------------------------------------------------------------------------
@@ -309,7 +348,9 @@ def _token_id(value, name: str, vocab_size: int, source: str):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
-        raise ConfigError(f"{source}: `{name}` must be a token id in [0, {vocab_size}) or null, found {value!r:.80}")
+        raise ConfigError(
+            f"{source}: `{name}` must be a token id in [0, {vocab_size}) or null, found {value!r:.80}"
+        )
     return value
 
 
@@ -328,7 +369,9 @@ class GenerationConfig:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict, vocab_size: int, source: str = "generation_config.json") -> "GenerationConfig":
+    def from_dict(
+        cls, d: dict, vocab_size: int, source: str = "generation_config.json"
+    ) -> "GenerationConfig":
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a JSON object, found {type(d).__name__}")
         d = dict(d)
@@ -343,7 +386,9 @@ class GenerationConfig:
     def from_config(cls, config: BloomConfig) -> "GenerationConfig":
         """What transformers derives from config.json when a model has no generation_config.json."""
         eos = () if config.eos_token_id is None else (config.eos_token_id,)
-        return cls(eos_token_id=eos, pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id)
+        return cls(
+            eos_token_id=eos, pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id
+        )
 
     @classmethod
     def from_model_dir(cls, directory, config: BloomConfig) -> "GenerationConfig":
@@ -351,13 +396,18 @@ class GenerationConfig:
         path = Path(directory) / GENERATION_CONFIG_FILE
         if not path.exists():
             return cls.from_config(config)
-        return cls.from_dict(read_json_file(path, ConfigError, "generation config"), config.vocab_size, str(path))
+        return cls.from_dict(
+            read_json_file(path, ConfigError, "generation config"), config.vocab_size, str(path)
+        )
 
     def to_dict(self) -> dict:
         d = dict(self.extra)
         eos = list(self.eos_token_id)
-        d.update(bos_token_id=self.bos_token_id, eos_token_id=eos[0] if len(eos) == 1 else (eos or None),
-                 pad_token_id=self.pad_token_id)
+        d.update(
+            bos_token_id=self.bos_token_id,
+            eos_token_id=eos[0] if len(eos) == 1 else (eos or None),
+            pad_token_id=self.pad_token_id,
+        )
         return d
 
     def to_json_string(self) -> str:

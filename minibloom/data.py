@@ -90,15 +90,17 @@ def _lines(path, counts=None):
                 except UnicodeDecodeError as e:
                     raise ArgumentError(
                         f"{path}: not UTF-8 text at line {number} (byte {offset + e.start} of the {text_kind}: "
-                        f"{raw[e.start:e.start + 4]!r}); expected UTF-8 (convert the file, e.g. with iconv)"
+                        f"{raw[e.start : e.start + 4]!r}); expected UTF-8 (convert the file, e.g. with iconv)"
                     ) from None
                 offset += len(raw)
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
                 for part in text.removesuffix("\n").split("\n"):  # a lone \r ends a line too
                     yield number, part
     except (lzma.LZMAError, EOFError, zlib.error) as e:
-        raise ArgumentError(f"{path}: not a valid {compression} file ({e}) after {offset} bytes of text; the "
-                            f"file may be truncated, or not compressed despite its name") from None
+        raise ArgumentError(
+            f"{path}: not a valid {compression} file ({e}) after {offset} bytes of text; the "
+            f"file may be truncated, or not compressed despite its name"
+        ) from None
     except OSError as e:  # gzip.BadGzipFile is one; or a read error
         what = f"not a valid {compression} file" if compression else "cannot be read"
         raise ArgumentError(f"{path}: {what} ({getattr(e, 'strerror', None) or e})") from None
@@ -142,15 +144,26 @@ def _json_documents(path, counts):
         try:
             record = json.loads(line)
         except (ValueError, RecursionError) as e:
-            reason = "nested too deeply" if isinstance(e, RecursionError) else getattr(e, "msg", str(e))
-            raise ArgumentError(f"{path}, line {number}: not valid JSON ({reason}); expected one JSON object "
-                                f"with a \"text\" field per line") from None
+            reason = (
+                "nested too deeply" if isinstance(e, RecursionError) else getattr(e, "msg", str(e))
+            )
+            raise ArgumentError(
+                f"{path}, line {number}: not valid JSON ({reason}); expected one JSON object "
+                f'with a "text" field per line'
+            ) from None
         text = record.get("text") if isinstance(record, dict) else None
         if not isinstance(text, str):
-            found = (f"a JSON {type(record).__name__}" if not isinstance(record, dict)
-                     else "no \"text\" field" if "text" not in record else f"\"text\" of type {type(text).__name__}")
-            raise ArgumentError(f"{path}, line {number}: expected a JSON object with a string \"text\" field, "
-                                f"found {found}")
+            found = (
+                f"a JSON {type(record).__name__}"
+                if not isinstance(record, dict)
+                else 'no "text" field'
+                if "text" not in record
+                else f'"text" of type {type(text).__name__}'
+            )
+            raise ArgumentError(
+                f'{path}, line {number}: expected a JSON object with a string "text" field, '
+                f"found {found}"
+            )
         n_bytes += len(text.encode("utf-8")) + 1
         if text:
             yield text
@@ -205,7 +218,12 @@ def _read_meta(path: Path):
         n, dtype = meta["num_tokens"], np.dtype(meta["dtype"])
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
-    if dtype not in (np.uint16, np.uint32) or not isinstance(n, int) or n < 0 or path.stat().st_size != n * dtype.itemsize:
+    if (
+        dtype not in (np.uint16, np.uint32)
+        or not isinstance(n, int)
+        or n < 0
+        or path.stat().st_size != n * dtype.itemsize
+    ):
         return None
     return meta
 
@@ -242,12 +260,19 @@ def tokenize_files(paths, tokenizer, cache_dir) -> Path:
             for doc_ids in encode_documents(tokenizer, iter_documents(p)):
                 ids = np.asarray(list(doc_ids) + [tokenizer.end_token_id], dtype=np.int64)
                 if ids.max() > np.iinfo(dtype).max:
-                    raise ArgumentError(f"data: token id {ids.max()} does not fit {np.dtype(dtype).name}")
+                    raise ArgumentError(
+                        f"data: token id {ids.max()} does not fit {np.dtype(dtype).name}"
+                    )
                 f.write(ids.astype(dtype).tobytes())
                 n += len(ids)
 
     _atomic_write(out, write)
-    meta = {"dtype": np.dtype(dtype).name, "num_tokens": n, "sources": [str(p) for p in paths], "key": key}
+    meta = {
+        "dtype": np.dtype(dtype).name,
+        "num_tokens": n,
+        "sources": [str(p) for p in paths],
+        "key": key,
+    }
     write_bytes_atomic(meta_path, json.dumps(meta, indent=1).encode("utf-8"))
     return out
 
@@ -257,8 +282,10 @@ def load_tokens(path) -> np.ndarray:
     path = Path(path)
     meta = _read_meta(path)
     if meta is None:
-        raise ArgumentError(f"{path}: not a token file written by tokenize_files (its .json sidecar is missing, "
-                            f"unreadable or does not match the file size)")
+        raise ArgumentError(
+            f"{path}: not a token file written by tokenize_files (its .json sidecar is missing, "
+            f"unreadable or does not match the file size)"
+        )
     if meta["num_tokens"] == 0:
         return np.zeros(0, dtype=meta["dtype"])
     return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["num_tokens"],))
@@ -282,7 +309,9 @@ class TokenWindows:
         self.start = int(start)
         self.stop = total if stop is None else int(stop)
         if not 0 <= self.start <= self.stop <= total:
-            raise ArgumentError(f"windows [{start}, {stop}) outside the {total} windows of the token stream")
+            raise ArgumentError(
+                f"windows [{start}, {stop}) outside the {total} windows of the token stream"
+            )
 
     @classmethod
     def from_files(cls, paths, tokenizer, sequence_length, cache_dir):
@@ -301,14 +330,20 @@ class TokenWindows:
         """(train, heldout): the last `heldout_fraction` of the windows (at least one) are held out."""
         from minibloom.arguments import check_float
 
-        heldout_fraction = check_float("heldout_fraction", heldout_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        heldout_fraction = check_float(
+            "heldout_fraction", heldout_fraction, 0.0, 1.0, lo_open=True, hi_open=True
+        )
         n_held = max(1, int(round(len(self) * heldout_fraction)))
         if n_held >= len(self):
-            raise ArgumentError(f"data: {len(self)} windows of {self.sequence_length + 1} tokens are too few to hold out "
-                                f"{heldout_fraction:.0%}; use more text or a shorter --seq-len")
+            raise ArgumentError(
+                f"data: {len(self)} windows of {self.sequence_length + 1} tokens are too few to hold out "
+                f"{heldout_fraction:.0%}; use more text or a shorter --seq-len"
+            )
         cut = self.stop - n_held
         T = self.sequence_length
-        return TokenWindows(self.tokens, T, self.start, cut), TokenWindows(self.tokens, T, cut, self.stop)
+        return TokenWindows(self.tokens, T, self.start, cut), TokenWindows(
+            self.tokens, T, cut, self.stop
+        )
 
     def num_batches(self, batch_size, drop_last=True):
         return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
@@ -316,9 +351,16 @@ class TokenWindows:
     def batch(self, window_indices):
         """(x, y, sample_weight) for the given window indices (relative to this dataset)."""
         T = self.sequence_length
-        rows = np.stack([np.asarray(self.tokens[(self.start + i) * T: (self.start + i) * T + T + 1])
-                         for i in window_indices]).astype(np.int64)  # (B, T+1)
-        x = {"token_ids": rows[:, :-1], "padding_mask": np.ones((len(rows), T), dtype=bool)}  # (B, T)
+        rows = np.stack(
+            [
+                np.asarray(self.tokens[(self.start + i) * T : (self.start + i) * T + T + 1])
+                for i in window_indices
+            ]
+        ).astype(np.int64)  # (B, T+1)
+        x = {
+            "token_ids": rows[:, :-1],
+            "padding_mask": np.ones((len(rows), T), dtype=bool),
+        }  # (B, T)
         return x, rows[:, 1:], np.ones((len(rows), T), dtype=np.float32)
 
     def order(self, shuffle, seed, epoch):
@@ -338,4 +380,4 @@ class TokenWindows:
         check_int("batch_size", batch_size, lo=1)
         order = self.order(shuffle, seed, epoch)
         for b in range(start_batch, self.num_batches(batch_size, drop_last)):
-            yield self.batch(order[b * batch_size: (b + 1) * batch_size])
+            yield self.batch(order[b * batch_size : (b + 1) * batch_size])

@@ -45,8 +45,12 @@ def _check_window_memory(lm, sequence_length, batch_size, n_tokens):
     width = min(sequence_length, n_tokens - 1)
     rows = min(batch_size, -(-(n_tokens - 1) // width))
     nbytes = 4 * rows * width * (config.vocab_size + config.n_head * width + 8 * config.hidden_size)
-    check_fits(nbytes, f"evaluate: sequence_length {sequence_length} x batch_size {batch_size} (windows of {width} "
-               f"tokens x {rows} rows: logits and attention)", "lower sequence_length (--seq-len) or batch_size (--batch-size)")
+    check_fits(
+        nbytes,
+        f"evaluate: sequence_length {sequence_length} x batch_size {batch_size} (windows of {width} "
+        f"tokens x {rows} rows: logits and attention)",
+        "lower sequence_length (--seq-len) or batch_size (--batch-size)",
+    )
 
 
 def evaluate_file(lm, path, sequence_length=128, batch_size=8):
@@ -62,7 +66,9 @@ def evaluate_file(lm, path, sequence_length=128, batch_size=8):
     path = check_input_file("data", path)
     tokens, n_bytes = corpus_tokens(path, lm.tokenizer)  # (N,)
     if len(tokens) < 2 or n_bytes == 0:
-        raise ArgumentError(f"evaluate: {path} holds too little text to score (need at least two tokens)")
+        raise ArgumentError(
+            f"evaluate: {path} holds too little text to score (need at least two tokens)"
+        )
 
     starts = range(0, len(tokens) - 1, T)  # window i: tokens [s, s + T] (the last may be shorter)
     _check_window_memory(lm, T, batch_size, len(tokens))

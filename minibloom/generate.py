@@ -110,7 +110,9 @@ def left_align(token_ids, padding_mask):
     columns first and keeps the real tokens' order; left-padded rows come back unchanged.
     """
     order = np.argsort(padding_mask, axis=1, kind="stable")  # (B, P)
-    return np.take_along_axis(token_ids, order, axis=1), np.take_along_axis(padding_mask, order, axis=1)
+    return np.take_along_axis(token_ids, order, axis=1), np.take_along_axis(
+        padding_mask, order, axis=1
+    )
 
 
 def _log_softmax(x):
@@ -125,8 +127,16 @@ def _log_softmax(x):
 # -----------------------------------------------------------------------------------------------
 
 
-def decode_steps(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids=(), pad_token_id=3,
-                 blocked_ids=None):
+def decode_steps(
+    backbone,
+    token_ids,
+    padding_mask,
+    max_length,
+    sampler,
+    stop_token_ids=(),
+    pad_token_id=3,
+    blocked_ids=None,
+):
     """Generate one position per step; a generator yielding (t, next_ids (B,), alive (B,) bool).
 
     token_ids, padding_mask: (B, P) prompts (any padding layout: they are left-aligned first).
@@ -143,7 +153,9 @@ def decode_steps(backbone, token_ids, padding_mask, max_length, sampler, stop_to
     if sampler.is_greedy and not isinstance(sampler, GreedySampler):
         sampler = GreedySampler()  # temperature 0 means greedy, whatever the sampler
     cache = KVCache.for_config(cfg, B, max_length)
-    mask = np.ones((B, max_length), dtype=bool)  # (B, S): prompt mask, then every new column visible
+    mask = np.ones(
+        (B, max_length), dtype=bool
+    )  # (B, S): prompt mask, then every new column visible
     mask[:, :P] = padding_mask
     out = backbone.forward(token_ids, mask[:, :P], cache=cache)  # prefill
     logits = _last_logits(backbone, out.hidden, blocked_ids)
@@ -185,16 +197,22 @@ def _contrastive_step(backbone, cache, logits, past_hidden, past_mask, sampler, 
     x = sampler.scaled(logits)
     cand = fast_or_reference(top_k_indices)(x, K)  # (B, K) best first
     top = np.take_along_axis(x, cand, axis=1).astype(np.float64)
-    logz = np.log(np.exp(x.astype(np.float64) - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) + x.max(-1, keepdims=True)
+    logz = np.log(
+        np.exp(x.astype(np.float64) - x.max(-1, keepdims=True)).sum(-1, keepdims=True)
+    ) + x.max(-1, keepdims=True)
     probs = np.exp(top - logz)  # (B, K) softmax probabilities of the candidates
     big = cache.repeat(K)  # (B*K rows), row b*K + j is candidate j of row b
     assert past_mask.shape[1] == cache.length, (past_mask.shape, cache.length)
-    mask = np.concatenate([np.repeat(past_mask, K, axis=0), np.ones((B * K, 1), dtype=bool)], axis=1)  # (B*K, S+1)
+    mask = np.concatenate(
+        [np.repeat(past_mask, K, axis=0), np.ones((B * K, 1), dtype=bool)], axis=1
+    )  # (B*K, S+1)
     out = backbone.forward(cand.reshape(B * K, 1), mask, cache=big)
     h = out.hidden[:, 0].reshape(B, K, -1)  # (B, K, C)
     # cosine similarity of each candidate with every previous real position, max over positions
     hn = h / np.maximum(np.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
-    pn = past_hidden / np.maximum(np.linalg.norm(past_hidden, axis=-1, keepdims=True), 1e-12)  # (B, S, C)
+    pn = past_hidden / np.maximum(
+        np.linalg.norm(past_hidden, axis=-1, keepdims=True), 1e-12
+    )  # (B, S, C)
     sim = np.einsum("bkc,bsc->bks", hn, pn)  # (B, K, S)
     sim = np.where(past_mask[:, None, :], sim, -np.inf).max(axis=-1)  # (B, K)
     score = np.where(probs > 0.0, (1.0 - sampler.alpha) * probs - sampler.alpha * sim, -np.inf)
@@ -204,8 +222,16 @@ def _contrastive_step(backbone, cache, logits, past_hidden, past_mask, sampler, 
     return cand[np.arange(B), j], big.reorder(rows), cand_logits[rows], h[np.arange(B), j]
 
 
-def generate_ids(backbone, token_ids, padding_mask, max_length, sampler=None, stop_token_ids=(), pad_token_id=3,
-                 blocked_ids=None):
+def generate_ids(
+    backbone,
+    token_ids,
+    padding_mask,
+    max_length,
+    sampler=None,
+    stop_token_ids=(),
+    pad_token_id=3,
+    blocked_ids=None,
+):
     """Token-level generation: prompts (B, P) -> {"token_ids", "padding_mask"} (B, P + N).
 
     The prompts may be padded on either side or have pads in the middle: each row is continued
@@ -219,8 +245,21 @@ def generate_ids(backbone, token_ids, padding_mask, max_length, sampler=None, st
     token_ids, padding_mask = _checked_inputs(
         backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id
     )
-    if isinstance(sampler, BeamSampler) and not sampler.is_greedy and token_ids.shape[1] < max_length:
-        return beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id, blocked_ids)
+    if (
+        isinstance(sampler, BeamSampler)
+        and not sampler.is_greedy
+        and token_ids.shape[1] < max_length
+    ):
+        return beam_search(
+            backbone,
+            token_ids,
+            padding_mask,
+            max_length,
+            sampler,
+            stop_token_ids,
+            pad_token_id,
+            blocked_ids,
+        )
     B, P = token_ids.shape
     ids = np.full((B, max_length), pad_token_id, dtype=np.int64)  # (B, S)
     keep = np.zeros((B, max_length), dtype=bool)  # (B, S)
@@ -228,14 +267,23 @@ def generate_ids(backbone, token_ids, padding_mask, max_length, sampler=None, st
     end = P
     if P < max_length:
         steps = decode_steps(
-            backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id, blocked_ids
+            backbone,
+            token_ids,
+            padding_mask,
+            max_length,
+            sampler,
+            stop_token_ids,
+            pad_token_id,
+            blocked_ids,
         )
         for t, nxt, alive in steps:
             ids[:, t], keep[:, t], end = nxt, alive, t + 1
     return {"token_ids": ids[:, :end], "padding_mask": keep[:, :end]}
 
 
-def _checked_inputs(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id):
+def _checked_inputs(
+    backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id
+):
     """The gate every generation path passes first (generate_ids, hence generate and beam search,
     and stream_text): the prompt arrays, the stop and pad ids, the KV-cache size (before anything
     is allocated). Returns (token_ids, padding_mask) left-aligned (see left_align)."""
@@ -243,7 +291,9 @@ def _checked_inputs(backbone, token_ids, padding_mask, max_length, sampler, stop
     V = backbone.config.vocab_size
     _check_token_ids("stop_token_ids", stop_token_ids, V)
     _check_token_ids("pad_token_id", (pad_token_id,), V)
-    _check_cache_fits(backbone.config, token_ids.shape[0] * _cache_rows_per_prompt(sampler), max_length)
+    _check_cache_fits(
+        backbone.config, token_ids.shape[0] * _cache_rows_per_prompt(sampler), max_length
+    )
     return left_align(token_ids, padding_mask)
 
 
@@ -251,7 +301,9 @@ def _check_token_ids(name, ids, vocab_size):
     """Stop and pad ids must be rows of the embedding: ids the model can read and emit."""
     for i in ids:
         if not 0 <= check_int(name, i) < vocab_size:
-            raise ArgumentError(f"{name}: {int(i)} is outside the model's vocabulary [0, {vocab_size})")
+            raise ArgumentError(
+                f"{name}: {int(i)} is outside the model's vocabulary [0, {vocab_size})"
+            )
 
 
 def _cache_rows_per_prompt(sampler):
@@ -269,19 +321,28 @@ def _check_cache_fits(config, rows, max_length):
     The cache holds keys and values for every layer: 2 * L * rows * H * max_length * D float32.
     """
     need = 2 * config.n_layer * rows * config.hidden_size * max_length * 4
-    memory.check_fits(need, f"max_length {max_length}: the KV cache for {rows} row(s)",
-                      "lower max_length, the batch size or the beams")
+    memory.check_fits(
+        need,
+        f"max_length {max_length}: the KV cache for {rows} row(s)",
+        "lower max_length, the batch size or the beams",
+    )
 
 
 def _check_prompt_arrays(token_ids, padding_mask, max_length):
     token_ids = np.asarray(token_ids)
     if token_ids.ndim != 2 or not np.issubdtype(token_ids.dtype, np.integer):
-        raise ArgumentError(f"token_ids: expected a (B, P) integer array, found shape {token_ids.shape} dtype {token_ids.dtype}")
+        raise ArgumentError(
+            f"token_ids: expected a (B, P) integer array, found shape {token_ids.shape} dtype {token_ids.dtype}"
+        )
     if 0 in token_ids.shape:
-        raise ArgumentError(f"token_ids: expected at least one prompt of at least one column, found shape {token_ids.shape}")
+        raise ArgumentError(
+            f"token_ids: expected at least one prompt of at least one column, found shape {token_ids.shape}"
+        )
     padding_mask = np.asarray(padding_mask)
     if padding_mask.shape != token_ids.shape:
-        raise ArgumentError(f"padding_mask: expected shape {token_ids.shape} like token_ids, found {padding_mask.shape}")
+        raise ArgumentError(
+            f"padding_mask: expected shape {token_ids.shape} like token_ids, found {padding_mask.shape}"
+        )
     padding_mask = padding_mask.astype(bool)
     empty = np.flatnonzero(~padding_mask.any(axis=1))
     if empty.size:
@@ -299,8 +360,16 @@ def _check_prompt_arrays(token_ids, padding_mask, max_length):
 # -----------------------------------------------------------------------------------------------
 
 
-def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids=(), pad_token_id=3,
-                blocked_ids=None):
+def beam_search(
+    backbone,
+    token_ids,
+    padding_mask,
+    max_length,
+    sampler,
+    stop_token_ids=(),
+    pad_token_id=3,
+    blocked_ids=None,
+):
     """HF beam search. Returns {"token_ids": (B, R, P + N), "padding_mask", "scores": (B, R)} with
     R = num_beams if sampler.return_all_beams else 1 (then the beam axis is dropped: (B, P + N)).
     The prompts are left-aligned first (left_align), as in generate_ids; blocked_ids are never
@@ -357,7 +426,9 @@ def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_tok
         keep = fast_or_reference(top_k_indices)(live_scores, nb)  # (B, nb)
         running = np.take_along_axis(cand, keep[:, :, None], axis=1)
         running_scores = np.take_along_axis(live_scores, keep, axis=1)
-        beam_rows = np.take_along_axis(src_beam, keep, axis=1) + np.arange(B)[:, None] * nb  # (B, nb)
+        beam_rows = (
+            np.take_along_axis(src_beam, keep, axis=1) + np.arange(B)[:, None] * nb
+        )  # (B, nb)
 
         # candidates that ended enter the pool if they beat its worst member
         just_done = hits & top_nb[None, :]
@@ -368,11 +439,17 @@ def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_tok
         pool_scores = pool_scores + (~just_done).astype(np.float32) * NEG
         merged_scores = np.concatenate([finished_scores, pool_scores], axis=1)  # (B, nb + K)
         best = fast_or_reference(top_k_indices)(merged_scores, nb)  # (B, nb)
-        finished = np.take_along_axis(np.concatenate([finished, cand], axis=1), best[:, :, None], axis=1)
+        finished = np.take_along_axis(
+            np.concatenate([finished, cand], axis=1), best[:, :, None], axis=1
+        )
         finished_scores = np.take_along_axis(merged_scores, best, axis=1)
         new_len = np.broadcast_to(np.int64(cur + 1 - P), (B, K))
-        finished_len = np.take_along_axis(np.concatenate([finished_len, new_len], axis=1), best, axis=1)
-        is_finished = np.take_along_axis(np.concatenate([is_finished, just_done], axis=1), best, axis=1)
+        finished_len = np.take_along_axis(
+            np.concatenate([finished_len, new_len], axis=1), best, axis=1
+        )
+        is_finished = np.take_along_axis(
+            np.concatenate([is_finished, just_done], axis=1), best, axis=1
+        )
 
         cur += 1
         # HF's stopping heuristic: can the best running beam still beat the pool's worst?
@@ -388,7 +465,9 @@ def beam_search(backbone, token_ids, padding_mask, max_length, sampler, stop_tok
             break
         # follow the surviving beams: reorder the cache rows, then feed each beam's new token
         cache.reorder(beam_rows.reshape(-1), in_place=True)  # (B*nb) rows, no new cache
-        out = backbone.forward(running[:, :, cur - 1].reshape(B * nb, 1), mask[:, :cur], cache=cache)
+        out = backbone.forward(
+            running[:, :, cur - 1].reshape(B * nb, 1), mask[:, :cur], cache=cache
+        )
         logits = _last_logits(backbone, out.hidden, blocked_ids)
 
     R = nb if sampler.return_all_beams else 1
@@ -419,7 +498,9 @@ def resolve_stop_ids(lm, stop_token_ids):
         return ()
     if isinstance(stop_token_ids, str):
         if stop_token_ids != "auto":
-            raise ArgumentError(f"stop_token_ids must be 'auto', None or a tuple of ids, found {stop_token_ids!r}")
+            raise ArgumentError(
+                f"stop_token_ids must be 'auto', None or a tuple of ids, found {stop_token_ids!r}"
+            )
         eos = tuple(int(i) for i in lm.generation_config.eos_token_id)
         if eos:
             return eos
@@ -428,7 +509,9 @@ def resolve_stop_ids(lm, stop_token_ids):
     try:
         ids = tuple(int(i) for i in stop_token_ids)
     except (TypeError, ValueError):
-        raise ArgumentError(f"stop_token_ids must be 'auto', None or a tuple of ids, found {stop_token_ids!r}") from None
+        raise ArgumentError(
+            f"stop_token_ids must be 'auto', None or a tuple of ids, found {stop_token_ids!r}"
+        ) from None
     return ids
 
 
@@ -437,7 +520,12 @@ def _pad_id(lm, stop_ids=()):
     `<pad>`, else the first stop id (of this call, else of the generation config: HF pads with
     eos), else 0."""
     gc, tok = lm.generation_config, _tokenizer(lm)
-    candidates = (gc.pad_token_id, None if tok is None else tok.pad_token_id, *stop_ids, *gc.eos_token_id)
+    candidates = (
+        gc.pad_token_id,
+        None if tok is None else tok.pad_token_id,
+        *stop_ids,
+        *gc.eos_token_id,
+    )
     return next((int(i) for i in candidates if i is not None), 0)
 
 
@@ -450,7 +538,9 @@ def undecodable_ids(tokenizer, vocab_size):
     vocab = tokenizer.get_vocabulary()
     n = min(len(vocab), vocab_size)
     holes = [i for i in range(n) if vocab[i] is None]
-    return np.concatenate([np.asarray(holes, dtype=np.int64), np.arange(n, vocab_size, dtype=np.int64)])
+    return np.concatenate(
+        [np.asarray(holes, dtype=np.int64), np.arange(n, vocab_size, dtype=np.int64)]
+    )
 
 
 def _blocked_ids(lm, stop_ids):
@@ -459,18 +549,24 @@ def _blocked_ids(lm, stop_ids):
     tok = _tokenizer(lm)
     if tok is None:
         return None
-    return np.setdiff1d(undecodable_ids(tok, lm.backbone.config.vocab_size), np.asarray(stop_ids, dtype=np.int64))
+    return np.setdiff1d(
+        undecodable_ids(tok, lm.backbone.config.vocab_size), np.asarray(stop_ids, dtype=np.int64)
+    )
 
 
 def _prepare(lm, inputs, max_length):
     """inputs -> (token_ids (B, P), padding_mask (B, P), max_length, single string?)."""
     if lm.preprocessor is None:
         if not isinstance(inputs, dict) or "token_ids" not in inputs:
-            raise ArgumentError("inputs: without a preprocessor pass a dict {'token_ids', 'padding_mask'}")
+            raise ArgumentError(
+                "inputs: without a preprocessor pass a dict {'token_ids', 'padding_mask'}"
+            )
         ids = np.atleast_2d(np.asarray(inputs["token_ids"]))
         mask = np.atleast_2d(np.asarray(inputs.get("padding_mask", np.ones(ids.shape, dtype=bool))))
         if max_length is None:
-            raise ArgumentError("max_length: required for token inputs (it counts prompt + new tokens)")
+            raise ArgumentError(
+                "max_length: required for token inputs (it counts prompt + new tokens)"
+            )
         return ids, mask, max_length, False
     if isinstance(inputs, dict):
         ids = np.atleast_2d(np.asarray(inputs["token_ids"]))
@@ -485,7 +581,15 @@ def _prepare(lm, inputs, max_length):
     return ids, mask, max_length, single
 
 
-def generate(lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False, stream=False, sampler=None):
+def generate(
+    lm,
+    inputs,
+    max_length=None,
+    stop_token_ids="auto",
+    strip_prompt=False,
+    stream=False,
+    sampler=None,
+):
     """BloomCausalLM.generate: see its docstring. `sampler` defaults to lm.sampler."""
     if stream:
         return stream_text(lm, inputs, max_length, stop_token_ids, strip_prompt, sampler)
@@ -493,14 +597,30 @@ def generate(lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt=Fa
     ids, mask, max_length, single = _prepare(lm, inputs, max_length)
     P = ids.shape[1]
     stops = resolve_stop_ids(lm, stop_token_ids)
-    out = generate_ids(lm.backbone, ids, mask, max_length, sampler, stops, _pad_id(lm, stops), _blocked_ids(lm, stops))
+    out = generate_ids(
+        lm.backbone,
+        ids,
+        mask,
+        max_length,
+        sampler,
+        stops,
+        _pad_id(lm, stops),
+        _blocked_ids(lm, stops),
+    )
     if lm.preprocessor is None or isinstance(inputs, dict):
         if strip_prompt:
             out = {k: (v[..., P:] if k != "scores" else v) for k, v in out.items()}
         return out
-    view = {"token_ids": out["token_ids"][..., P:], "padding_mask": out["padding_mask"][..., P:]} if strip_prompt else out
+    view = (
+        {"token_ids": out["token_ids"][..., P:], "padding_mask": out["padding_mask"][..., P:]}
+        if strip_prompt
+        else out
+    )
     if view["token_ids"].ndim == 3:  # all beams: a list (per prompt) of lists (per beam) of strings
-        texts = [lm.preprocessor.generate_postprocess({"token_ids": t, "padding_mask": m}) for t, m in zip(view["token_ids"], view["padding_mask"])]
+        texts = [
+            lm.preprocessor.generate_postprocess({"token_ids": t, "padding_mask": m})
+            for t, m in zip(view["token_ids"], view["padding_mask"])
+        ]
         return (texts[0] if single else texts), out["scores"]
     texts = lm.preprocessor.generate_postprocess(view)
     if isinstance(texts, str):
@@ -528,7 +648,11 @@ class Utf8Pieces:
 
         self._tokenizer = tokenizer
         self._char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
-        specials = (tokenizer.start_token_id, tokenizer.end_token_id, tokenizer.pad_token_id)  # as generate_postprocess
+        specials = (
+            tokenizer.start_token_id,
+            tokenizer.end_token_id,
+            tokenizer.pad_token_id,
+        )  # as generate_postprocess
         self._skip = {int(i) for i in specials if i is not None}
         self._bytes = {}  # id -> bytes, for the ids seen so far
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -540,7 +664,8 @@ class Utf8Pieces:
                 self._bytes[i] = b""
             else:  # a character outside the byte map stands for its own UTF-8 bytes (as HF)
                 self._bytes[i] = b"".join(
-                    bytes([self._char_to_byte[c]]) if c in self._char_to_byte else c.encode("utf-8") for c in token
+                    bytes([self._char_to_byte[c]]) if c in self._char_to_byte else c.encode("utf-8")
+                    for c in token
                 )
         return self._bytes[i]
 
@@ -552,7 +677,9 @@ class Utf8Pieces:
         return self._utf8.decode(b"", final=True)
 
 
-def stream_text(lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False, sampler=None, stats=None):
+def stream_text(
+    lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False, sampler=None, stats=None
+):
     """Yield the text of one prompt piece by piece as tokens are generated.
 
     The pieces concatenate to `generate(lm, inputs, ...)` for the same arguments (the prompt first,
@@ -566,9 +693,17 @@ def stream_text(lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt
     ids, mask, max_length, _ = _prepare(lm, inputs, max_length)
     stops = resolve_stop_ids(lm, stop_token_ids)
     pad, blocked = _pad_id(lm, stops), _blocked_ids(lm, stops)
-    ids, mask = _checked_inputs(lm.backbone, ids, mask, max_length, sampler, stops, pad)  # before any output
+    ids, mask = _checked_inputs(
+        lm.backbone, ids, mask, max_length, sampler, stops, pad
+    )  # before any output
     stats = {} if stats is None else stats
-    stats.update(prompt_tokens=int(mask[0].sum()), new_tokens=0, prefill_seconds=0.0, decode_seconds=0.0, total_seconds=0.0)
+    stats.update(
+        prompt_tokens=int(mask[0].sum()),
+        new_tokens=0,
+        prefill_seconds=0.0,
+        decode_seconds=0.0,
+        total_seconds=0.0,
+    )
     pieces = Utf8Pieces(lm.preprocessor.tokenizer)
     if not strip_prompt:
         yield from filter(None, [pieces.push(ids[0][mask[0]])])
@@ -582,7 +717,9 @@ def stream_text(lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt
         yield from filter(None, [pieces.push(new), pieces.flush()])
         return
     if ids.shape[1] < max_length:
-        for _, nxt, alive in decode_steps(lm.backbone, ids, mask, max_length, sampler, stops, pad, blocked):
+        for _, nxt, alive in decode_steps(
+            lm.backbone, ids, mask, max_length, sampler, stops, pad, blocked
+        ):
             if not alive[0]:
                 break
             stats["new_tokens"] += 1
@@ -598,4 +735,13 @@ def stream_text(lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt
         yield tail
 
 
-__all__ = ["generate", "generate_ids", "beam_search", "decode_steps", "stream_text", "left_align", "undecodable_ids", "Utf8Pieces"]
+__all__ = [
+    "generate",
+    "generate_ids",
+    "beam_search",
+    "decode_steps",
+    "stream_text",
+    "left_align",
+    "undecodable_ids",
+    "Utf8Pieces",
+]

@@ -40,7 +40,9 @@ def njit(*args, **kwargs):
             return f
         try:
             return numba.njit(**kwargs)(f)
-        except RuntimeError as e:  # "cannot cache function ...: no locator available": read-only everywhere
+        except (
+            RuntimeError
+        ) as e:  # "cannot cache function ...: no locator available": read-only everywhere
             if not kwargs.get("cache") or "cannot cache" not in str(e):
                 raise
             return numba.njit(**{**kwargs, "cache": False})(f)

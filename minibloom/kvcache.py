@@ -31,12 +31,21 @@ class KVCache:
     """
 
     def __init__(self, num_layers, batch_size, num_heads, max_length, head_dim):
-        for name, v in dict(num_layers=num_layers, batch_size=batch_size, num_heads=num_heads, max_length=max_length, head_dim=head_dim).items():
+        for name, v in dict(
+            num_layers=num_layers,
+            batch_size=batch_size,
+            num_heads=num_heads,
+            max_length=max_length,
+            head_dim=head_dim,
+        ).items():
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ArgumentError(f"KVCache: `{name}` must be a positive integer, found {v!r}")
         shape = (num_layers, batch_size, num_heads, max_length, head_dim)
-        memory.check_fits(2 * 4 * int(np.prod(shape, dtype=object)), f"KVCache of shape {shape} (keys and values)",
-                          "lower max_length or the batch size")  # before allocating
+        memory.check_fits(
+            2 * 4 * int(np.prod(shape, dtype=object)),
+            f"KVCache of shape {shape} (keys and values)",
+            "lower max_length or the batch size",
+        )  # before allocating
         self.key = np.zeros(shape, dtype=np.float32)  # (L, B, H, S_max, D)
         self.value = np.zeros(shape, dtype=np.float32)  # (L, B, H, S_max, D)
         self.length = 0
@@ -64,7 +73,9 @@ class KVCache:
         T = k.shape[2]
         end = self.length + T
         if end > self.max_length:
-            raise ArgumentError(f"KVCache: {self.length} cached + {T} new tokens exceed max_length {self.max_length}")
+            raise ArgumentError(
+                f"KVCache: {self.length} cached + {T} new tokens exceed max_length {self.max_length}"
+            )
         self.key[layer, :, :, self.length : end] = k
         self.value[layer, :, :, self.length : end] = v
         return self.key[layer, :, :, :end], self.value[layer, :, :, :end]
@@ -85,14 +96,18 @@ class KVCache:
         n = self.length
         if in_place:
             if len(index) != self.batch_size:
-                raise ArgumentError(f"KVCache.reorder: in_place needs {self.batch_size} row indices, found {len(index)}")
+                raise ArgumentError(
+                    f"KVCache.reorder: in_place needs {self.batch_size} row indices, found {len(index)}"
+                )
             # the fancy index on the right makes a copy of the filled part first, so rows may
             # move to any other row (a permutation or duplicates) without reading overwritten data
             self.key[:, :, :, :n] = self.key[:, index, :, :n]
             self.value[:, :, :, :n] = self.value[:, index, :, :n]
             return self
         new = KVCache.__new__(KVCache)
-        new.key = np.zeros(self.key.shape[:1] + (len(index),) + self.key.shape[2:], dtype=np.float32)
+        new.key = np.zeros(
+            self.key.shape[:1] + (len(index),) + self.key.shape[2:], dtype=np.float32
+        )
         new.value = np.zeros_like(new.key)
         new.key[:, :, :, :n] = self.key[:, index, :, :n]
         new.value[:, :, :, :n] = self.value[:, index, :, :n]

@@ -38,7 +38,9 @@ class CrossEntropyCache(NamedTuple):
     norm: float  # N
 
 
-def softmax_cross_entropy_forward(logits, y, sample_weight=None, reduction="mean", overwrite_logits=False):
+def softmax_cross_entropy_forward(
+    logits, y, sample_weight=None, reduction="mean", overwrite_logits=False
+):
     """Weighted cross-entropy. logits (B, T, V) float, y (B, T) int (-100 = ignore),
     sample_weight (B, T) float or None (all ones) -> (loss float, CrossEntropyCache).
 
@@ -54,10 +56,14 @@ def softmax_cross_entropy_forward(logits, y, sample_weight=None, reduction="mean
     B, T, V = logits.shape
     y = np.asarray(y)
     if y.shape != (B, T) or not np.issubdtype(y.dtype, np.integer):
-        raise ArgumentError(f"y: expected (B, T) = {(B, T)} integer targets, found shape {y.shape} dtype {y.dtype}")
+        raise ArgumentError(
+            f"y: expected (B, T) = {(B, T)} integer targets, found shape {y.shape} dtype {y.dtype}"
+        )
     ignored = y == IGNORE_INDEX
     if ((y < 0) & ~ignored).any() or (y >= V).any():
-        raise ArgumentError(f"y: targets must be in [0, {V}) or {IGNORE_INDEX}, found {y[((y < 0) & ~ignored) | (y >= V)][0]}")
+        raise ArgumentError(
+            f"y: targets must be in [0, {V}) or {IGNORE_INDEX}, found {y[((y < 0) & ~ignored) | (y >= V)][0]}"
+        )
     if sample_weight is None:
         w = np.ones((B, T), dtype=logits.dtype)
     else:
@@ -80,7 +86,9 @@ def softmax_cross_entropy_forward(logits, y, sample_weight=None, reduction="mean
     if reduction == "mean":
         norm = float(w.sum(dtype=np.float64))
         if norm == 0.0:
-            raise ArgumentError("sample_weight: every target has weight 0 (or is -100); the mean is undefined")
+            raise ArgumentError(
+                "sample_weight: every target has weight 0 (or is -100); the mean is undefined"
+            )
     elif reduction == "sum_over_batch_size":
         norm = float(B * T)
     else:

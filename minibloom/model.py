@@ -42,6 +42,7 @@ from minibloom.errors import ArgumentError
 from minibloom.kvcache import KVCache
 from minibloom.memory import check_fits
 
+
 def init_params(config, seed=0):
     """Random parameters initialised as HF does: N(0, initializer_range) for Linear and Embedding
     weights, zero biases, LayerNorm weight 1 and bias 0. float32, seeded."""
@@ -67,7 +68,9 @@ def check_params(params, config):
     missing = [k for k in expected if k not in params]
     unexpected = [k for k in params if k not in expected]
     if missing or unexpected:
-        raise ArgumentError(f"params: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}")
+        raise ArgumentError(
+            f"params: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+        )
     for k, shape in expected.items():
         a = params[k]
         if not isinstance(a, np.ndarray) or a.shape != shape:
@@ -103,29 +106,49 @@ def block_forward(x, p, alibi, visible, config, kv=None, layer=0, training=False
     p: this block's params keyed by BLOCK_KEYS. alibi (B, H, S), visible (B, T, S).
     kv: a KVCache to write this block's new keys/values into (and read the past from), or None.
     """
-    H, eps, post_ln = config.n_head, config.layer_norm_epsilon, config.apply_residual_connection_post_layernorm
+    H, eps, post_ln = (
+        config.n_head,
+        config.layer_norm_epsilon,
+        config.apply_residual_connection_post_layernorm,
+    )
     p_hidden = config.hidden_dropout if training else 0.0
     p_attn = config.attention_dropout if training else 0.0
     # attention half
-    ln1, c_ln1 = ops.layernorm_forward(x, p["input_layernorm.weight"], p["input_layernorm.bias"], eps)
+    ln1, c_ln1 = ops.layernorm_forward(
+        x, p["input_layernorm.weight"], p["input_layernorm.bias"], eps
+    )
     res1 = ln1 if post_ln else x
-    fused, c_qkv = ops.linear_forward(ln1, p["self_attention.query_key_value.weight"], p["self_attention.query_key_value.bias"])  # (B, T, 3C)
+    fused, c_qkv = ops.linear_forward(
+        ln1, p["self_attention.query_key_value.weight"], p["self_attention.query_key_value.bias"]
+    )  # (B, T, 3C)
     q, k, v = ops.split_heads(fused, H)  # each (B, H, T, D)
     if kv is not None:
         k, v = kv.write(layer, k, v)  # (B, H, S, D): past + new
     ctx, c_attn = ops.attention_forward(q, k, v, alibi, visible, p_attn, rng)  # (B, H, T, D)
-    a, c_dense = ops.linear_forward(ops.merge_heads(ctx), p["self_attention.dense.weight"], p["self_attention.dense.bias"])
+    a, c_dense = ops.linear_forward(
+        ops.merge_heads(ctx), p["self_attention.dense.weight"], p["self_attention.dense.bias"]
+    )
     a, c_drop1 = ops.dropout_forward(a, p_hidden, rng)
     x1 = a + res1
     # MLP half
-    ln2, c_ln2 = ops.layernorm_forward(x1, p["post_attention_layernorm.weight"], p["post_attention_layernorm.bias"], eps)
+    ln2, c_ln2 = ops.layernorm_forward(
+        x1, p["post_attention_layernorm.weight"], p["post_attention_layernorm.bias"], eps
+    )
     res2 = ln2 if post_ln else x1
-    h, c_fc1 = ops.linear_forward(ln2, p["mlp.dense_h_to_4h.weight"], p["mlp.dense_h_to_4h.bias"])  # (B, T, F)
+    h, c_fc1 = ops.linear_forward(
+        ln2, p["mlp.dense_h_to_4h.weight"], p["mlp.dense_h_to_4h.bias"]
+    )  # (B, T, F)
     g, c_gelu = ops.gelu_forward(h)
-    m, c_fc2 = ops.linear_forward(g, p["mlp.dense_4h_to_h.weight"], p["mlp.dense_4h_to_h.bias"])  # (B, T, C)
+    m, c_fc2 = ops.linear_forward(
+        g, p["mlp.dense_4h_to_h.weight"], p["mlp.dense_4h_to_h.bias"]
+    )  # (B, T, C)
     m, c_drop2 = ops.dropout_forward(m, p_hidden, rng)
     x2 = m + res2
-    cache = BlockCache(c_ln1, c_qkv, c_attn, c_dense, c_drop1, c_ln2, c_fc1, c_gelu, c_fc2, c_drop2) if training else None
+    cache = (
+        BlockCache(c_ln1, c_qkv, c_attn, c_dense, c_drop1, c_ln2, c_fc1, c_gelu, c_fc2, c_drop2)
+        if training
+        else None
+    )
     return x2, cache
 
 
@@ -134,24 +157,36 @@ def block_backward(dx2, cache, post_ln):
     g = {}
     # MLP half, from `x2 = m + res2` back
     dm = ops.dropout_backward(dx2, cache.drop2)
-    dg, g["mlp.dense_4h_to_h.weight"], g["mlp.dense_4h_to_h.bias"] = ops.linear_backward(dm, cache.fc2)
+    dg, g["mlp.dense_4h_to_h.weight"], g["mlp.dense_4h_to_h.bias"] = ops.linear_backward(
+        dm, cache.fc2
+    )
     dh = ops.gelu_backward(dg, cache.gelu)
-    dln2, g["mlp.dense_h_to_4h.weight"], g["mlp.dense_h_to_4h.bias"] = ops.linear_backward(dh, cache.fc1)
+    dln2, g["mlp.dense_h_to_4h.weight"], g["mlp.dense_h_to_4h.bias"] = ops.linear_backward(
+        dh, cache.fc1
+    )
     if post_ln:
         dln2 = dln2 + dx2  # residual: res2 = ln2
-    dx1, g["post_attention_layernorm.weight"], g["post_attention_layernorm.bias"] = ops.layernorm_backward(dln2, cache.ln2)
+    dx1, g["post_attention_layernorm.weight"], g["post_attention_layernorm.bias"] = (
+        ops.layernorm_backward(dln2, cache.ln2)
+    )
     if not post_ln:
         dx1 = dx1 + dx2  # residual: res2 = x1
     # attention half, from `x1 = a + res1` back
     da = ops.dropout_backward(dx1, cache.drop1)
-    dmerged, g["self_attention.dense.weight"], g["self_attention.dense.bias"] = ops.linear_backward(da, cache.dense)
+    dmerged, g["self_attention.dense.weight"], g["self_attention.dense.bias"] = ops.linear_backward(
+        da, cache.dense
+    )
     H = cache.attn.q.shape[1]
     dq, dk, dv = ops.attention_backward(ops.split_merged_grad(dmerged, H), cache.attn)
     dfused = ops.merge_qkv_grads(dq, dk, dv)  # (B, T, 3C), head-interleaved like the weights
-    dln1, g["self_attention.query_key_value.weight"], g["self_attention.query_key_value.bias"] = ops.linear_backward(dfused, cache.qkv)
+    dln1, g["self_attention.query_key_value.weight"], g["self_attention.query_key_value.bias"] = (
+        ops.linear_backward(dfused, cache.qkv)
+    )
     if post_ln:
         dln1 = dln1 + dx1  # residual: res1 = ln1
-    dx, g["input_layernorm.weight"], g["input_layernorm.bias"] = ops.layernorm_backward(dln1, cache.ln1)
+    dx, g["input_layernorm.weight"], g["input_layernorm.bias"] = ops.layernorm_backward(
+        dln1, cache.ln1
+    )
     if not post_ln:
         dx = dx + dx1  # residual: res1 = x
     return dx, g
@@ -227,8 +262,11 @@ class BloomBackbone:
     def _setup(self, config, params, seed):
         self.config = config
         if params is None:
-            check_fits(4 * config.num_parameters(), f"a random init of {config.num_parameters():,} float32 parameters",
-                       "choose a smaller config")
+            check_fits(
+                4 * config.num_parameters(),
+                f"a random init of {config.num_parameters():,} float32 parameters",
+                "choose a smaller config",
+            )
             params = init_params(config, seed)
         check_params(params, config)
         self.params = params
@@ -250,7 +288,9 @@ class BloomBackbone:
     def _check_inputs(self, token_ids, padding_mask, cache):
         token_ids = np.asarray(token_ids)
         if token_ids.ndim != 2 or not np.issubdtype(token_ids.dtype, np.integer):
-            raise ArgumentError(f"token_ids: expected a (B, T) integer array, found shape {token_ids.shape} dtype {token_ids.dtype}")
+            raise ArgumentError(
+                f"token_ids: expected a (B, T) integer array, found shape {token_ids.shape} dtype {token_ids.dtype}"
+            )
         B, T = token_ids.shape
         if T == 0:
             raise ArgumentError("token_ids: expected at least one token per row, found T = 0")
@@ -262,10 +302,16 @@ class BloomBackbone:
         S = T + (0 if cache is None else cache.length)
         if padding_mask.shape != (B, S):
             what = "(B, T)" if cache is None else "(B, cache.length + T)"
-            raise ArgumentError(f"padding_mask: expected shape {what} = {(B, S)}, found {padding_mask.shape}")
+            raise ArgumentError(
+                f"padding_mask: expected shape {what} = {(B, S)}, found {padding_mask.shape}"
+            )
         if padding_mask.dtype != bool:
-            if not (np.issubdtype(padding_mask.dtype, np.number) and np.isin(padding_mask, (0, 1)).all()):
-                raise ArgumentError(f"padding_mask: expected bool or 0/1 values, found dtype {padding_mask.dtype} with other values")
+            if not (
+                np.issubdtype(padding_mask.dtype, np.number) and np.isin(padding_mask, (0, 1)).all()
+            ):
+                raise ArgumentError(
+                    f"padding_mask: expected bool or 0/1 values, found dtype {padding_mask.dtype} with other values"
+                )
             padding_mask = padding_mask.astype(bool)
         if cache is not None:
             if not isinstance(cache, KVCache):
@@ -276,7 +322,15 @@ class BloomBackbone:
                 raise ArgumentError(f"cache: expected (L, B, H, D) = {expect}, found {found}")
         return token_ids.astype(np.int64, copy=False), padding_mask
 
-    def forward(self, token_ids, padding_mask, cache=None, output_hidden_states=False, training=False, rng=None):
+    def forward(
+        self,
+        token_ids,
+        padding_mask,
+        cache=None,
+        output_hidden_states=False,
+        training=False,
+        rng=None,
+    ):
         """Run the transformer. Returns a ForwardResult (hidden, hidden_states, saved).
 
         token_ids (B, T) int; padding_mask (B, S) bool or 0/1 with S = T, or S = cache.length + T
@@ -288,25 +342,42 @@ class BloomBackbone:
         token_ids, padding_mask = self._check_inputs(token_ids, padding_mask, cache)
         cfg = self.config
         if training and cache is not None:
-            raise ArgumentError("forward: training=True keeps activations for backward and cannot use a KV cache")
-        if training and (cfg.hidden_dropout > 0 or cfg.attention_dropout > 0) and not isinstance(rng, np.random.Generator):
+            raise ArgumentError(
+                "forward: training=True keeps activations for backward and cannot use a KV cache"
+            )
+        if (
+            training
+            and (cfg.hidden_dropout > 0 or cfg.attention_dropout > 0)
+            and not isinstance(rng, np.random.Generator)
+        ):
             raise ArgumentError("rng: training with dropout needs an np.random.Generator")
         T = token_ids.shape[1]
         alibi = ops.alibi_bias(padding_mask, self.slopes)  # (B, H, S)
         visible = ops.attention_visibility(padding_mask, T)  # (B, T, S)
 
-        x, c_emb = ops.embedding_forward(token_ids, self.params["word_embeddings.weight"])  # (B, T, C)
-        x, c_ln_emb = ops.layernorm_forward(x, self.params["word_embeddings_layernorm.weight"], self.params["word_embeddings_layernorm.bias"], cfg.layer_norm_epsilon)
+        x, c_emb = ops.embedding_forward(
+            token_ids, self.params["word_embeddings.weight"]
+        )  # (B, T, C)
+        x, c_ln_emb = ops.layernorm_forward(
+            x,
+            self.params["word_embeddings_layernorm.weight"],
+            self.params["word_embeddings_layernorm.bias"],
+            cfg.layer_norm_epsilon,
+        )
         hidden_states = [x] if output_hidden_states else None
         block_caches = []
         for i in range(cfg.n_layer):
-            x, c_block = block_forward(x, self._block_params(i), alibi, visible, cfg, cache, i, training, rng)
+            x, c_block = block_forward(
+                x, self._block_params(i), alibi, visible, cfg, cache, i, training, rng
+            )
             block_caches.append(c_block)
             if output_hidden_states and i < cfg.n_layer - 1:
                 hidden_states.append(x)
         if cache is not None:
             cache.advance(T)
-        hidden, c_ln_f = ops.layernorm_forward(x, self.params["ln_f.weight"], self.params["ln_f.bias"], cfg.layer_norm_epsilon)
+        hidden, c_ln_f = ops.layernorm_forward(
+            x, self.params["ln_f.weight"], self.params["ln_f.bias"], cfg.layer_norm_epsilon
+        )
         if output_hidden_states:
             hidden_states.append(hidden)
         saved = (c_emb, c_ln_emb, block_caches, c_ln_f) if training else None
@@ -328,13 +399,17 @@ class BloomBackbone:
         (the forward's final hidden states), to backpropagate through the tied head too.
         """
         if saved is None:
-            raise ArgumentError("backward: needs the `saved` activations of forward(..., training=True)")
+            raise ArgumentError(
+                "backward: needs the `saved` activations of forward(..., training=True)"
+            )
         c_emb, c_ln_emb, block_caches, c_ln_f = saved
         dE_head = None
         if dlogits is not None:
             if hidden is None:
                 raise ArgumentError("backward: dlogits needs the forward's final `hidden` states")
-            dhidden_head, dE_head = ops.lm_head_backward(dlogits, hidden, self.params["word_embeddings.weight"])
+            dhidden_head, dE_head = ops.lm_head_backward(
+                dlogits, hidden, self.params["word_embeddings.weight"]
+            )
             dhidden = dhidden_head if dhidden is None else dhidden + dhidden_head
         if dhidden is None:
             raise ArgumentError("backward: give dhidden or dlogits")
@@ -345,7 +420,9 @@ class BloomBackbone:
             dx, g = block_backward(dx, block_caches[i], post_ln)
             for k in BLOCK_KEYS:
                 grads[f"h.{i}.{k}"] = g[k]
-        dx, grads["word_embeddings_layernorm.weight"], grads["word_embeddings_layernorm.bias"] = ops.layernorm_backward(dx, c_ln_emb)
+        dx, grads["word_embeddings_layernorm.weight"], grads["word_embeddings_layernorm.bias"] = (
+            ops.layernorm_backward(dx, c_ln_emb)
+        )
         # tied embedding: the lookup's gradient added (in place) to the head's
         grads["word_embeddings.weight"] = ops.embedding_backward(dx, c_emb, dE=dE_head)
         return {k: grads[k] for k in self.params}  # params' key order

@@ -45,7 +45,6 @@ from typing import NamedTuple
 import numpy as np
 
 
-
 def widen(w, like):
     """A weight in the compute dtype of `like` (float32, or float64 in gradient checks); no copy if it already is."""
     return np.asarray(w, dtype=np.result_type(like.dtype, np.float32))
@@ -122,7 +121,9 @@ def layernorm_backward(dy, cache):
     dw = (dy * norm).reshape(-1, C).sum(axis=0)  # y = norm * w + b
     db = dy.reshape(-1, C).sum(axis=0)
     g = dy * w
-    dx = (g - g.mean(axis=-1, keepdims=True) - norm * (g * norm).mean(axis=-1, keepdims=True)) * rstd
+    dx = (
+        g - g.mean(axis=-1, keepdims=True) - norm * (g * norm).mean(axis=-1, keepdims=True)
+    ) * rstd
     return dx, dw, db
 
 
@@ -340,7 +341,9 @@ def attention_forward(q, k, v, alibi, visible, dropout_p=0.0, rng=None):
     """
     inv = 1.0 / math.sqrt(q.shape[-1])
     scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(inv) + alibi[:, :, None, :]  # (B, H, T, S)
-    scores = np.where(visible[:, None, :, :], scores, np.finfo(q.dtype).min)  # (B, 1, T, S) over heads
+    scores = np.where(
+        visible[:, None, :, :], scores, np.finfo(q.dtype).min
+    )  # (B, 1, T, S) over heads
     e = np.exp(scores - scores.max(axis=-1, keepdims=True))
     probs = e / e.sum(axis=-1, keepdims=True)  # (B, H, T, S)
     dropped, dcache = dropout_forward(probs, dropout_p, rng)

@@ -129,7 +129,9 @@ def get_schedule(name: str, learning_rate: float, warmup_steps: int = 0, total_s
 
 def global_norm(grads: dict) -> float:
     """sqrt(sum of squares of every gradient entry), as one number (accumulated in float64)."""
-    return math.sqrt(sum(float(np.dot(g.reshape(-1).astype(np.float64), g.reshape(-1))) for g in grads.values()))
+    return math.sqrt(
+        sum(float(np.dot(g.reshape(-1).astype(np.float64), g.reshape(-1))) for g in grads.values())
+    )
 
 
 def clip_grad_norm(grads: dict, max_norm: float) -> float:
@@ -169,7 +171,9 @@ class GradientAccumulator:
 
     def result(self) -> dict:
         if self._sum is None or self._tokens <= 0:
-            raise TrainingError("gradient accumulation: no micro-batch with target tokens was added")
+            raise TrainingError(
+                "gradient accumulation: no micro-batch with target tokens was added"
+            )
         scale = np.float32(1.0 / self._tokens)
         return {k: s * scale for k, s in self._sum.items()}
 
@@ -198,8 +202,16 @@ class AdamW:
     the first `apply`). `state_dict()` / `load_state_dict()` round-trip it for checkpoints.
     """
 
-    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.01,
-                 exclude_from_weight_decay=(), global_clipnorm=None):
+    def __init__(
+        self,
+        learning_rate=1e-3,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        weight_decay=0.01,
+        exclude_from_weight_decay=(),
+        global_clipnorm=None,
+    ):
         if not callable(learning_rate):
             learning_rate = check_float("learning_rate", learning_rate, lo=0)
         self.learning_rate = learning_rate
@@ -229,7 +241,9 @@ class AdamW:
         rate used. If `global_clipnorm` is set, `grads` are clipped in place first."""
         missing = sorted(set(params) - set(grads))
         if missing:
-            raise ArgumentError(f"grads: missing gradients for {missing[:5]} ({len(missing)} tensors)")
+            raise ArgumentError(
+                f"grads: missing gradients for {missing[:5]} ({len(missing)} tensors)"
+            )
         if self.global_clipnorm is not None:
             clip_grad_norm({k: grads[k] for k in params}, self.global_clipnorm)
         lr = self.current_learning_rate()
@@ -244,15 +258,26 @@ class AdamW:
             if p.dtype != np.float32 or g.dtype != np.float32 or g.shape != p.shape:
                 raise ArgumentError(
                     f"AdamW: {name}: expected float32 param and grad of one shape, found "
-                    f"{p.dtype}{p.shape} and {g.dtype}{g.shape}")
+                    f"{p.dtype}{p.shape} and {g.dtype}{g.shape}"
+                )
             if name not in self.m:
                 self.m[name] = np.zeros_like(p)
                 self.v[name] = np.zeros_like(p)
             wd = self.weight_decay if self.decays(name) else 0.0
             f32 = np.float32
-            update(p, np.ascontiguousarray(g), self.m[name], self.v[name], decay=f32(1.0 - lr * wd),
-                   one_minus_b1=f32(1.0 - self.beta_1), b2=f32(self.beta_2), one_minus_b2=f32(1.0 - self.beta_2),
-                   bc2_sqrt=f32(bc2_sqrt), eps=f32(self.epsilon), step_size=f32(step_size))
+            update(
+                p,
+                np.ascontiguousarray(g),
+                self.m[name],
+                self.v[name],
+                decay=f32(1.0 - lr * wd),
+                one_minus_b1=f32(1.0 - self.beta_1),
+                b2=f32(self.beta_2),
+                one_minus_b2=f32(1.0 - self.beta_2),
+                bc2_sqrt=f32(bc2_sqrt),
+                eps=f32(self.epsilon),
+                step_size=f32(step_size),
+            )
         return lr
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -265,8 +290,10 @@ class AdamW:
         """Restore what `state_dict()` returned (arrays are copied to float32)."""
         m, v = state["m"], state["v"]
         if set(m) != set(v):
-            raise TrainingError(f"optimizer state: first and second moments have different keys: "
-                                f"{sorted(set(m) ^ set(v))[:5]}")
+            raise TrainingError(
+                f"optimizer state: first and second moments have different keys: "
+                f"{sorted(set(m) ^ set(v))[:5]}"
+            )
         self.step = int(state["step"])
         self.m = {k: np.array(a, dtype=np.float32) for k, a in m.items()}
         self.v = {k: np.array(a, dtype=np.float32) for k, a in v.items()}

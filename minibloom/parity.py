@@ -51,7 +51,9 @@ def load_model(preset):
     return directory, BloomCausalLM.from_preset(directory, preprocessor=None)
 
 
-def prompt_ids(directory: Path, prompt: str | None, ids, vocab_size: int | None = None) -> np.ndarray:
+def prompt_ids(
+    directory: Path, prompt: str | None, ids, vocab_size: int | None = None
+) -> np.ndarray:
     """Token ids (T,) int64: `ids` (a list, or a string "1,2,3") if given, else `prompt` encoded with
     tokenizer.json. With `vocab_size`, every id must be in [0, vocab_size)."""
     if ids is not None:
@@ -59,18 +61,26 @@ def prompt_ids(directory: Path, prompt: str | None, ids, vocab_size: int | None 
             try:
                 ids = [int(t) for t in ids.replace(",", " ").split()]
             except ValueError:
-                raise ArgumentError(f"--ids: expected integers separated by commas or spaces, found {ids[:60]!r}") from None
+                raise ArgumentError(
+                    f"--ids: expected integers separated by commas or spaces, found {ids[:60]!r}"
+                ) from None
         out = np.array([int(i) for i in ids], dtype=np.int64)
         bad = [int(i) for i in out if i < 0 or (vocab_size is not None and i >= vocab_size)]
         if bad:
-            raise ArgumentError(f"--ids: expected ids in [0, {vocab_size if vocab_size is not None else 'V'}) (the model's "
-                                f"vocabulary), found {bad[0]}")
+            raise ArgumentError(
+                f"--ids: expected ids in [0, {vocab_size if vocab_size is not None else 'V'}) (the model's "
+                f"vocabulary), found {bad[0]}"
+            )
     else:
         if not (directory / "tokenizer.json").is_file():
-            raise ArgumentError(f"{directory} has no tokenizer.json to encode --prompt; pass token ids with --ids")
+            raise ArgumentError(
+                f"{directory} has no tokenizer.json to encode --prompt; pass token ids with --ids"
+            )
         from minibloom.tokenizer import BloomTokenizer
 
-        out = np.array(BloomTokenizer.from_file(directory / "tokenizer.json").encode(prompt), dtype=np.int64)
+        out = np.array(
+            BloomTokenizer.from_file(directory / "tokenizer.json").encode(prompt), dtype=np.int64
+        )
     if out.size == 0:
         raise ArgumentError("the prompt encodes to no tokens; give a non-empty --prompt or --ids")
     return out
@@ -81,7 +91,10 @@ def parity_batch(ids: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     T = ids.shape[0]
     token_ids = np.full((2, T + PAD_SHIFT), pad_id, dtype=np.int64)
     mask = np.zeros((2, T + PAD_SHIFT), dtype=bool)
-    token_ids[0, :T], mask[0, :T] = ids, True  # row 0: right-padded, which changes nothing for row 0
+    token_ids[0, :T], mask[0, :T] = (
+        ids,
+        True,
+    )  # row 0: right-padded, which changes nothing for row 0
     token_ids[1, PAD_SHIFT:], mask[1, PAD_SHIFT:] = ids, True
     return token_ids, mask
 
@@ -106,7 +119,12 @@ def minibloom_activations(lm, token_ids, padding_mask) -> dict[str, np.ndarray]:
     alibi = ops.alibi_bias(padding_mask, ops.alibi_slopes(config.n_head))  # (B, H, S)
     visible = ops.attention_visibility(padding_mask, token_ids.shape[1])  # (B, T, S)
     emb, _ = ops.embedding_forward(token_ids, params["word_embeddings.weight"])  # (B, T, C)
-    x, _ = ops.layernorm_forward(emb, params["word_embeddings_layernorm.weight"], params["word_embeddings_layernorm.bias"], eps)
+    x, _ = ops.layernorm_forward(
+        emb,
+        params["word_embeddings_layernorm.weight"],
+        params["word_embeddings_layernorm.bias"],
+        eps,
+    )
     acts = {
         "token_ids": token_ids,
         "padding_mask": padding_mask,
@@ -116,9 +134,15 @@ def minibloom_activations(lm, token_ids, padding_mask) -> dict[str, np.ndarray]:
     }
     for i in range(config.n_layer):
         p = f"h.{i}."
-        x, c = block_forward(x, {k: params[p + k] for k in BLOCK_KEYS}, alibi, visible, config, training=True)
+        x, c = block_forward(
+            x, {k: params[p + k] for k in BLOCK_KEYS}, alibi, visible, config, training=True
+        )
         acts[p + "input_layernorm"] = c.qkv.x
-        acts[p + "query"], acts[p + "key"], acts[p + "value"] = c.attn.q, c.attn.k, c.attn.v  # (B, H, T, D)
+        acts[p + "query"], acts[p + "key"], acts[p + "value"] = (
+            c.attn.q,
+            c.attn.k,
+            c.attn.v,
+        )  # (B, H, T, D)
         acts[p + "attention_probs"] = c.attn.probs  # (B, H, T, S)
         acts[p + "attention_context"] = c.dense.x  # (B, T, C)
         acts[p + "post_attention_layernorm"] = c.fc1.x
@@ -138,8 +162,12 @@ def transformers_hidden_states(directory, token_ids, padding_mask) -> tuple[list
         import torch
         from transformers import BloomForCausalLM
     except ImportError:
-        raise ArgumentError("parity needs torch and transformers: pip install -e '.[ref]'") from None
-    model = BloomForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager").eval()
+        raise ArgumentError(
+            "parity needs torch and transformers: pip install -e '.[ref]'"
+        ) from None
+    model = BloomForCausalLM.from_pretrained(
+        directory, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     with torch.no_grad():
         out = model(
             input_ids=torch.from_numpy(token_ids),
@@ -167,7 +195,9 @@ def run_parity(preset, prompt, ids=None, tolerance=1e-4, out=print) -> int:
     """Print the per-layer comparison table; returns 0 if every relative difference <= tolerance."""
     directory, lm = load_model(preset)
     cfg = lm.backbone.config
-    token_ids, mask = parity_batch(prompt_ids(directory, prompt, ids, cfg.vocab_size), cfg.pad_token_id or 0)
+    token_ids, mask = parity_batch(
+        prompt_ids(directory, prompt, ids, cfg.vocab_size), cfg.pad_token_id or 0
+    )
     fwd = lm.backbone.forward(token_ids, mask, output_hidden_states=True)
     ours = fwd.hidden_states + [lm.backbone.logits(fwd.hidden)]
     theirs_hidden, theirs_logits = transformers_hidden_states(directory, token_ids, mask)
@@ -175,8 +205,12 @@ def run_parity(preset, prompt, ids=None, tolerance=1e-4, out=print) -> int:
     names = ["embeddings (LN_emb)"] + [f"block {i} output" for i in range(cfg.n_layer - 1)]
     names += ["final hidden (ln_f)", "logits"]
 
-    out(f"model: {directory}  (L={cfg.n_layer}, C={cfg.hidden_size}, H={cfg.n_head}, V={cfg.vocab_size})")
-    out(f"batch: {token_ids.shape[1] - PAD_SHIFT} tokens, as is and left-padded by {PAD_SHIFT}; pads not compared")
+    out(
+        f"model: {directory}  (L={cfg.n_layer}, C={cfg.hidden_size}, H={cfg.n_head}, V={cfg.vocab_size})"
+    )
+    out(
+        f"batch: {token_ids.shape[1] - PAD_SHIFT} tokens, as is and left-padded by {PAD_SHIFT}; pads not compared"
+    )
     out(f"{'quantity':<24} {'max|diff|':>11} {'max|ref|':>11} {'relative':>11}")
     worst = 0.0
     for name, a, b in zip(names, ours, theirs):
@@ -187,7 +221,9 @@ def run_parity(preset, prompt, ids=None, tolerance=1e-4, out=print) -> int:
     same_argmax = bool((ours[-1].argmax(-1) == theirs[-1].argmax(-1))[mask].all())
     out(f"greedy next tokens identical at every position: {same_argmax}")
     ok = worst <= tolerance
-    out(f"{'PASS' if ok else 'FAIL'}: largest relative difference {worst:.3e} (tolerance {tolerance:g})")
+    out(
+        f"{'PASS' if ok else 'FAIL'}: largest relative difference {worst:.3e} (tolerance {tolerance:g})"
+    )
     return 0 if ok else 1
 
 

@@ -58,8 +58,11 @@ class BloomCausalLMPreprocessor:
         self.add_end_token = bool(add_end_token)
 
     def get_config(self) -> dict:
-        return {"sequence_length": self.sequence_length, "add_start_token": self.add_start_token,
-                "add_end_token": self.add_end_token}
+        return {
+            "sequence_length": self.sequence_length,
+            "add_start_token": self.add_start_token,
+            "add_end_token": self.add_end_token,
+        }
 
     # --- packing --------------------------------------------------------------------------------
 
@@ -70,7 +73,9 @@ class BloomCausalLMPreprocessor:
         room = length - len(start) - len(end)
         if room < 0:
             raise ArgumentError(f"sequence_length {length} cannot hold the start/end tokens")
-        ids = np.full((len(ids_list), length), self.tokenizer.pad_token_id, dtype=np.int64)  # (B, length)
+        ids = np.full(
+            (len(ids_list), length), self.tokenizer.pad_token_id, dtype=np.int64
+        )  # (B, length)
         mask = np.zeros((len(ids_list), length), dtype=bool)  # (B, length)
         for b, row in enumerate(ids_list):
             row = start + list(row[:room]) + end
@@ -88,10 +93,14 @@ class BloomCausalLMPreprocessor:
         sample_weight (B, T) float32 (1.0 where y is a real target, 0.0 on padding).
         """
         if y is not None or sample_weight is not None:
-            raise ArgumentError("y / sample_weight: the preprocessor makes them from x; pass only x")
+            raise ArgumentError(
+                "y / sample_weight: the preprocessor makes them from x; pass only x"
+            )
         texts, _ = _as_text_list(x)
         T = self.sequence_length if sequence_length is None else int(sequence_length)
-        ids, mask = self._pack([self.tokenizer.encode(t) for t in texts], T + 1, self.add_end_token, left=False)
+        ids, mask = self._pack(
+            [self.tokenizer.encode(t) for t in texts], T + 1, self.add_end_token, left=False
+        )
         # (B, T+1) -> inputs and targets, shifted by one position
         x_out = {"token_ids": ids[:, :-1].copy(), "padding_mask": mask[:, :-1].copy()}
         return x_out, ids[:, 1:].copy(), mask[:, 1:].astype(np.float32)

@@ -65,16 +65,86 @@ PRESETS = MappingProxyType(
     {
         p.name: p
         for p in (
-            _p("bloom_560m_multi", "bigscience/bloom-560m", 24, 1024, 16, f"24 layers, hidden 1024. {_BASE}."),
-            _p("bloom_1.1b_multi", "bigscience/bloom-1b1", 24, 1536, 16, f"24 layers, hidden 1536. {_BASE}."),
-            _p("bloom_1.7b_multi", "bigscience/bloom-1b7", 24, 2048, 16, f"24 layers, hidden 2048. {_BASE}."),
-            _p("bloom_3b_multi", "bigscience/bloom-3b", 30, 2560, 32, f"30 layers, hidden 2560. {_BASE}."),
-            _p("bloom_7b_multi", "bigscience/bloom-7b1", 30, 4096, 32, f"30 layers, hidden 4096. {_BASE}."),
-            _p("bloomz_560m_multi", "bigscience/bloomz-560m", 24, 1024, 16, f"24 layers, hidden 1024. {_Z}."),
-            _p("bloomz_1.1b_multi", "bigscience/bloomz-1b1", 24, 1536, 16, f"24 layers, hidden 1536. {_Z}."),
-            _p("bloomz_1.7b_multi", "bigscience/bloomz-1b7", 24, 2048, 16, f"24 layers, hidden 2048. {_Z}."),
-            _p("bloomz_3b_multi", "bigscience/bloomz-3b", 30, 2560, 32, f"30 layers, hidden 2560. {_Z}."),
-            _p("bloomz_7b_multi", "bigscience/bloomz-7b1", 30, 4096, 32, f"30 layers, hidden 4096. {_Z}."),
+            _p(
+                "bloom_560m_multi",
+                "bigscience/bloom-560m",
+                24,
+                1024,
+                16,
+                f"24 layers, hidden 1024. {_BASE}.",
+            ),
+            _p(
+                "bloom_1.1b_multi",
+                "bigscience/bloom-1b1",
+                24,
+                1536,
+                16,
+                f"24 layers, hidden 1536. {_BASE}.",
+            ),
+            _p(
+                "bloom_1.7b_multi",
+                "bigscience/bloom-1b7",
+                24,
+                2048,
+                16,
+                f"24 layers, hidden 2048. {_BASE}.",
+            ),
+            _p(
+                "bloom_3b_multi",
+                "bigscience/bloom-3b",
+                30,
+                2560,
+                32,
+                f"30 layers, hidden 2560. {_BASE}.",
+            ),
+            _p(
+                "bloom_7b_multi",
+                "bigscience/bloom-7b1",
+                30,
+                4096,
+                32,
+                f"30 layers, hidden 4096. {_BASE}.",
+            ),
+            _p(
+                "bloomz_560m_multi",
+                "bigscience/bloomz-560m",
+                24,
+                1024,
+                16,
+                f"24 layers, hidden 1024. {_Z}.",
+            ),
+            _p(
+                "bloomz_1.1b_multi",
+                "bigscience/bloomz-1b1",
+                24,
+                1536,
+                16,
+                f"24 layers, hidden 1536. {_Z}.",
+            ),
+            _p(
+                "bloomz_1.7b_multi",
+                "bigscience/bloomz-1b7",
+                24,
+                2048,
+                16,
+                f"24 layers, hidden 2048. {_Z}.",
+            ),
+            _p(
+                "bloomz_3b_multi",
+                "bigscience/bloomz-3b",
+                30,
+                2560,
+                32,
+                f"30 layers, hidden 2560. {_Z}.",
+            ),
+            _p(
+                "bloomz_7b_multi",
+                "bigscience/bloomz-7b1",
+                30,
+                4096,
+                32,
+                f"30 layers, hidden 4096. {_Z}.",
+            ),
         )
     }
 )
@@ -100,7 +170,9 @@ def find_preset(name: str) -> Preset | None:
 
 def minibloom_home() -> Path:
     """The local model directory: $MINIBLOOM_HOME, default ~/.cache/minibloom."""
-    return Path(os.environ.get("MINIBLOOM_HOME") or Path.home() / ".cache" / "minibloom").expanduser()
+    return Path(
+        os.environ.get("MINIBLOOM_HOME") or Path.home() / ".cache" / "minibloom"
+    ).expanduser()
 
 
 def hf_hub_cache() -> Path:
@@ -133,7 +205,11 @@ def _hub_snapshot(repo_id: str) -> Path | None:
 
 def default_model_dir() -> Path:
     """The small BLOOM shipped with the project: the first directory under weights/ with a config.json."""
-    candidates = sorted(d for d in WEIGHTS_DIR.glob("*") if d.is_dir() and _is_model_dir(d)) if WEIGHTS_DIR.is_dir() else []
+    candidates = (
+        sorted(d for d in WEIGHTS_DIR.glob("*") if d.is_dir() and _is_model_dir(d))
+        if WEIGHTS_DIR.is_dir()
+        else []
+    )
     if _is_model_dir(WEIGHTS_DIR):
         candidates.insert(0, WEIGHTS_DIR)
     if not candidates:
@@ -167,12 +243,16 @@ def _download(repo_id: str) -> Path:
             repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"]
         )
     except Exception as e:  # network errors, unknown repo, offline mode: all mean "not available"
-        raise PresetNotFoundError(f"hf://{repo_id}: could not download ({type(e).__name__}: {e})") from None
+        raise PresetNotFoundError(
+            f"hf://{repo_id}: could not download ({type(e).__name__}: {e})"
+        ) from None
     return Path(path)
 
 
 def _plain_name(text: str) -> bool:
-    return bool(_NAME.fullmatch(text)) and ".." not in text  # fullmatch: `$` alone lets "x\n" through
+    return (
+        bool(_NAME.fullmatch(text)) and ".." not in text
+    )  # fullmatch: `$` alone lets "x\n" through
 
 
 def _repo_id(text: str) -> bool:
@@ -184,10 +264,14 @@ def resolve(name_or_path) -> Path:
     if isinstance(name_or_path, str) and name_or_path.startswith("hf://"):
         repo_id = name_or_path[len("hf://") :]
         if not _repo_id(repo_id):
-            raise PresetNotFoundError(f"{name_or_path!r}: expected hf://org/name with letters, digits, '.', '_', '-'")
+            raise PresetNotFoundError(
+                f"{name_or_path!r}: expected hf://org/name with letters, digits, '.', '_', '-'"
+            )
         return _hub_snapshot(repo_id) or _download(repo_id)
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise PresetNotFoundError(f"preset: expected a name, `hf://org/name` or a directory, found {name_or_path!r}")
+        raise PresetNotFoundError(
+            f"preset: expected a name, `hf://org/name` or a directory, found {name_or_path!r}"
+        )
 
     text = str(name_or_path)
     if not text or "\0" in text or len(text) > _MAX_PATH:
@@ -203,12 +287,16 @@ def resolve(name_or_path) -> Path:
     except OSError as e:  # e.g. a path component longer than the file system allows
         raise PresetNotFoundError(f"{text[:100]!r}: not a usable path ({e.strerror})") from None
     if is_file:
-        raise PresetNotFoundError(f"{path}: is a file; expected a model directory (holding config.json)")
+        raise PresetNotFoundError(
+            f"{path}: is a file; expected a model directory (holding config.json)"
+        )
     if is_dir:
         if not _is_model_dir(path):
             inside = [d.name for d in (path / "model", path / "checkpoints") if _is_model_dir(d)]
             hint = f" (a training run's output? its model is {path / 'model'})" if inside else ""
-            raise PresetNotFoundError(f"{path}: directory has no config.json, so it is not a model directory{hint}")
+            raise PresetNotFoundError(
+                f"{path}: directory has no config.json, so it is not a model directory{hint}"
+            )
         return path
     preset = find_preset(text)
     if preset is None and not _plain_name(text) and not _repo_id(text):

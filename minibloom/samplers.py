@@ -50,7 +50,6 @@ from minibloom.arguments import check_choice, check_float, check_int
 from minibloom.dispatch import fast_or_reference
 from minibloom.errors import ArgumentError
 
-
 # -----------------------------------------------------------------------------------------------
 # the cuts: the k best entries of a row, and the nucleus (top-p) set
 # -----------------------------------------------------------------------------------------------
@@ -121,7 +120,9 @@ def checked_logits(logits):
         )
     dead = np.flatnonzero(m == -np.inf)
     if dead.size:
-        raise ArgumentError(f"logits: row {int(dead[0])} is -inf everywhere, so no token is possible")
+        raise ArgumentError(
+            f"logits: row {int(dead[0])} is -inf everywhere, so no token is possible"
+        )
     x = logits.copy()
     certain = m == np.inf  # (B,) rows with a certain token
     x[certain] = np.where(logits[certain] == np.inf, np.float32(0.0), np.float32(-np.inf))
@@ -164,7 +165,9 @@ class Sampler:
         if self.temperature == 1.0:
             return x
         with np.errstate(over="ignore"):  # -huge / tiny -> -inf is the intended limit
-            return ((x.astype(np.float64) - x.max(axis=-1, keepdims=True)) / self.temperature).astype(np.float32)
+            return (
+                (x.astype(np.float64) - x.max(axis=-1, keepdims=True)) / self.temperature
+            ).astype(np.float32)
 
     def choose(self, logits, rng=None):
         """logits: (B, V) float32 -> next token ids (B,) int64."""
@@ -226,7 +229,9 @@ class TopKSampler(_SeededSampler):
     def _choose_rows(self, x, u):
         ids = fast_or_reference(top_k_indices)(x, min(self.k, x.shape[1]))  # (B, K) best first
         top = np.take_along_axis(x, ids, axis=1).astype(np.float64)  # (B, K)
-        probs = np.exp(top - top[:, :1])  # softmax over the K kept (unnormalised; _draw renormalises)
+        probs = np.exp(
+            top - top[:, :1]
+        )  # softmax over the K kept (unnormalised; _draw renormalises)
         return np.array([_draw(ids[b], probs[b], u[b]) for b in range(x.shape[0])], dtype=np.int64)
 
 
@@ -240,7 +245,9 @@ class TopPSampler(_SeededSampler):
         self.k = None if k is None else check_int("k", k, lo=1)
 
     def _choose_row(self, x, u):
-        ids, probs = fast_or_reference(top_p_set)(x, self.p, None if self.k is None else min(self.k, x.shape[0]))
+        ids, probs = fast_or_reference(top_p_set)(
+            x, self.p, None if self.k is None else min(self.k, x.shape[0])
+        )
         return _draw(ids, probs, u)
 
 
@@ -267,7 +274,14 @@ class BeamSampler(Sampler):
             "never" (canonical beam search stopping rule).
     """
 
-    def __init__(self, num_beams=5, return_all_beams=False, length_penalty=1.0, early_stopping=False, temperature=1.0):
+    def __init__(
+        self,
+        num_beams=5,
+        return_all_beams=False,
+        length_penalty=1.0,
+        early_stopping=False,
+        temperature=1.0,
+    ):
         super().__init__(temperature)
         self.num_beams = check_int("num_beams", num_beams, lo=1)
         self.return_all_beams = bool(return_all_beams)
@@ -306,4 +320,6 @@ def get(identifier):
         return identifier
     if isinstance(identifier, str) and identifier in _BY_NAME:
         return _BY_NAME[identifier]()
-    raise ArgumentError(f"sampler must be one of {sorted(_BY_NAME)} or a Sampler object, found {identifier!r}")
+    raise ArgumentError(
+        f"sampler must be one of {sorted(_BY_NAME)} or a Sampler object, found {identifier!r}"
+    )

@@ -87,7 +87,9 @@ def split_pieces(text: str) -> list:
 # BPE: merge the adjacent pair of lowest rank until none is left
 # ------------------------------------------------------------------------------------------------
 
-TEXT_SEPARATOR = 0xFF  # joins the texts of a batch: never occurs in UTF-8, so nothing matches across it
+TEXT_SEPARATOR = (
+    0xFF  # joins the texts of a batch: never occurs in UTF-8, so nothing matches across it
+)
 
 
 class BpeModel:
@@ -162,7 +164,11 @@ def encode_texts(data: bytes, fixed: np.ndarray, model: BpeModel) -> list:
 def bytes_to_unicode() -> dict:
     """{byte: stand-in character}: printable bytes stand for themselves, the other 68 bytes
     (0-32, 127-160, 173) get U+0100, U+0101, ... in byte order (so space -> 'Ġ', '\\n' -> 'Ċ')."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(0xA1, 0xAC + 1))
+        + list(range(0xAE, 0xFF + 1))
+    )
     table, shifted = {}, 0
     for b in range(256):
         if b in keep:
@@ -175,7 +181,9 @@ def bytes_to_unicode() -> dict:
 
 def _token_bytes(token: str, char_to_byte: dict) -> bytes:
     """The bytes a token string stands for (ByteLevel decoder)."""
-    return b"".join(bytes([char_to_byte[c]]) if c in char_to_byte else c.encode("utf-8") for c in token)
+    return b"".join(
+        bytes([char_to_byte[c]]) if c in char_to_byte else c.encode("utf-8") for c in token
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,7 +223,11 @@ class BloomTokenizer:
         self._vocab = dict(vocab)
         self._merges = [tuple(m) for m in merges]
         if added_tokens is None:
-            added_tokens = [{"content": t, "id": vocab[t], "special": True} for t in SPECIAL_TOKENS if t in vocab]
+            added_tokens = [
+                {"content": t, "id": vocab[t], "special": True}
+                for t in SPECIAL_TOKENS
+                if t in vocab
+            ]
         self._added = [self._check_added(t) for t in added_tokens]
 
         # id -> token string over the model vocab and the added tokens.
@@ -223,7 +235,9 @@ class BloomTokenizer:
         for t in self._added:
             self._token_to_id[t["content"]] = t["id"]
         size = max(self._token_to_id.values(), default=-1) + 1
-        if size > _MAX_ID_SPREAD * len(self._token_to_id) + 1024:  # refuse before allocating the table
+        if (
+            size > _MAX_ID_SPREAD * len(self._token_to_id) + 1024
+        ):  # refuse before allocating the table
             raise TokenizerError(
                 f"{self.source}: largest id {size - 1} is far above the {len(self._token_to_id)} tokens; expected "
                 f"ids below {_MAX_ID_SPREAD} x the number of tokens + 1024 (a corrupt or hostile file?)"
@@ -231,7 +245,9 @@ class BloomTokenizer:
         self._id_to_token = [None] * size
         for token, i in self._token_to_id.items():
             if self._id_to_token[i] is not None:
-                raise TokenizerError(f"{self.source}: id {i} is given to two tokens, {self._id_to_token[i]!r} and {token!r}")
+                raise TokenizerError(
+                    f"{self.source}: id {i} is given to two tokens, {self._id_to_token[i]!r} and {token!r}"
+                )
             self._id_to_token[i] = token
         self._special_ids = frozenset(t["id"] for t in self._added if t["special"])
 
@@ -247,7 +263,9 @@ class BloomTokenizer:
 
         self._bpe = self._build_bpe()
         char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
-        self._id_bytes = [b"" if t is None else _token_bytes(t, char_to_byte) for t in self._id_to_token]
+        self._id_bytes = [
+            b"" if t is None else _token_bytes(t, char_to_byte) for t in self._id_to_token
+        ]
 
         self.unk_token_id = self._token_to_id.get("<unk>")
         self.start_token_id = self.bos_token_id = self._token_to_id.get("<s>")
@@ -259,23 +277,38 @@ class BloomTokenizer:
         i = token.get("id")
         bad_id = isinstance(i, bool) or not isinstance(i, int) or i < 0
         if not isinstance(token.get("content"), str) or not token["content"] or bad_id:
-            raise TokenizerError(f"{where}: expected a non-empty string 'content' and an integer 'id' >= 0, found {token}")
+            raise TokenizerError(
+                f"{where}: expected a non-empty string 'content' and an integer 'id' >= 0, found {token}"
+            )
         for flag in ("single_word", "lstrip", "rstrip"):
             if token.get(flag, False):
-                raise TokenizerError(f"{where}: '{flag}' is true; minibloom supports only false (as in BLOOM's file)")
+                raise TokenizerError(
+                    f"{where}: '{flag}' is true; minibloom supports only false (as in BLOOM's file)"
+                )
         content, i = token["content"], token["id"]
         if content in self._vocab and self._vocab[content] != i:
-            raise TokenizerError(f"{where}: id {i} differs from its id {self._vocab[content]} in model.vocab")
+            raise TokenizerError(
+                f"{where}: id {i} differs from its id {self._vocab[content]} in model.vocab"
+            )
         special = bool(token.get("special", True))
-        return {"content": content, "id": i, "special": special, "normalized": bool(token.get("normalized", not special))}
+        return {
+            "content": content,
+            "id": i,
+            "special": special,
+            "normalized": bool(token.get("normalized", not special)),
+        }
 
     def _build_bpe(self) -> BpeModel:
-        byte_ids = np.array([self._vocab.get(c, -1) for c in bytes_to_unicode().values()], dtype=np.int64)
+        byte_ids = np.array(
+            [self._vocab.get(c, -1) for c in bytes_to_unicode().values()], dtype=np.int64
+        )
         merges = {}
         for rank, (a, b) in enumerate(self._merges):
             for part in (a, b, a + b):
                 if part not in self._vocab:
-                    raise TokenizerError(f"{self.source}: merge {rank} ({a!r} {b!r}) uses {part!r}, which is not in model.vocab")
+                    raise TokenizerError(
+                        f"{self.source}: merge {rank} ({a!r} {b!r}) uses {part!r}, which is not in model.vocab"
+                    )
             merges[(self._vocab[a], self._vocab[b])] = (rank, self._vocab[a + b])
         return BpeModel(byte_ids, merges)
 
@@ -291,8 +324,15 @@ class BloomTokenizer:
             spec = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise TokenizerError(f"{path}: no such tokenizer file") from None
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: bad JSON
-            raise TokenizerError(f"{path}: not a readable JSON tokenizer file ({_reason(e)})") from None
+        except (
+            OSError,
+            UnicodeDecodeError,
+            ValueError,
+            RecursionError,
+        ) as e:  # ValueError: bad JSON
+            raise TokenizerError(
+                f"{path}: not a readable JSON tokenizer file ({_reason(e)})"
+            ) from None
         vocab, merges, added = _parse_tokenizer_json(spec, path)
         return cls(vocab, merges, added, source=path)
 
@@ -306,11 +346,15 @@ class BloomTokenizer:
         vocabulary_path, merges_path = Path(vocabulary_path), Path(merges_path)
         for p in (vocabulary_path, merges_path):
             if p.exists() and not p.is_file():  # a directory, or a pipe that would block the read
-                raise TokenizerError(f"{p}: not a regular file; expected keras-hub tokenizer assets")
+                raise TokenizerError(
+                    f"{p}: not a regular file; expected keras-hub tokenizer assets"
+                )
         try:
             vocab = json.loads(vocabulary_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise TokenizerError(f"{vocabulary_path}: not a readable vocabulary JSON file ({_reason(e)})") from None
+            raise TokenizerError(
+                f"{vocabulary_path}: not a readable vocabulary JSON file ({_reason(e)})"
+            ) from None
         _check_vocab(vocab, vocabulary_path)
         try:
             lines = merges_path.read_text(encoding="utf-8").split("\n")
@@ -322,7 +366,9 @@ class BloomTokenizer:
                 continue
             parts = line.split(" ")
             if len(parts) != 2 or not all(parts):
-                raise TokenizerError(f"{merges_path}, line {n}: expected two tokens separated by one space, found {line!r}")
+                raise TokenizerError(
+                    f"{merges_path}, line {n}: expected two tokens separated by one space, found {line!r}"
+                )
             merges.append(tuple(parts))
         return cls(vocab, merges, None, source=vocabulary_path.parent)
 
@@ -369,12 +415,32 @@ class BloomTokenizer:
             "pre_tokenizer": {
                 "type": "Sequence",
                 "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": BLOOM_SPLIT_REGEX}, "behavior": "Isolated", "invert": False},
-                    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+                    {
+                        "type": "Split",
+                        "pattern": {"Regex": BLOOM_SPLIT_REGEX},
+                        "behavior": "Isolated",
+                        "invert": False,
+                    },
+                    {
+                        "type": "ByteLevel",
+                        "add_prefix_space": False,
+                        "trim_offsets": True,
+                        "use_regex": False,
+                    },
                 ],
             },
-            "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": False},
-            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": False},
+            "post_processor": {
+                "type": "ByteLevel",
+                "add_prefix_space": True,
+                "trim_offsets": False,
+                "use_regex": False,
+            },
+            "decoder": {
+                "type": "ByteLevel",
+                "add_prefix_space": True,
+                "trim_offsets": True,
+                "use_regex": False,
+            },
             "model": {
                 "type": "BPE",
                 "dropout": None,
@@ -419,12 +485,18 @@ class BloomTokenizer:
         """
         found = []
         if self._match_raw is not None:
-            found = [(m.start(), m.end(), self._added_ids[m.group()]) for m in self._match_raw.finditer(data)]
+            found = [
+                (m.start(), m.end(), self._added_ids[m.group()])
+                for m in self._match_raw.finditer(data)
+            ]
         if self._match_normalized is not None:
             gap_starts = [0] + [stop for _, stop, _ in found]
             gap_stops = [start for start, _, _ in found] + [len(data)]
             for a, b in zip(gap_starts, gap_stops):
-                found += [(m.start(), m.end(), self._added_ids[m.group()]) for m in self._match_normalized.finditer(data, a, b)]
+                found += [
+                    (m.start(), m.end(), self._added_ids[m.group()])
+                    for m in self._match_normalized.finditer(data, a, b)
+                ]
             found.sort()
         return np.array(found, dtype=np.int64).reshape(-1, 3)  # (K, 3)
 
@@ -439,7 +511,9 @@ class BloomTokenizer:
         UTF-8 (so neither an added token nor a piece can reach across two texts).
         """
         if isinstance(texts, str):
-            raise ArgumentError("encode_batch: texts must be a list of str, found a single str (use encode)")
+            raise ArgumentError(
+                "encode_batch: texts must be a list of str, found a single str (use encode)"
+            )
         encoded = []
         for n, text in enumerate(texts):
             if not isinstance(text, str):
@@ -447,7 +521,9 @@ class BloomTokenizer:
             try:
                 encoded.append(text.encode("utf-8"))
             except UnicodeEncodeError as e:
-                raise ArgumentError(f"encode: text {n} is not valid Unicode (lone surrogate at index {e.start})") from None
+                raise ArgumentError(
+                    f"encode: text {n} is not valid Unicode (lone surrogate at index {e.start})"
+                ) from None
         if not encoded:
             return []
         data = encoded[0] if len(encoded) == 1 else bytes([TEXT_SEPARATOR]).join(encoded)
@@ -469,7 +545,9 @@ class BloomTokenizer:
         """Text of a sequence of ids. Ids >= `vocabulary_size()` decode to nothing (see module doc)."""
         ids = np.asarray(ids)
         if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise ArgumentError(f"decode: ids must be a 1-D sequence of integers, found shape {ids.shape} dtype {ids.dtype}")
+            raise ArgumentError(
+                f"decode: ids must be a 1-D sequence of integers, found shape {ids.shape} dtype {ids.dtype}"
+            )
         if ids.size and ids.min() < 0:
             raise ArgumentError(f"decode: ids must be >= 0, found {int(ids.min())}")
         table, size = self._id_bytes, len(self._id_bytes)
@@ -519,10 +597,14 @@ def default_tokenizer_path() -> Path:
     try:
         directory = default_model_dir()
     except PresetNotFoundError as e:
-        raise TokenizerError(f"no tokenizer given and no default model ({e}); pass --tokenizer PATH") from None
+        raise TokenizerError(
+            f"no tokenizer given and no default model ({e}); pass --tokenizer PATH"
+        ) from None
     path = directory / "tokenizer.json"
     if not path.is_file():
-        raise TokenizerError(f"no tokenizer given and the default model {directory} has no tokenizer.json; pass --tokenizer PATH")
+        raise TokenizerError(
+            f"no tokenizer given and the default model {directory} has no tokenizer.json; pass --tokenizer PATH"
+        )
     return path
 
 
@@ -537,20 +619,28 @@ def _reason(e: Exception) -> str:
 
 def _check_vocab(vocab, path) -> None:
     if not isinstance(vocab, dict):
-        raise TokenizerError(f"{path}: vocab must be an object {{token string: id >= 0}}, found {type(vocab).__name__}")
+        raise TokenizerError(
+            f"{path}: vocab must be an object {{token string: id >= 0}}, found {type(vocab).__name__}"
+        )
     for k, v in vocab.items():
         if not k or isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise TokenizerError(f"{path}: vocab must map non-empty token strings to ids >= 0, found {k!r:.50}: {v!r:.50}")
+            raise TokenizerError(
+                f"{path}: vocab must map non-empty token strings to ids >= 0, found {k!r:.50}: {v!r:.50}"
+            )
     if len(set(vocab.values())) != len(vocab):
         seen = {}
         for k, v in vocab.items():
             if v in seen:
-                raise TokenizerError(f"{path}: vocab maps two tokens to the same id {v}: {seen[v]!r} and {k!r}")
+                raise TokenizerError(
+                    f"{path}: vocab maps two tokens to the same id {v}: {seen[v]!r} and {k!r}"
+                )
             seen[v] = k
 
 
 def _differs(path, part: str, expected: str, found) -> TokenizerError:
-    return TokenizerError(f"{path}: not BLOOM's pipeline: {part} should be {expected}, found {json.dumps(found, ensure_ascii=False)}")
+    return TokenizerError(
+        f"{path}: not BLOOM's pipeline: {part} should be {expected}, found {json.dumps(found, ensure_ascii=False)}"
+    )
 
 
 def _parse_tokenizer_json(spec, path):
@@ -559,14 +649,24 @@ def _parse_tokenizer_json(spec, path):
         raise TokenizerError(f"{path}: not an HF tokenizer.json (no 'model' key)")
     for key in ("truncation", "padding"):
         if spec.get(key) is not None:
-            raise _differs(path, key, "null (minibloom does not truncate or pad in the tokenizer)", spec[key])
+            raise _differs(
+                path, key, "null (minibloom does not truncate or pad in the tokenizer)", spec[key]
+            )
     if spec.get("normalizer") is not None:
         raise _differs(path, "normalizer", "null", spec["normalizer"])
 
     pre = spec.get("pre_tokenizer")
     expected_pre = f'Sequence[Split(Regex "{BLOOM_SPLIT_REGEX}", Isolated), ByteLevel(add_prefix_space=false, use_regex=false)]'
-    steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else None
-    if not isinstance(steps, list) or len(steps) != 2 or not all(isinstance(s, dict) for s in steps):
+    steps = (
+        pre.get("pretokenizers")
+        if isinstance(pre, dict) and pre.get("type") == "Sequence"
+        else None
+    )
+    if (
+        not isinstance(steps, list)
+        or len(steps) != 2
+        or not all(isinstance(s, dict) for s in steps)
+    ):
         raise _differs(path, "pre_tokenizer", expected_pre, pre)
     split, byte_level = steps
     if (
@@ -575,9 +675,23 @@ def _parse_tokenizer_json(spec, path):
         or split.get("behavior") != "Isolated"
         or split.get("invert", False)
     ):
-        raise _differs(path, "pre_tokenizer's Split", f'Split(Regex "{BLOOM_SPLIT_REGEX}", behavior Isolated, invert false)', split)
-    if byte_level.get("type") != "ByteLevel" or byte_level.get("add_prefix_space") or byte_level.get("use_regex", True):
-        raise _differs(path, "pre_tokenizer's ByteLevel", "ByteLevel(add_prefix_space=false, use_regex=false)", byte_level)
+        raise _differs(
+            path,
+            "pre_tokenizer's Split",
+            f'Split(Regex "{BLOOM_SPLIT_REGEX}", behavior Isolated, invert false)',
+            split,
+        )
+    if (
+        byte_level.get("type") != "ByteLevel"
+        or byte_level.get("add_prefix_space")
+        or byte_level.get("use_regex", True)
+    ):
+        raise _differs(
+            path,
+            "pre_tokenizer's ByteLevel",
+            "ByteLevel(add_prefix_space=false, use_regex=false)",
+            byte_level,
+        )
 
     post = spec.get("post_processor")
     if post is not None and (not isinstance(post, dict) or post.get("type") != "ByteLevel"):
@@ -588,27 +702,45 @@ def _parse_tokenizer_json(spec, path):
 
     model = spec["model"]
     if not isinstance(model, dict) or model.get("type", "BPE") != "BPE":
-        raise _differs(path, "model", "BPE", model.get("type") if isinstance(model, dict) else model)
+        raise _differs(
+            path, "model", "BPE", model.get("type") if isinstance(model, dict) else model
+        )
     if model.get("dropout") not in (None, 0, 0.0):
         raise _differs(path, "model.dropout", "null", model["dropout"])
-    for key, ok in (("continuing_subword_prefix", None), ("end_of_word_suffix", None), ("byte_fallback", False), ("ignore_merges", False)):
+    for key, ok in (
+        ("continuing_subword_prefix", None),
+        ("end_of_word_suffix", None),
+        ("byte_fallback", False),
+        ("ignore_merges", False),
+    ):
         if model.get(key) not in (ok, None, "", False):
             raise _differs(path, f"model.{key}", json.dumps(ok), model[key])
     vocab = model.get("vocab")
     _check_vocab(vocab, path)
-    if model.get("unk_token") is not None and any(c not in vocab for c in bytes_to_unicode().values()):
-        raise _differs(path, "model.unk_token", "null (or a vocab holding all 256 byte tokens, so it is never used)", model["unk_token"])
+    if model.get("unk_token") is not None and any(
+        c not in vocab for c in bytes_to_unicode().values()
+    ):
+        raise _differs(
+            path,
+            "model.unk_token",
+            "null (or a vocab holding all 256 byte tokens, so it is never used)",
+            model["unk_token"],
+        )
 
     merges = []
     if not isinstance(model.get("merges") or [], list):
-        raise TokenizerError(f"{path}: model.merges should be a list of merges, found {type(model['merges']).__name__}")
+        raise TokenizerError(
+            f"{path}: model.merges should be a list of merges, found {type(model['merges']).__name__}"
+        )
     for rank, m in enumerate(model.get("merges") or []):
         if isinstance(m, str) and len(m.split(" ")) == 2:
             merges.append(tuple(m.split(" ")))
         elif isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m):
             merges.append(tuple(m))
         else:
-            raise TokenizerError(f'{path}: model.merges[{rank}] should be "a b" or ["a", "b"], found {json.dumps(m, ensure_ascii=False)}')
+            raise TokenizerError(
+                f'{path}: model.merges[{rank}] should be "a b" or ["a", "b"], found {json.dumps(m, ensure_ascii=False)}'
+            )
 
     added = spec.get("added_tokens") or []
     if not isinstance(added, list) or not all(isinstance(t, dict) for t in added):

@@ -83,7 +83,9 @@ class ArrayDataset:
         mask = np.asarray(x.get("padding_mask", np.ones(ids.shape, bool)))
         y = np.asarray(y)
         if y.shape != ids.shape or mask.shape != ids.shape:
-            raise ArgumentError(f"y and x['padding_mask']: expected shape {ids.shape}, found {y.shape} and {mask.shape}")
+            raise ArgumentError(
+                f"y and x['padding_mask']: expected shape {ids.shape}, found {y.shape} and {mask.shape}"
+            )
         w = mask if sample_weight is None else np.asarray(sample_weight)
         if w.shape != ids.shape:
             raise ArgumentError(f"sample_weight: expected shape {ids.shape}, found {w.shape}")
@@ -99,9 +101,13 @@ class ArrayDataset:
         return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
 
     def batches(self, batch_size, shuffle=True, seed=0, epoch=0, start_batch=0, drop_last=False):
-        order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(self)) if shuffle else np.arange(len(self))
+        order = (
+            np.random.default_rng([int(seed), int(epoch)]).permutation(len(self))
+            if shuffle
+            else np.arange(len(self))
+        )
         for b in range(start_batch, self.num_batches(batch_size, drop_last)):
-            rows = order[b * batch_size: (b + 1) * batch_size]
+            rows = order[b * batch_size : (b + 1) * batch_size]
             x = {"token_ids": self.token_ids[rows], "padding_mask": self.padding_mask[rows]}
             yield x, self.y[rows], self.sample_weight[rows]
 
@@ -118,9 +124,13 @@ def as_dataset(lm, x, y=None, sample_weight=None):
         return as_dataset(lm, *x)
     if isinstance(x, (str, list)):
         if lm.preprocessor is None:
-            raise ArgumentError("x: raw strings need a preprocessor; pass {'token_ids', 'padding_mask'} and y instead")
+            raise ArgumentError(
+                "x: raw strings need a preprocessor; pass {'token_ids', 'padding_mask'} and y instead"
+            )
         if y is not None or sample_weight is not None:
-            raise ArgumentError("y / sample_weight: with raw strings the preprocessor makes them; pass only x")
+            raise ArgumentError(
+                "y / sample_weight: with raw strings the preprocessor makes them; pass only x"
+            )
         return ArrayDataset(*lm.preprocessor(x))
     if isinstance(x, dict):
         if y is None:
@@ -156,8 +166,12 @@ def evaluate(lm, data, batch_size=8, reduction="mean"):
         raise ArgumentError("evaluate: the data has no target with a non-zero weight")
     token_mean = total_wce / total_w
     loss = token_mean if reduction == "mean" else total_wce / total_positions
-    return {"loss": loss, "accuracy": total_hits / total_w, "perplexity": math.exp(min(token_mean, 700.0)),
-            "tokens": total_w}
+    return {
+        "loss": loss,
+        "accuracy": total_hits / total_w,
+        "perplexity": math.exp(min(token_mean, 700.0)),
+        "tokens": total_w,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,8 +195,20 @@ class Trainer:
         keep_checkpoints: how many recent checkpoints to keep.
     """
 
-    def __init__(self, lm, optimizer, data, batch_size=8, shuffle=True, seed=0, reduction="mean",
-                 accumulate_steps=1, checkpoint_dir=None, save_every=None, keep_checkpoints=2):
+    def __init__(
+        self,
+        lm,
+        optimizer,
+        data,
+        batch_size=8,
+        shuffle=True,
+        seed=0,
+        reduction="mean",
+        accumulate_steps=1,
+        checkpoint_dir=None,
+        save_every=None,
+        keep_checkpoints=2,
+    ):
         batch_size = check_int("batch_size", batch_size, lo=1)
         accumulate_steps = check_int("accumulate_steps", accumulate_steps, lo=1)
         seed = check_int("seed", seed, lo=0)
@@ -190,7 +216,9 @@ class Trainer:
         keep_checkpoints = check_int("keep_checkpoints", keep_checkpoints, lo=1)
         check_choice("reduction", reduction, ("mean", "sum_over_batch_size"))
         if data.num_batches(batch_size) == 0:
-            raise ArgumentError(f"data: not a single batch of {batch_size} examples; lower batch_size or add data")
+            raise ArgumentError(
+                f"data: not a single batch of {batch_size} examples; lower batch_size or add data"
+            )
         self.lm, self.optimizer, self.data = lm, optimizer, data
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.reduction, self.accumulate_steps = reduction, int(accumulate_steps)
@@ -230,8 +258,14 @@ class Trainer:
             # A diverging run overflows somewhere inside; numpy's warnings would bury the one-line
             # TrainingError below, which reports the same thing with the step and the checkpoint.
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                loss, grads = self.lm.loss_and_grads(x, y, w, reduction=self.reduction, rng=self.rng)
-            n = float(np.sum(w, dtype=np.float64)) if self.reduction == "mean" else float(np.size(y))
+                loss, grads = self.lm.loss_and_grads(
+                    x, y, w, reduction=self.reduction, rng=self.rng
+                )
+            n = (
+                float(np.sum(w, dtype=np.float64))
+                if self.reduction == "mean"
+                else float(np.size(y))
+            )
             acc.add(grads, n)
             loss_sum += loss * n
             weight_sum += n
@@ -239,13 +273,17 @@ class Trainer:
         grads = acc.result() if len(micro_batches) > 1 else grads
         norm = global_norm(grads)
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                     else "no checkpoint was saved in this run")
+            where = (
+                f"the last good checkpoint is {self.last_checkpoint}"
+                if self.last_checkpoint
+                else "no checkpoint was saved in this run"
+            )
             raise TrainingError(
                 f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} "
                 f"(loss {loss}, gradient norm {norm}) at step {self.step + 1} (epoch {self.epoch + 1}, "
                 f"batch {self.batch}); parameters were not updated; {where}. Try a lower learning rate "
-                f"or gradient clipping.")
+                f"or gradient clipping."
+            )
         lr = self.optimizer.apply(self.lm.params, grads)
         return loss, norm, lr
 
@@ -274,10 +312,18 @@ class Trainer:
             self._loop(epochs, max_steps, on_step)
             if self._stop_requested:
                 if self.checkpoint_dir is None:
-                    raise KeyboardInterrupt(f"interrupted at step {self.step} (no checkpoint_dir: nothing saved)")
-                saved = self.last_checkpoint == self._checkpoint_name()  # e.g. by save_every just now
-                path = self.checkpoint_dir / self.last_checkpoint if saved else self.save_checkpoint()
-                raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}")
+                    raise KeyboardInterrupt(
+                        f"interrupted at step {self.step} (no checkpoint_dir: nothing saved)"
+                    )
+                saved = (
+                    self.last_checkpoint == self._checkpoint_name()
+                )  # e.g. by save_every just now
+                path = (
+                    self.checkpoint_dir / self.last_checkpoint if saved else self.save_checkpoint()
+                )
+                raise KeyboardInterrupt(
+                    f"interrupted at step {self.step}; checkpoint saved to {path}"
+                )
         finally:
             if main:
                 signal.signal(signal.SIGINT, previous)
@@ -286,11 +332,15 @@ class Trainer:
         return self.history
 
     def _done(self, epochs, max_steps):
-        return (epochs is not None and self.epoch >= epochs) or (max_steps is not None and self.step >= max_steps)
+        return (epochs is not None and self.epoch >= epochs) or (
+            max_steps is not None and self.step >= max_steps
+        )
 
     def _loop(self, epochs, max_steps, on_step):
         while not self._done(epochs, max_steps):
-            batches = self.data.batches(self.batch_size, self.shuffle, self.seed, self.epoch, start_batch=self.batch)
+            batches = self.data.batches(
+                self.batch_size, self.shuffle, self.seed, self.epoch, start_batch=self.batch
+            )
             micro = []
             for x, y, w in batches:
                 micro.append((x, y, w))
@@ -322,14 +372,22 @@ class Trainer:
 
     def _state(self):
         return {
-            "format": STATE_FORMAT, "version": STATE_VERSION,
-            "step": self.step, "epoch": self.epoch, "batch": self.batch,
-            "batch_size": self.batch_size, "shuffle": self.shuffle, "seed": self.seed,
-            "accumulate_steps": self.accumulate_steps, "reduction": self.reduction,
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "accumulate_steps": self.accumulate_steps,
+            "reduction": self.reduction,
             "rng": self.rng.bit_generator.state,
-            "epoch_loss_sum": self.epoch_loss_sum, "epoch_loss_count": self.epoch_loss_count,
+            "epoch_loss_sum": self.epoch_loss_sum,
+            "epoch_loss_count": self.epoch_loss_count,
             "next_learning_rate": self.optimizer.current_learning_rate(),
-            "history": self.history, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "history": self.history,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
     def save_checkpoint(self):
@@ -347,40 +405,74 @@ class Trainer:
         A disk-full or permission error raises TrainingError naming the path; LATEST and the
         checkpoint it names are then unchanged.
         """
-        from minibloom.checkpoint import fsync_directory, save_params, write_bytes_atomic, write_safetensors
+        from minibloom.checkpoint import (
+            fsync_directory,
+            save_params,
+            write_bytes_atomic,
+            write_safetensors,
+        )
 
         if self.checkpoint_dir is None:
             raise ArgumentError("save_checkpoint: this Trainer has no checkpoint_dir")
         root = self.checkpoint_dir
         name = self._checkpoint_name()
         final = root / name
-        kept = (f"LATEST still names {self.last_checkpoint}, which is intact" if self.last_checkpoint
-                else "no earlier checkpoint of this run was touched")
+        kept = (
+            f"LATEST still names {self.last_checkpoint}, which is intact"
+            if self.last_checkpoint
+            else "no earlier checkpoint of this run was touched"
+        )
         # NaN propagates through min and max, so two reductions find any NaN / inf without a
         # boolean temporary the size of the embedding
-        bad = next((k for k, a in self.lm.params.items() if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max()))), None)
+        bad = next(
+            (
+                k
+                for k, a in self.lm.params.items()
+                if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max()))
+            ),
+            None,
+        )
         if bad is not None:  # an overflowing update: such a state is not worth resuming from
-            raise TrainingError(f"{final}: not saved: parameter {bad} holds non-finite values (the last update "
-                                f"overflowed; lower the learning rate); {kept}")
+            raise TrainingError(
+                f"{final}: not saved: parameter {bad} holds non-finite values (the last update "
+                f"overflowed; lower the learning rate); {kept}"
+            )
         tmp = None
         try:
             root.mkdir(parents=True, exist_ok=True)
-            for stale in [*root.glob(".step-*"), *root.glob(".LATEST.*")]:  # a killed writer's leftovers
-                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+            for stale in [
+                *root.glob(".step-*"),
+                *root.glob(".LATEST.*"),
+            ]:  # a killed writer's leftovers
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(
+                    missing_ok=True
+                )
             tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
             save_params(tmp, self.lm.params, dtype="float32")  # model.safetensors, HF names
             opt = self.optimizer.state_dict()
-            moments = {f"m.{k}": a for k, a in opt["m"].items()} | {f"v.{k}": a for k, a in opt["v"].items()}
+            moments = {f"m.{k}": a for k, a in opt["m"].items()} | {
+                f"v.{k}": a for k, a in opt["v"].items()
+            }
             if moments:
                 write_safetensors(tmp / "optimizer.safetensors", moments, "F32")
-            write_bytes_atomic(tmp / "state.json", json.dumps(self._state(), indent=1).encode("utf-8"))
-            write_bytes_atomic(tmp / "config.json", self.lm.backbone.config.to_json_string().encode("utf-8"))
+            write_bytes_atomic(
+                tmp / "state.json", json.dumps(self._state(), indent=1).encode("utf-8")
+            )
+            write_bytes_atomic(
+                tmp / "config.json", self.lm.backbone.config.to_json_string().encode("utf-8")
+            )
             tokenizer = getattr(self.lm, "tokenizer", None)
-            if hasattr(tokenizer, "to_json_string"):  # a BloomTokenizer (test doubles have no file form)
-                write_bytes_atomic(tmp / "tokenizer.json", tokenizer.to_json_string().encode("utf-8"))
+            if hasattr(
+                tokenizer, "to_json_string"
+            ):  # a BloomTokenizer (test doubles have no file form)
+                write_bytes_atomic(
+                    tmp / "tokenizer.json", tokenizer.to_json_string().encode("utf-8")
+                )
             generation = getattr(self.lm, "generation_config", None)
             if hasattr(generation, "to_json_string"):
-                write_bytes_atomic(tmp / "generation_config.json", generation.to_json_string().encode("utf-8"))
+                write_bytes_atomic(
+                    tmp / "generation_config.json", generation.to_json_string().encode("utf-8")
+                )
             fsync_directory(tmp)
             if final.exists():  # the same step saved twice: move the old copy aside, drop it below
                 aside = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".old"))
@@ -391,7 +483,9 @@ class Trainer:
         except (OSError, MinibloomError) as e:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-            raise TrainingError(f"{final}: cannot save the checkpoint ({describe_error(e)}); {kept}") from None
+            raise TrainingError(
+                f"{final}: cannot save the checkpoint ({describe_error(e)}); {kept}"
+            ) from None
         except BaseException:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -420,19 +514,35 @@ class Trainer:
 
         path = Path(path) if path is not None else latest_checkpoint(self.checkpoint_dir)
         if path is None:
-            raise TrainingError(f"no checkpoint to resume from in {self.checkpoint_dir} (no LATEST file)")
+            raise TrainingError(
+                f"no checkpoint to resume from in {self.checkpoint_dir} (no LATEST file)"
+            )
         try:
             state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as e:
-            raise TrainingError(f"{path / 'state.json'}: unreadable training state ({describe_error(e)})") from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-            found = (state.get("format"), state.get("version")) if isinstance(state, dict) else (type(state).__name__, "")
-            raise TrainingError(f"{path / 'state.json'}: expected format {STATE_FORMAT} v{STATE_VERSION}, "
-                                f"found {found[0]} v{found[1]}")
+            raise TrainingError(
+                f"{path / 'state.json'}: unreadable training state ({describe_error(e)})"
+            ) from None
+        if (
+            not isinstance(state, dict)
+            or state.get("format") != STATE_FORMAT
+            or state.get("version") != STATE_VERSION
+        ):
+            found = (
+                (state.get("format"), state.get("version"))
+                if isinstance(state, dict)
+                else (type(state).__name__, "")
+            )
+            raise TrainingError(
+                f"{path / 'state.json'}: expected format {STATE_FORMAT} v{STATE_VERSION}, "
+                f"found {found[0]} v{found[1]}"
+            )
         for key in ("batch_size", "shuffle", "seed", "accumulate_steps", "reduction"):
             if state.get(key) != getattr(self, key):
-                raise TrainingError(f"{path}: the checkpoint was trained with {key}={state.get(key)!r}, this run has "
-                                    f"{getattr(self, key)!r}; the data position would not match (use the same value)")
+                raise TrainingError(
+                    f"{path}: the checkpoint was trained with {key}={state.get(key)!r}, this run has "
+                    f"{getattr(self, key)!r}; the data position would not match (use the same value)"
+                )
         check_same_model(path, self.lm)
         weights = path / "model.safetensors"
         if not weights.is_file():
@@ -440,13 +550,19 @@ class Trainer:
         try:
             stored = read_safetensors(weights)
         except (OSError, MinibloomError) as e:
-            raise TrainingError(f"{path}: unreadable checkpoint weights ({describe_error(e)})") from None
+            raise TrainingError(
+                f"{path}: unreadable checkpoint weights ({describe_error(e)})"
+            ) from None
         live = self.lm.params
         if set(stored) != set(live):
-            raise TrainingError(f"{weights}: tensors differ from the model's: {sorted(set(stored) ^ set(live))[:5]}")
+            raise TrainingError(
+                f"{weights}: tensors differ from the model's: {sorted(set(stored) ^ set(live))[:5]}"
+            )
         for k, (dtype, a) in stored.items():
             if dtype != "F32" or a.shape != live[k].shape:
-                raise TrainingError(f"{weights}: tensor {k} is {dtype} {a.shape}, the model expects F32 {live[k].shape}")
+                raise TrainingError(
+                    f"{weights}: tensor {k} is {dtype} {a.shape}, the model expects F32 {live[k].shape}"
+                )
         for k, (_, a) in stored.items():
             live[k][...] = a  # in place: callers holding lm.params see the restored values
         m, v = {}, {}
@@ -457,7 +573,10 @@ class Trainer:
         self.epoch, self.batch = state["epoch"], state["batch"]
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["rng"]
-        self.epoch_loss_sum, self.epoch_loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
+        self.epoch_loss_sum, self.epoch_loss_count = (
+            state["epoch_loss_sum"],
+            state["epoch_loss_count"],
+        )
         self.history = state["history"]
         self.last_checkpoint = path.name
         return path
@@ -495,16 +614,24 @@ def check_same_model(checkpoint, lm) -> None:
 
     checkpoint = Path(checkpoint)
     if (checkpoint / "config.json").is_file():
-        diff = config_difference(lm.backbone.config, BloomConfig.from_json_file(checkpoint / "config.json"))
+        diff = config_difference(
+            lm.backbone.config, BloomConfig.from_json_file(checkpoint / "config.json")
+        )
         if diff:
-            raise TrainingError(f"{checkpoint / 'config.json'}: the model to resume differs from the checkpoint's "
-                                f"config ({diff}: this model vs the checkpoint); build it from the checkpoint's config")
+            raise TrainingError(
+                f"{checkpoint / 'config.json'}: the model to resume differs from the checkpoint's "
+                f"config ({diff}: this model vs the checkpoint); build it from the checkpoint's config"
+            )
     tokenizer = getattr(lm, "tokenizer", None)
     if hasattr(tokenizer, "to_json") and (checkpoint / "tokenizer.json").is_file():
-        diff = tokenizer_difference(tokenizer, BloomTokenizer.from_file(checkpoint / "tokenizer.json"))
+        diff = tokenizer_difference(
+            tokenizer, BloomTokenizer.from_file(checkpoint / "tokenizer.json")
+        )
         if diff:
-            raise TrainingError(f"{checkpoint / 'tokenizer.json'}: the model's tokenizer ({tokenizer.source}) differs "
-                                f"from the run's ({diff}); resume with the checkpoint's tokenizer")
+            raise TrainingError(
+                f"{checkpoint / 'tokenizer.json'}: the model's tokenizer ({tokenizer.source}) differs "
+                f"from the run's ({diff}); resume with the checkpoint's tokenizer"
+            )
 
 
 def latest_checkpoint(checkpoint_dir):
@@ -519,7 +646,9 @@ def latest_checkpoint(checkpoint_dir):
     except (OSError, UnicodeDecodeError) as e:
         raise TrainingError(f"{latest}: unreadable ({describe_error(e)})") from None
     if not name.startswith("step-") or not name[5:].isdigit() or not name.isascii():
-        raise TrainingError(f"{latest}: expected the name of a checkpoint (step-NNNNNNNN), found {name[:60]!r}")
+        raise TrainingError(
+            f"{latest}: expected the name of a checkpoint (step-NNNNNNNN), found {name[:60]!r}"
+        )
     path = Path(checkpoint_dir) / name
     if not (path / "state.json").is_file():
         raise TrainingError(f"{latest} names {path.name}, which is not a complete checkpoint")
@@ -554,11 +683,15 @@ def check_out_dir(out_dir, resume, name="out_dir") -> Path:
     if earlier is None:
         return out_dir
     if not resume:
-        raise ArgumentError(f"{name} {out_dir}: holds a previous run ({earlier}); pass --resume to continue it, "
-                            f"or choose a new {name} (nothing was changed)")
+        raise ArgumentError(
+            f"{name} {out_dir}: holds a previous run ({earlier}); pass --resume to continue it, "
+            f"or choose a new {name} (nothing was changed)"
+        )
     if latest_checkpoint(out_dir / "checkpoints") is None:
-        raise ArgumentError(f"{name} {out_dir}: --resume, but {out_dir / 'checkpoints'} has no LATEST checkpoint to "
-                            f"resume from while {earlier} exists; choose a new {name} (nothing was changed)")
+        raise ArgumentError(
+            f"{name} {out_dir}: --resume, but {out_dir / 'checkpoints'} has no LATEST checkpoint to "
+            f"resume from while {earlier} exists; choose a new {name} (nothing was changed)"
+        )
     return out_dir
 
 
@@ -571,14 +704,18 @@ def training_bytes(config, batch_size, sequence_length, with_params=True) -> int
     return 4 * ((4 if with_params else 3) * config.num_parameters() + activations)
 
 
-def check_training_fits(config, batch_size, sequence_length, with_params=True, source="the model") -> None:
+def check_training_fits(
+    config, batch_size, sequence_length, with_params=True, source="the model"
+) -> None:
     """ArgumentError (before any allocation) if training `config` cannot fit in memory."""
     from minibloom.memory import check_fits
 
-    check_fits(training_bytes(config, batch_size, sequence_length, with_params),
-               f"training {source} ({config.num_parameters():,} parameters; batch_size {batch_size} x "
-               f"sequence_length {sequence_length}: parameters, gradients, AdamW moments and activations)",
-               "use a smaller model, --batch-size or --seq-len")
+    check_fits(
+        training_bytes(config, batch_size, sequence_length, with_params),
+        f"training {source} ({config.num_parameters():,} parameters; batch_size {batch_size} x "
+        f"sequence_length {sequence_length}: parameters, gradients, AdamW moments and activations)",
+        "use a smaller model, --batch-size or --seq-len",
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -608,7 +745,9 @@ def write_loss_curve(history, evals, out_dir, log=print):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log("matplotlib is not installed (pip install -e '.[plot]'): wrote the loss curve as CSV only")
+        log(
+            "matplotlib is not installed (pip install -e '.[plot]'): wrote the loss curve as CSV only"
+        )
         return written
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(history["step"], history["step_loss"], lw=1, label="train")
@@ -624,10 +763,30 @@ def write_loss_curve(history, evals, out_dir, log=print):
     return written + [png]
 
 
-def train_on_files(lm, data_files, out_dir, *, sequence_length, batch_size, steps=None, epochs=None,
-                   learning_rate=3e-4, schedule="cosine", warmup=0, weight_decay=0.1, clip=1.0,
-                   accumulate_steps=1, heldout=0.05, eval_every=100, eval_batches=20, save_every=200,
-                   seed=0, resume=False, log=print, progress=True):
+def train_on_files(
+    lm,
+    data_files,
+    out_dir,
+    *,
+    sequence_length,
+    batch_size,
+    steps=None,
+    epochs=None,
+    learning_rate=3e-4,
+    schedule="cosine",
+    warmup=0,
+    weight_decay=0.1,
+    clip=1.0,
+    accumulate_steps=1,
+    heldout=0.05,
+    eval_every=100,
+    eval_batches=20,
+    save_every=200,
+    seed=0,
+    resume=False,
+    log=print,
+    progress=True,
+):
     """The whole `train` command: tokenize the corpus (cached), train with periodic held-out
     evaluation and checkpoints in out_dir/checkpoints, then write the final model as a preset
     directory out_dir/model (config.json, model.safetensors, tokenizer.json) and the loss curve.
@@ -638,7 +797,7 @@ def train_on_files(lm, data_files, out_dir, *, sequence_length, batch_size, step
     tokenizer. `clip` 0 or None: no clipping. Returns the Trainer.
     """
     from minibloom.data import TokenWindows
-    from minibloom.optim import AdamW, BIAS_AND_NORM, get_schedule
+    from minibloom.optim import BIAS_AND_NORM, AdamW, get_schedule
 
     if lm.tokenizer is None:
         raise ArgumentError("train: the model has no tokenizer; pass --tokenizer tokenizer.json")
@@ -668,9 +827,13 @@ def train_on_files(lm, data_files, out_dir, *, sequence_length, batch_size, step
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ArgumentError(f"out_dir {out_dir}: cannot create the directory ({describe_error(e)})") from None
+        raise ArgumentError(
+            f"out_dir {out_dir}: cannot create the directory ({describe_error(e)})"
+        ) from None
     try:
-        windows = TokenWindows.from_files(data_files, lm.tokenizer, sequence_length, out_dir / "token_cache")
+        windows = TokenWindows.from_files(
+            data_files, lm.tokenizer, sequence_length, out_dir / "token_cache"
+        )
     except BaseException:  # a bad corpus file: leave no trace of this run (only what it created)
         for p in created:
             shutil.rmtree(p, ignore_errors=True)
@@ -678,23 +841,45 @@ def train_on_files(lm, data_files, out_dir, *, sequence_length, batch_size, step
     train_data, held = windows.split(heldout)
     per_epoch = -(-train_data.num_batches(batch_size) // accumulate_steps)
     if per_epoch == 0:
-        raise ArgumentError(f"data: {len(train_data)} training windows of {sequence_length + 1} tokens make no batch "
-                            f"of {batch_size}; use more text, a smaller --batch-size or --seq-len")
+        raise ArgumentError(
+            f"data: {len(train_data)} training windows of {sequence_length + 1} tokens make no batch "
+            f"of {batch_size}; use more text, a smaller --batch-size or --seq-len"
+        )
     total = steps if steps is not None else epochs * per_epoch
-    opt = AdamW(get_schedule(schedule, learning_rate, warmup, total), weight_decay=weight_decay,
-                exclude_from_weight_decay=BIAS_AND_NORM, global_clipnorm=clip)
-    trainer = Trainer(lm, opt, train_data, batch_size=batch_size, shuffle=True, seed=seed,
-                      accumulate_steps=accumulate_steps, checkpoint_dir=out_dir / "checkpoints", save_every=save_every)
+    opt = AdamW(
+        get_schedule(schedule, learning_rate, warmup, total),
+        weight_decay=weight_decay,
+        exclude_from_weight_decay=BIAS_AND_NORM,
+        global_clipnorm=clip,
+    )
+    trainer = Trainer(
+        lm,
+        opt,
+        train_data,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        accumulate_steps=accumulate_steps,
+        checkpoint_dir=out_dir / "checkpoints",
+        save_every=save_every,
+    )
     if latest is not None:
         path = trainer.load_checkpoint(latest)
         log(f"resumed from {path} (step {trainer.step}, epoch {trainer.epoch + 1})")
-    log(f"data: {len(train_data)} training / {len(held)} held-out windows of {sequence_length} tokens; "
-        f"{per_epoch} steps per epoch; {total} steps")
+    log(
+        f"data: {len(train_data)} training / {len(held)} held-out windows of {sequence_length} tokens; "
+        f"{per_epoch} steps per epoch; {total} steps"
+    )
     evals = [tuple(e) for e in trainer.history.get("heldout", [])]
     tokens_per_step = batch_size * accumulate_steps * sequence_length
 
     def held_out_loss():
-        subset = TokenWindows(held.tokens, held.sequence_length, held.start, min(held.stop, held.start + eval_batches * batch_size))
+        subset = TokenWindows(
+            held.tokens,
+            held.sequence_length,
+            held.start,
+            min(held.stop, held.start + eval_batches * batch_size),
+        )
         return evaluate(lm, subset, batch_size)
 
     bar = None
@@ -724,7 +909,9 @@ def train_on_files(lm, data_files, out_dir, *, sequence_length, batch_size, step
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt) and e.args:
             log(f"{e.args[0]}; run the same command with --resume to continue")
-        if trainer.history["step"]:  # keep the curve so far, but let the run's own error be the one reported
+        if trainer.history[
+            "step"
+        ]:  # keep the curve so far, but let the run's own error be the one reported
             try:
                 write_loss_curve(trainer.history, evals, out_dir, log)
             except MinibloomError:
@@ -736,7 +923,11 @@ def train_on_files(lm, data_files, out_dir, *, sequence_length, batch_size, step
     if trainer.history["step"]:
         write_loss_curve(trainer.history, evals, out_dir, log)
     final = held_out_loss()
-    log(f"done: step {trainer.step}, held-out loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}")
+    log(
+        f"done: step {trainer.step}, held-out loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}"
+    )
     lm.save_to_preset(out_dir / "model")
-    log(f"model written to {out_dir / 'model'} (load with BloomCausalLM.from_preset or transformers)")
+    log(
+        f"model written to {out_dir / 'model'} (load with BloomCausalLM.from_preset or transformers)"
+    )
     return trainer

@@ -19,7 +19,9 @@ _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "determin
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
-REGEN_HINT = "golden files are stale or missing: run `python tools/make_golden.py` (needs the [ref] extra)"
+REGEN_HINT = (
+    "golden files are stale or missing: run `python tools/make_golden.py` (needs the [ref] extra)"
+)
 
 
 def _have(*modules: str) -> bool:
@@ -27,9 +29,13 @@ def _have(*modules: str) -> bool:
 
 
 # Live-parity tests run when the reference libraries are installed (always in CI, see .ci/run).
-requires_tokenizers = pytest.mark.skipif(not _have("tokenizers"), reason="HF tokenizers not installed (pip install -e '.[ref]')")
+requires_tokenizers = pytest.mark.skipif(
+    not _have("tokenizers"), reason="HF tokenizers not installed (pip install -e '.[ref]')"
+)
+requires_numba = pytest.mark.skipif(not _have("numba"), reason="numba not installed (the fast tier's own tests)")
 requires_transformers = pytest.mark.skipif(
-    not _have("torch", "transformers"), reason="torch/transformers not installed (pip install -e '.[ref]')"
+    not _have("torch", "transformers"),
+    reason="torch/transformers not installed (pip install -e '.[ref]')",
 )
 
 
@@ -57,7 +63,6 @@ def assert_close(name, got, ref, atol, rtol=0.0, where=None):
     diff = np.abs(got - ref)
     excess = diff - (atol + rtol * np.abs(ref))
     i = int(np.argmax(excess))
-    idx = np.unravel_index(i, got.shape)
     maxdiff = float(diff.max())
     msg = (
         f"{name}: max |diff| {maxdiff:.3e} (worst at flat index {i}: got {got.flat[i]:.8g}, ref {ref.flat[i]:.8g}); "

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import ROOT, golden_path, requires_tokenizers
+
 from minibloom import cli
 from minibloom.bpe_train import count_pieces, train_tokenizer
 from minibloom.errors import ArgumentError
@@ -31,7 +31,12 @@ def test_count_pieces_cuts_out_specials():
 def test_trained_tokenizer_layout(trained):
     assert trained.vocabulary_size() == 1500
     assert [trained.id_to_token(i) for i in range(4)] == ["<unk>", "<s>", "</s>", "<pad>"]
-    assert (trained.unk_token_id, trained.start_token_id, trained.end_token_id, trained.pad_token_id) == (0, 1, 2, 3)
+    assert (
+        trained.unk_token_id,
+        trained.start_token_id,
+        trained.end_token_id,
+        trained.pad_token_id,
+    ) == (0, 1, 2, 3)
     assert trained.id_to_token(4 + ord("a")) == "a" and trained.id_to_token(4 + ord(" ")) == "Ġ"
 
 
@@ -61,7 +66,9 @@ def test_hf_loads_trained_file_and_encodes_identically(trained, corpus, tmp_path
     path = trained.save(tmp_path / "tokenizer.json")
     hf = Tokenizer.from_file(str(path))
     assert [e.ids for e in hf.encode_batch(corpus)] == trained.encode_batch(corpus)
-    assert BloomTokenizer.from_file(path).encode_batch(corpus[::9]) == trained.encode_batch(corpus[::9])
+    assert BloomTokenizer.from_file(path).encode_batch(corpus[::9]) == trained.encode_batch(
+        corpus[::9]
+    )
 
 
 def test_bad_training_arguments():
@@ -104,9 +111,27 @@ def test_cli_train_tokenizer(capsys, tmp_path, corpus):
     data.write_text("\n".join(json.dumps({"text": t}) for t in corpus[:200]), encoding="utf-8")
     out = tmp_path / "tok"
     out.mkdir()
-    assert cli.main(["train-tokenizer", "--data", str(data), "--vocab-size", "700", "--out", str(out), "--keras"]) == 0
+    assert (
+        cli.main(
+            [
+                "train-tokenizer",
+                "--data",
+                str(data),
+                "--vocab-size",
+                "700",
+                "--out",
+                str(out),
+                "--keras",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     tok = BloomTokenizer.from_file(out / "tokenizer.json")
     assert tok.vocabulary_size() == 700
-    assert BloomTokenizer.from_keras_assets(out / "vocabulary.json", out / "merges.txt").encode(corpus[0]) == tok.encode(corpus[0])
-    assert tok.encode_batch(corpus[:200]) == train_tokenizer(corpus[:200], 700).encode_batch(corpus[:200])
+    assert BloomTokenizer.from_keras_assets(out / "vocabulary.json", out / "merges.txt").encode(
+        corpus[0]
+    ) == tok.encode(corpus[0])
+    assert tok.encode_batch(corpus[:200]) == train_tokenizer(corpus[:200], 700).encode_batch(
+        corpus[:200]
+    )

@@ -30,7 +30,9 @@ TINY = BloomConfig(vocab_size=40, hidden_size=12, n_layer=2, n_head=3)
 
 def _params(seed=0):
     rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in init_params(TINY).items()}
+    return {
+        k: rng.standard_normal(v.shape).astype(np.float32) for k, v in init_params(TINY).items()
+    }
 
 
 def _no_temp_files(directory):
@@ -73,11 +75,16 @@ def test_bf16_keeps_nan():
 def test_bf16_matches_torch():
     import torch
 
-    x = np.random.default_rng(0).standard_normal(10_000).astype(np.float32) * 10.0 ** np.arange(-20, 20, 4).repeat(1000)
+    x = np.random.default_rng(0).standard_normal(10_000).astype(np.float32) * 10.0 ** np.arange(
+        -20, 20, 4
+    ).repeat(1000)
     ours = f32_to_bf16(x)
     theirs = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(ours, theirs)
-    np.testing.assert_array_equal(bf16_to_f32(ours), torch.from_numpy(ours.view(np.int16)).view(torch.bfloat16).float().numpy())
+    np.testing.assert_array_equal(
+        bf16_to_f32(ours),
+        torch.from_numpy(ours.view(np.int16)).view(torch.bfloat16).float().numpy(),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,7 +94,11 @@ def test_bf16_matches_torch():
 
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
 def test_write_read_round_trip_and_agrees_with_safetensors_package(tmp_path, dtype):
-    tensors = {"a": np.arange(12, dtype=np.float32).reshape(3, 4) / 7, "b.c": np.float32([1.5, -2.25]), "e": np.zeros((0, 3), np.float32)}
+    tensors = {
+        "a": np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
+        "b.c": np.float32([1.5, -2.25]),
+        "e": np.zeros((0, 3), np.float32),
+    }
     path = tmp_path / "x.safetensors"
     write_safetensors(path, tensors, dtype)
     stored = read_safetensors(path)
@@ -103,7 +114,9 @@ def test_write_read_round_trip_and_agrees_with_safetensors_package(tmp_path, dty
         for k in tensors:
             np.testing.assert_array_equal(theirs[k], stored[k][1])
         path2 = tmp_path / "theirs.safetensors"
-        safetensors.numpy.save_file({k: v.astype(stored[k][1].dtype) for k, v in tensors.items()}, path2)
+        safetensors.numpy.save_file(
+            {k: v.astype(stored[k][1].dtype) for k, v in tensors.items()}, path2
+        )
         for k, (_, words) in read_safetensors(path2).items():
             np.testing.assert_array_equal(words, theirs[k])
 
@@ -129,9 +142,24 @@ def _write_raw(path, header: dict, data: bytes, length=None):
 @pytest.mark.parametrize(
     "header, data, length, message",
     [
-        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, None, "needs 8 bytes"),
-        ({"w": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8, None, "dtype 'I64'"),
-        ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, None, "invalid shape"),
+        (
+            {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            b"\0" * 4,
+            None,
+            "needs 8 bytes",
+        ),
+        (
+            {"w": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            None,
+            "dtype 'I64'",
+        ),
+        (
+            {"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}},
+            b"\0" * 4,
+            None,
+            "invalid shape",
+        ),
         ({"w": {"dtype": "F32", "shape": [1]}}, b"\0" * 4, None, "data_offsets"),
         ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"", 10**6, "does not fit"),
         (["not", "a", "dict"], b"", None, "JSON object"),
@@ -181,7 +209,9 @@ def test_save_load_round_trip(tmp_path, dtype, prefix):
     assert list(loaded) == list(params)
     for k, x in params.items():
         assert loaded[k].dtype == np.float32 and loaded[k].flags.c_contiguous
-        assert_close(k, loaded[k], x, atol=0, rtol={"float32": 0, "float16": 1e-3, "bfloat16": 4e-3}[dtype])
+        assert_close(
+            k, loaded[k], x, atol=0, rtol={"float32": 0, "float16": 1e-3, "bfloat16": 4e-3}[dtype]
+        )
 
 
 def test_sharded_round_trip(tmp_path):
@@ -206,7 +236,9 @@ def test_sharded_index_errors(tmp_path):
         load_params(tmp_path, TINY)
     index["weight_map"][first] = "model-00099-of-00099.safetensors"
     (tmp_path / INDEX_FILE).write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match="lists shard 'model-00099-of-00099.safetensors', which is missing"):
+    with pytest.raises(
+        CheckpointError, match="lists shard 'model-00099-of-00099.safetensors', which is missing"
+    ):
         load_params(tmp_path, TINY)
 
 
@@ -223,7 +255,10 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(tmp_path):
     params = _params()
     params["h.0.self_attention.dense.weight"] = np.zeros((12, 13), np.float32)
     save_params(tmp_path / "b", params)
-    with pytest.raises(CheckpointError, match=r"'h.0.self_attention.dense.weight' has shape \(12, 13\), expected \(12, 12\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'h.0.self_attention.dense.weight' has shape \(12, 13\), expected \(12, 12\)",
+    ):
         load_params(tmp_path / "b", TINY)
 
 
@@ -253,7 +288,9 @@ def test_pytorch_bin_only_explains_how_to_convert(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_params(tmp_path, TINY)
     msg = str(e.value)
-    assert "never unpickles" in msg and "save_pretrained" in msg and "safe_serialization=True" in msg
+    assert (
+        "never unpickles" in msg and "save_pretrained" in msg and "safe_serialization=True" in msg
+    )
 
 
 def test_empty_directory_and_ambiguous_files(tmp_path):
@@ -287,7 +324,11 @@ def test_float16_in_memory_is_zero_copy_for_f16_files(tmp_path):
 def test_save_to_preset_round_trip_and_atomic_replace(tmp_path):
     lm = BloomCausalLM(BloomBackbone.from_config(TINY, _params(1)))
     out = lm.save_to_preset(tmp_path / "m")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]
     back = BloomCausalLM.from_preset(out, preprocessor=None)
     assert back.backbone.config.to_dict() == TINY.to_dict()
     for k, x in lm.params.items():
@@ -324,11 +365,18 @@ def test_preprocessor_auto_and_tokenizer_saved(tmp_path):
 
     shutil.copytree(GOLDEN / "model" / "h6_prefix", tmp_path / "m")
     # the tokenizer's ids must fit in the model's 300 embedding rows (from_preset checks it)
-    train_tokenizer(["Hello world, ¿qué tal? 你好"] * 4, vocab_size=290).save(tmp_path / "m" / "tokenizer.json")
+    train_tokenizer(["Hello world, ¿qué tal? 你好"] * 4, vocab_size=290).save(
+        tmp_path / "m" / "tokenizer.json"
+    )
     lm = BloomCausalLM.from_preset(tmp_path / "m")  # preprocessor="auto" finds tokenizer.json
     assert lm.preprocessor is not None
     saved = lm.save_to_preset(tmp_path / "copy")
-    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
     again = BloomCausalLM.from_preset(saved)
     text = "Hello world, ¿qué tal? 你好"
     assert again.tokenizer.encode(text) == lm.tokenizer.encode(text)
@@ -339,7 +387,9 @@ def test_save_to_preset_refuses_a_file_and_keeps_other_files(tmp_path):
     lm = BloomCausalLM(BloomBackbone.from_config(TINY, _params(1)))
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.txt").write_text("precious")
-    lm.save_to_preset(tmp_path / "docs")  # a directory of other files: the model goes in beside them
+    lm.save_to_preset(
+        tmp_path / "docs"
+    )  # a directory of other files: the model goes in beside them
     assert (tmp_path / "docs" / "notes.txt").read_text() == "precious"
     (tmp_path / "file").write_text("x")
     with pytest.raises(ArgumentError, match="is not a directory"):
@@ -360,8 +410,12 @@ def test_save_over_the_directory_a_model_was_loaded_from(tmp_path):
     lm.save_to_preset(tmp_path / "m")
     after = BloomCausalLM.from_preset(tmp_path / "m", preprocessor=None)
     np.testing.assert_array_equal(after.params["ln_f.bias"], before["ln_f.bias"] + 1.0)
-    np.testing.assert_array_equal(after.params["word_embeddings.weight"], before["word_embeddings.weight"])
-    np.testing.assert_array_equal(lm.params["h.0.mlp.dense_h_to_4h.weight"], before["h.0.mlp.dense_h_to_4h.weight"])
+    np.testing.assert_array_equal(
+        after.params["word_embeddings.weight"], before["word_embeddings.weight"]
+    )
+    np.testing.assert_array_equal(
+        lm.params["h.0.mlp.dense_h_to_4h.weight"], before["h.0.mlp.dense_h_to_4h.weight"]
+    )
 
 
 def test_released_pages_read_back_unchanged(tmp_path):
@@ -384,7 +438,9 @@ def test_saved_files_follow_the_umask_not_the_temporary_files_owner_only_mode(tm
 
     old = os.umask(0o022)
     try:
-        BloomCausalLM(BloomBackbone(vocabulary_size=16, num_layers=1, num_heads=2, hidden_dim=8)).save_to_preset(tmp_path / "m")
+        BloomCausalLM(
+            BloomBackbone(vocabulary_size=16, num_layers=1, num_heads=2, hidden_dim=8)
+        ).save_to_preset(tmp_path / "m")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755

@@ -36,7 +36,9 @@ def test_every_spelling():
     cfg = BloomConfig.from_dict(CONFIG_176B_STYLE)
     assert (cfg.hidden_size, cfg.n_layer, cfg.n_head, cfg.head_dim) == (14336, 70, 112, 128)
     assert cfg.extra["pretraining_tp"] == 4 and cfg.extra["masked_softmax_fusion"] is True
-    alt = BloomConfig.from_dict({"hidden_size": 64, "num_hidden_layers": 3, "n_head": 4, "vocab_size": 100})
+    alt = BloomConfig.from_dict(
+        {"hidden_size": 64, "num_hidden_layers": 3, "n_head": 4, "vocab_size": 100}
+    )
     assert (alt.hidden_size, alt.n_layer, alt.n_head) == (64, 3, 4)
 
 
@@ -59,7 +61,9 @@ def test_golden_configs_load():
     for name in ("h6_prefix", "post_ln_bare", "bf16"):
         cfg = BloomConfig.from_json_file(GOLDEN / "model" / name / "config.json")
         assert cfg.vocab_size == 300 and cfg.hidden_size == 48
-    assert BloomConfig.from_json_file(GOLDEN / "model" / "post_ln_bare" / "config.json").apply_residual_connection_post_layernorm
+    assert BloomConfig.from_json_file(
+        GOLDEN / "model" / "post_ln_bare" / "config.json"
+    ).apply_residual_connection_post_layernorm
     assert BloomConfig.from_json_file(GOLDEN / "model" / "h6_prefix" / "config.json").n_head == 6
 
 
@@ -88,7 +92,9 @@ def test_file_errors_name_the_file(tmp_path):
     (tmp_path / "config.json").write_text("{oops")
     with pytest.raises(ConfigError, match=r"config.json: invalid JSON"):
         BloomConfig.from_json_file(tmp_path / "config.json")
-    (tmp_path / "config.json").write_text('{"n_layer": -2, "n_head": 2, "hidden_size": 8, "vocab_size": 10}')
+    (tmp_path / "config.json").write_text(
+        '{"n_layer": -2, "n_head": 2, "hidden_size": 8, "vocab_size": 10}'
+    )
     with pytest.raises(ConfigError, match=r"config.json: `n_layer`"):
         BloomConfig.from_json_file(tmp_path / "config.json")
 
@@ -100,8 +106,19 @@ def test_file_errors_name_the_file(tmp_path):
         ({}, "missing vocab_size, hidden_size, n_layer, n_head"),
         ({"model_type": "bloom"}, "missing vocab_size"),
         # a keras-hub preset's config.json: never read as a default-sized HF model
-        ({"module": "keras_hub.src.models.bloom.bloom_backbone", "class_name": "BloomBackbone",
-          "config": {"vocabulary_size": 100, "num_layers": 2, "num_heads": 2, "hidden_dim": 8}}, "a keras config"),
+        (
+            {
+                "module": "keras_hub.src.models.bloom.bloom_backbone",
+                "class_name": "BloomBackbone",
+                "config": {
+                    "vocabulary_size": 100,
+                    "num_layers": 2,
+                    "num_heads": 2,
+                    "hidden_dim": 8,
+                },
+            },
+            "a keras config",
+        ),
     ],
 )
 def test_configs_without_blooms_sizes_are_refused(d, expect):
@@ -110,8 +127,21 @@ def test_configs_without_blooms_sizes_are_refused(d, expect):
 
 
 def test_keras_names():
-    cfg = BloomConfig.from_keras_kwargs(vocabulary_size=10, num_layers=2, num_heads=2, hidden_dim=8, intermediate_dim=32, dropout=0.1)
-    assert (cfg.vocab_size, cfg.n_layer, cfg.n_head, cfg.hidden_size, cfg.ffn_size) == (10, 2, 2, 8, 32)
+    cfg = BloomConfig.from_keras_kwargs(
+        vocabulary_size=10,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=32,
+        dropout=0.1,
+    )
+    assert (cfg.vocab_size, cfg.n_layer, cfg.n_head, cfg.hidden_size, cfg.ffn_size) == (
+        10,
+        2,
+        2,
+        8,
+        32,
+    )
     assert cfg.intermediate_size is None and cfg.hidden_dropout == cfg.attention_dropout == 0.1
 
 
@@ -122,6 +152,11 @@ def test_transformers_reads_what_we_write(tmp_path):
     cfg = BloomConfig.from_dict(CONFIG_176B_STYLE)
     (tmp_path / "config.json").write_text(cfg.to_json_string())
     theirs = transformers.BloomConfig.from_pretrained(tmp_path)
-    assert (theirs.hidden_size, theirs.n_layer, theirs.n_head, theirs.pretraining_tp) == (14336, 70, 112, 4)
+    assert (theirs.hidden_size, theirs.n_layer, theirs.n_head, theirs.pretraining_tp) == (
+        14336,
+        70,
+        112,
+        4,
+    )
     back = BloomConfig.from_dict(theirs.to_dict())
     assert (back.hidden_size, back.n_layer, back.n_head) == (14336, 70, 112)

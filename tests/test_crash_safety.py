@@ -35,8 +35,9 @@ import traceback
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, golden_path
+from test_train import _trainer
+
 from minibloom.causal_lm import BloomCausalLM
 from minibloom.checkpoint import read_safetensors
 from minibloom.errors import CheckpointError, TrainingError
@@ -45,9 +46,10 @@ from minibloom.optim import AdamW
 from minibloom.preprocessor import BloomCausalLMPreprocessor
 from minibloom.tokenizer import BloomTokenizer
 from minibloom.train import ArrayDataset, Trainer, latest_checkpoint
-from test_train import _trainer
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the kill tests fork child processes (POSIX only)")
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "fork"), reason="the kill tests fork child processes (POSIX only)"
+)
 
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.safetensors", "state.json", "config.json"}
 OPTIONAL_FILES = {"tokenizer.json", "generation_config.json"}  # when the model has them
@@ -77,7 +79,9 @@ def _kill_after(pid, delay):
     """SIGKILL the child after `delay` seconds (it may have finished already); True if it was killed."""
     time.sleep(delay)
     try:
-        os.kill(pid, signal.SIGKILL)  # an exited but unreaped child is a zombie: the kill is a no-op
+        os.kill(
+            pid, signal.SIGKILL
+        )  # an exited but unreaped child is a zombie: the kill is a no-op
     except ProcessLookupError:
         pass
     _, status = os.waitpid(pid, 0)
@@ -90,7 +94,13 @@ def _exit_code(pid):
 
 
 # Every step boundary of a write: the child dies just before the n-th call of one of these.
-_BOUNDARIES = [(os, "fsync"), (os, "replace"), (shutil, "rmtree"), (tempfile, "mkdtemp"), (tempfile, "mkstemp")]
+_BOUNDARIES = [
+    (os, "fsync"),
+    (os, "replace"),
+    (shutil, "rmtree"),
+    (tempfile, "mkdtemp"),
+    (tempfile, "mkstemp"),
+]
 
 
 def _die_at_boundary(n):
@@ -135,16 +145,23 @@ def _hidden(directory):
 
 def _writer(root, vocab=4096):
     """A Trainer used only to write checkpoints (a 1.4 MB model: a write takes long enough to be hit)."""
-    lm = BloomCausalLM(BloomBackbone(vocabulary_size=vocab, num_layers=2, num_heads=4, hidden_dim=64, seed=0))
+    lm = BloomCausalLM(
+        BloomBackbone(vocabulary_size=vocab, num_layers=2, num_heads=4, hidden_dim=64, seed=0)
+    )
     ids = np.zeros((2, 4), np.int64)
-    return Trainer(lm, AdamW(1e-3), ArrayDataset({"token_ids": ids}, ids), batch_size=2, checkpoint_dir=root)
+    return Trainer(
+        lm, AdamW(1e-3), ArrayDataset({"token_ids": ids}, ids), batch_size=2, checkpoint_dir=root
+    )
 
 
 def _version(base, step):
     """What the writer saves at `step`: params, first and second moments, all exact float32."""
     s = np.float32(step)
-    return ({k: a + s for k, a in base.items()}, {k: a * np.float32(0.5) + s for k, a in base.items()},
-            {k: np.abs(a) + s for k, a in base.items()})
+    return (
+        {k: a + s for k, a in base.items()},
+        {k: a * np.float32(0.5) + s for k, a in base.items()},
+        {k: np.abs(a) + s for k, a in base.items()},
+    )
 
 
 def _set_version(trainer, base, step):
@@ -157,7 +174,9 @@ def _set_version(trainer, base, step):
 def _check_step_dir(path, expected_params, expected_m):
     """A visible step directory is complete and holds exactly what was saved at its step."""
     names = {p.name for p in path.iterdir()}
-    assert CHECKPOINT_FILES <= names <= CHECKPOINT_FILES | OPTIONAL_FILES, f"{path} is not complete: {names}"
+    assert CHECKPOINT_FILES <= names <= CHECKPOINT_FILES | OPTIONAL_FILES, (
+        f"{path} is not complete: {names}"
+    )
     assert json.loads((path / "state.json").read_text())["step"] == int(path.name[5:])
     params = read_safetensors(path / "model.safetensors")
     assert set(params) == set(expected_params)
@@ -180,7 +199,9 @@ def _check_checkpoints(root, expected, previous_step, fresh_trainer):
             _check_step_dir(root / name, *expected(int(name[5:])))
     latest = latest_checkpoint(root)
     step = 0 if latest is None else int(latest.name[5:])
-    assert step >= previous_step, f"LATEST went back from step {previous_step} to {step}: a checkpoint was lost"
+    assert step >= previous_step, (
+        f"LATEST went back from step {previous_step} to {step}: a checkpoint was lost"
+    )
     if latest is not None:  # and it loads through the ordinary resume path
         trainer = fresh_trainer()
         assert trainer.load_checkpoint() == latest and trainer.step == step
@@ -211,16 +232,24 @@ def test_sigkill_at_random_moments_of_checkpoint_writes(tmp_path, fork_env):
     step = killed_mid_write = 0
     for _ in range(25):
         assert _kill_after(_fork(save_loop), rng.uniform(0.0, 0.3))
-        killed_mid_write += any(n.startswith(".step-") for n in _hidden(root)) if root.exists() else 0
+        killed_mid_write += (
+            any(n.startswith(".step-") for n in _hidden(root)) if root.exists() else 0
+        )
         step = _check_checkpoints(root, expected, step, lambda: _writer(root))
-    print(f"25 kills, {killed_mid_write} left a half-written checkpoint behind; LATEST reached step {step}")
+    print(
+        f"25 kills, {killed_mid_write} left a half-written checkpoint behind; LATEST reached step {step}"
+    )
     assert step > 0
     # the next save removes whatever the killed writers left
     trainer = _writer(root)
     _set_version(trainer, base, step + 1)
     trainer.save_checkpoint()
     assert _hidden(root) == []
-    assert sorted(p.name for p in root.iterdir()) == ["LATEST", f"step-{step:08d}", f"step-{step + 1:08d}"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "LATEST",
+        f"step-{step:08d}",
+        f"step-{step + 1:08d}",
+    ]
 
 
 def test_sigkill_at_every_step_of_one_checkpoint_write(tmp_path, fork_env):
@@ -254,7 +283,9 @@ def test_sigkill_at_every_step_of_one_checkpoint_write(tmp_path, fork_env):
         code = _exit_code(_fork(save_step_3(root, n)))
         step = _check_checkpoints(root, expected, 2, lambda: _writer(root, vocab=260))
         outcomes.append(step)
-        newest = max(p.name for p in root.glob("step-*"))  # step 3 may be complete without LATEST naming it
+        newest = max(
+            p.name for p in root.glob("step-*")
+        )  # step 3 may be complete without LATEST naming it
         # the next save cleans up after the killed writer and works
         t = _writer(root, vocab=260)
         _set_version(t, base, 4)
@@ -276,7 +307,9 @@ def test_stale_temporaries_are_ignored_and_cleaned(tmp_path):
     trainer = _writer(root, vocab=260)
     trainer.save_checkpoint()  # step 0
     (root / ".step-00000009.abc.tmp").mkdir()
-    (root / ".step-00000009.abc.tmp" / "params.safetensors").write_bytes(b"\x00" * 10)  # half-written
+    (root / ".step-00000009.abc.tmp" / "params.safetensors").write_bytes(
+        b"\x00" * 10
+    )  # half-written
     (root / ".LATEST.xyz.tmp").write_text("step-00000009\n")
     assert latest_checkpoint(root).name == "step-00000000"
     trainer.optimizer.step = 1
@@ -321,27 +354,50 @@ def _check_flushed_before_renamed(events, out_dir):
                 continue  # the previous model moved aside: already durable, dropped afterwards
             flushed = [j for j, e in enumerate(events[:i]) if e == ("fsync", src)]
             assert flushed, f"directory {src} renamed to {dst} without being flushed"
-            inside = [j for j, e in enumerate(events) if e[0] == "replace" and e[2].startswith(src + os.sep)]
-            assert inside and max(inside) < flushed[-1], f"{src} flushed before its last file was renamed in"
-            assert ("fsync", os.path.dirname(dst)) in events[i + 1:], f"{os.path.dirname(dst)} not flushed after the rename"
+            inside = [
+                j
+                for j, e in enumerate(events)
+                if e[0] == "replace" and e[2].startswith(src + os.sep)
+            ]
+            assert inside and max(inside) < flushed[-1], (
+                f"{src} flushed before its last file was renamed in"
+            )
+            assert ("fsync", os.path.dirname(dst)) in events[i + 1 :], (
+                f"{os.path.dirname(dst)} not flushed after the rename"
+            )
         else:
-            assert ("fsync", src) in events[:i], f"{dst} renamed into place before its bytes were flushed"
-            assert ("fsync", os.path.dirname(dst)) in events[i + 1:], f"{os.path.dirname(dst)} not flushed after the rename"
+            assert ("fsync", src) in events[:i], (
+                f"{dst} renamed into place before its bytes were flushed"
+            )
+            assert ("fsync", os.path.dirname(dst)) in events[i + 1 :], (
+                f"{os.path.dirname(dst)} not flushed after the rename"
+            )
             renamed_to[dst] = i
     moved_dirs = [(e[1], e[2]) for e in events if e[0] == "replace" and e[3]]
-    for path in (str(p) for p in out_dir.rglob("*") if p.is_file()):  # each file got there by a flushed rename
-        before = [src + path[len(dst):] for src, dst in moved_dirs if path.startswith(dst + os.sep)]
-        assert path in renamed_to or any(b in renamed_to for b in before), f"{path} was not written by a rename"
+    for path in (
+        str(p) for p in out_dir.rglob("*") if p.is_file()
+    ):  # each file got there by a flushed rename
+        before = [
+            src + path[len(dst) :] for src, dst in moved_dirs if path.startswith(dst + os.sep)
+        ]
+        assert path in renamed_to or any(b in renamed_to for b in before), (
+            f"{path} was not written by a rename"
+        )
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name the flushed files")
+@pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="needs /proc to name the flushed files"
+)
 def test_every_file_is_flushed_before_it_is_renamed(tmp_path, monkeypatch):
     tokenizer = BloomTokenizer.from_file(golden_path("tokenizer.json"))
     trainer = _writer(tmp_path / "ck", vocab=260)
     trainer.lm.preprocessor = BloomCausalLMPreprocessor(tokenizer, sequence_length=8)
-    for name, write in [("ck", trainer.save_checkpoint), ("model", lambda: trainer.lm.save_to_preset(tmp_path / "model")),
-                        ("model", lambda: trainer.lm.save_to_preset(tmp_path / "model", max_shard_bytes=100_000)),
-                        ("assets", lambda: tokenizer.save_keras_assets(tmp_path / "assets"))]:
+    for name, write in [
+        ("ck", trainer.save_checkpoint),
+        ("model", lambda: trainer.lm.save_to_preset(tmp_path / "model")),
+        ("model", lambda: trainer.lm.save_to_preset(tmp_path / "model", max_shard_bytes=100_000)),
+        ("assets", lambda: tokenizer.save_keras_assets(tmp_path / "assets")),
+    ]:
         events = _record_fsync_and_replace(monkeypatch)
         write()
         monkeypatch.undo()
@@ -356,7 +412,9 @@ def test_every_file_is_flushed_before_it_is_renamed(tmp_path, monkeypatch):
 
 def _preset_lm(value):
     """A tiny model whose every parameter is `value` (so a loaded preset names its version), with a tokenizer."""
-    lm = BloomCausalLM(BloomBackbone(vocabulary_size=260, num_layers=1, num_heads=4, hidden_dim=32, seed=0))
+    lm = BloomCausalLM(
+        BloomBackbone(vocabulary_size=260, num_layers=1, num_heads=4, hidden_dim=32, seed=0)
+    )
     for a in lm.params.values():
         a[...] = value
     return lm
@@ -368,7 +426,9 @@ def _preset_version(directory):
         return None
     lm = BloomCausalLM.from_preset(str(directory), preprocessor=None)
     values = {float(a.flat[0]) for a in lm.params.values()}
-    assert len(values) == 1 and all((a == a.flat[0]).all() for a in lm.params.values()), "a mix of versions"
+    assert len(values) == 1 and all((a == a.flat[0]).all() for a in lm.params.values()), (
+        "a mix of versions"
+    )
     return int(values.pop())
 
 
@@ -391,7 +451,11 @@ def test_sigkill_at_random_moments_of_preset_writes(tmp_path, fork_env):
         version = now
         assert (directory / "NOTES.txt").read_text() == "the user's own file"
     _preset_lm(version + 1).save_to_preset(directory)
-    assert _preset_version(directory) == version + 1 and _hidden(directory) == [] and _hidden(tmp_path) == []
+    assert (
+        _preset_version(directory) == version + 1
+        and _hidden(directory) == []
+        and _hidden(tmp_path) == []
+    )
 
 
 def test_sigkill_at_every_step_of_one_preset_write(tmp_path, fork_env):
@@ -405,9 +469,13 @@ def test_sigkill_at_every_step_of_one_preset_write(tmp_path, fork_env):
     def save_version_2(directory, n):
         def work():
             lm = _preset_lm(2)
-            lm.preprocessor = BloomCausalLMPreprocessor(BloomTokenizer.from_file(tokenizer_json), sequence_length=8)
+            lm.preprocessor = BloomCausalLMPreprocessor(
+                BloomTokenizer.from_file(tokenizer_json), sequence_length=8
+            )
             _die_at_boundary(n)
-            lm.save_to_preset(directory, max_shard_bytes=40_000)  # 3 shards + index: more boundaries
+            lm.save_to_preset(
+                directory, max_shard_bytes=40_000
+            )  # 3 shards + index: more boundaries
 
         return work
 
@@ -429,9 +497,18 @@ def test_sigkill_at_every_step_of_one_preset_write(tmp_path, fork_env):
         assert code == -signal.SIGKILL
     else:
         pytest.fail("the write never completed")
-    print(f"{len(outcomes) - 1} crash points; version after each: {outcomes}; after the commit point: {committed}")
-    assert committed >= 5  # the renames of 3 shards, the index, config, ... happen after the commit point
-    assert outcomes[0] == 1 and outcomes[-1] == 2 and outcomes == sorted(outcomes) and len(outcomes) > 15
+    print(
+        f"{len(outcomes) - 1} crash points; version after each: {outcomes}; after the commit point: {committed}"
+    )
+    assert (
+        committed >= 5
+    )  # the renames of 3 shards, the index, config, ... happen after the commit point
+    assert (
+        outcomes[0] == 1
+        and outcomes[-1] == 2
+        and outcomes == sorted(outcomes)
+        and len(outcomes) > 15
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -452,7 +529,10 @@ def test_training_killed_at_random_steps_resumes_bit_identical(tmp_path, fork_en
     seen = {0: ({k: a.copy() for k, a in reference.lm.params.items()}, None)}
 
     def record(t, loss, norm, lr):
-        seen[t.step] = ({k: a.copy() for k, a in t.lm.params.items()}, {k: a.copy() for k, a in t.optimizer.m.items()})
+        seen[t.step] = (
+            {k: a.copy() for k, a in t.lm.params.items()},
+            {k: a.copy() for k, a in t.optimizer.m.items()},
+        )
 
     reference.run(max_steps=steps, on_step=record)
     duration = time.perf_counter() - started  # a child also saves every step: it takes longer
@@ -474,7 +554,9 @@ def test_training_killed_at_random_steps_resumes_bit_identical(tmp_path, fork_en
     rng = np.random.default_rng(3)
     step = kills = 0
     progress = []
-    patience = 1.0  # doubled after a child that saved nothing, so a busy machine still makes progress
+    patience = (
+        1.0  # doubled after a child that saved nothing, so a busy machine still makes progress
+    )
     for _ in range(12):
         kills += _kill_after(_fork(train), rng.uniform(0.05, 0.4) * duration * patience)
         before, step = step, _check_checkpoints(tmp_path / "killed", expected, step, fresh)
@@ -500,24 +582,57 @@ def _cli(*args, env_extra=None):
 
 def test_cli_train_killed_then_resumed_matches_uninterrupted(tmp_path):
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(60)))
-    common = ["train", "--data", str(corpus), "--tokenizer", str(golden_path("tokenizer.json")), "--layers", "1",
-              "--hidden", "24", "--heads", "3", "--seq-len", "16", "--batch-size", "4", "--lr", "1e-2",
-              "--steps", "16", "--eval-every", "4", "--eval-batches", "1", "--save-every", "1", "--no-progress"]
+    corpus.write_text(
+        "\n\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(60))
+    )
+    common = [
+        "train",
+        "--data",
+        str(corpus),
+        "--tokenizer",
+        str(golden_path("tokenizer.json")),
+        "--layers",
+        "1",
+        "--hidden",
+        "24",
+        "--heads",
+        "3",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-2",
+        "--steps",
+        "16",
+        "--eval-every",
+        "4",
+        "--eval-batches",
+        "1",
+        "--save-every",
+        "1",
+        "--no-progress",
+    ]
     full_cmd, env = _cli(*common, "--out", str(tmp_path / "full"))
     killed_cmd, _ = _cli(*common, "--out", str(tmp_path / "killed"), "--resume")
     full = subprocess.Popen(full_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     rng = np.random.default_rng(5)
     kill_at = int(rng.integers(2, 10))
-    child = subprocess.Popen(killed_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        killed_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     latest = tmp_path / "killed" / "checkpoints" / "LATEST"
     deadline = time.monotonic() + 60
     while child.poll() is None and time.monotonic() < deadline:
         if latest.is_file() and int(latest.read_text().strip()[5:]) >= kill_at:
-            time.sleep(rng.uniform(0.0, 0.05))  # somewhere in the following step or its checkpoint write
+            time.sleep(
+                rng.uniform(0.0, 0.05)
+            )  # somewhere in the following step or its checkpoint write
             break
         time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)  # a no-op if the run already ended (then --resume has nothing to do)
+    child.send_signal(
+        signal.SIGKILL
+    )  # a no-op if the run already ended (then --resume has nothing to do)
     killed = child.wait() == -signal.SIGKILL
     stopped_at = latest_checkpoint(tmp_path / "killed" / "checkpoints")
     print(f"killed={killed} after step {kill_at}; LATEST then: {stopped_at and stopped_at.name}")
@@ -530,7 +645,9 @@ def test_cli_train_killed_then_resumed_matches_uninterrupted(tmp_path):
     assert set(a) == set(b)
     for k in a:
         np.testing.assert_array_equal(b[k][1], a[k][1], err_msg=k)
-    assert (tmp_path / "killed" / "loss_curve.csv").read_text() == (tmp_path / "full" / "loss_curve.csv").read_text()
+    assert (tmp_path / "killed" / "loss_curve.csv").read_text() == (
+        tmp_path / "full" / "loss_curve.csv"
+    ).read_text()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -549,7 +666,9 @@ def _failing(monkeypatch, module, name, err, when=lambda *a: True):
     monkeypatch.setattr(module, name, call)
 
 
-@pytest.mark.parametrize("fault", ["fsync ENOSPC", "mkdtemp EACCES", "LATEST ENOSPC", "rename EROFS"])
+@pytest.mark.parametrize(
+    "fault", ["fsync ENOSPC", "mkdtemp EACCES", "LATEST ENOSPC", "rename EROFS"]
+)
 def test_save_errors_name_the_path_and_keep_the_previous_checkpoint(tmp_path, monkeypatch, fault):
     root = tmp_path / "ck"
     trainer = _writer(root, vocab=260)
@@ -562,7 +681,13 @@ def test_save_errors_name_the_path_and_keep_the_previous_checkpoint(tmp_path, mo
     elif fault == "mkdtemp EACCES":
         _failing(monkeypatch, tempfile, "mkdtemp", errno.EACCES)
     elif fault == "LATEST ENOSPC":
-        _failing(monkeypatch, os, "replace", errno.ENOSPC, when=lambda src, dst: str(dst).endswith("LATEST"))
+        _failing(
+            monkeypatch,
+            os,
+            "replace",
+            errno.ENOSPC,
+            when=lambda src, dst: str(dst).endswith("LATEST"),
+        )
     else:
         _failing(monkeypatch, os, "replace", errno.EROFS, when=lambda src, dst: os.path.isdir(src))
     with pytest.raises(TrainingError) as info:
@@ -571,12 +696,19 @@ def test_save_errors_name_the_path_and_keep_the_previous_checkpoint(tmp_path, mo
     message = str(info.value)
     print(message)
     assert "\n" not in message and str(root / "step-00000002") in message
-    assert os.strerror({"f": errno.ENOSPC, "m": errno.EACCES, "L": errno.ENOSPC, "r": errno.EROFS}[fault[0]]) in message
+    assert (
+        os.strerror(
+            {"f": errno.ENOSPC, "m": errno.EACCES, "L": errno.ENOSPC, "r": errno.EROFS}[fault[0]]
+        )
+        in message
+    )
     assert "step-00000001, which is intact" in message
     assert latest_checkpoint(root).name == "step-00000001"
     fresh = _writer(root, vocab=260)
     fresh.load_checkpoint()
-    assert fresh.step == 1 and all(np.array_equal(a, base[k] + 1) for k, a in fresh.lm.params.items())
+    assert fresh.step == 1 and all(
+        np.array_equal(a, base[k] + 1) for k, a in fresh.lm.params.items()
+    )
     trainer.save_checkpoint()  # once the disk is fine again, the same trainer saves normally
     assert latest_checkpoint(root).name == "step-00000002" and _hidden(root) == []
 
@@ -585,7 +717,10 @@ def test_preset_save_error_keeps_the_old_model(tmp_path, monkeypatch):
     directory = tmp_path / "model"
     _preset_lm(1).save_to_preset(directory)
     _failing(monkeypatch, os, "fsync", errno.ENOSPC)
-    with pytest.raises(CheckpointError, match=r"model: cannot save the model .*No space left on device.* is unchanged"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model: cannot save the model .*No space left on device.* is unchanged",
+    ):
         _preset_lm(2).save_to_preset(directory)
     monkeypatch.undo()
     assert _preset_version(directory) == 1 and _hidden(tmp_path) == [] and _hidden(directory) == []
@@ -596,24 +731,59 @@ def test_non_finite_parameters_are_never_saved(tmp_path):
     trainer.save_checkpoint()
     trainer.optimizer.step = 1
     trainer.lm.params["ln_f.bias"][3] = np.nan
-    with pytest.raises(TrainingError, match=r"step-00000001: not saved: parameter ln_f.bias holds non-finite"):
+    with pytest.raises(
+        TrainingError, match=r"step-00000001: not saved: parameter ln_f.bias holds non-finite"
+    ):
         trainer.save_checkpoint()
-    assert latest_checkpoint(tmp_path / "ck").name == "step-00000000" and _hidden(tmp_path / "ck") == []
+    assert (
+        latest_checkpoint(tmp_path / "ck").name == "step-00000000"
+        and _hidden(tmp_path / "ck") == []
+    )
 
 
 def test_cli_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(60)))
+    corpus.write_text(
+        "\n\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(60))
+    )
     out = tmp_path / "run"
-    cmd, env = _cli("train", "--data", str(corpus), "--out", str(out), "--tokenizer", str(golden_path("tokenizer.json")),
-                    "--layers", "1", "--hidden", "24", "--heads", "3", "--seq-len", "16", "--batch-size", "4",
-                    "--lr", "1e30", "--eval-every", "0", "--save-every", "1", "--steps", "6", "--no-progress")
+    cmd, env = _cli(
+        "train",
+        "--data",
+        str(corpus),
+        "--out",
+        str(out),
+        "--tokenizer",
+        str(golden_path("tokenizer.json")),
+        "--layers",
+        "1",
+        "--hidden",
+        "24",
+        "--heads",
+        "3",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e30",
+        "--eval-every",
+        "0",
+        "--save-every",
+        "1",
+        "--steps",
+        "6",
+        "--no-progress",
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     print(proc.stderr)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, lines
-    assert re.match(r"minibloom: error: non-finite loss .* at step 2 .* the last good checkpoint is step-00000001", lines[0])
+    assert re.match(
+        r"minibloom: error: non-finite loss .* at step 2 .* the last good checkpoint is step-00000001",
+        lines[0],
+    )
     ckpt = latest_checkpoint(out / "checkpoints")
     assert ckpt.name == "step-00000001" and not (out / "model").exists()
     from minibloom.config import BloomConfig

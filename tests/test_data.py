@@ -74,11 +74,17 @@ def test_shuffled_batches_are_seeded_and_resumable():
     assert len(set(seen.tolist())) == 24 and not np.array_equal(seen, np.sort(seen))
     again = [x["token_ids"][:, 0] // 4 for x, _, _ in ds.batches(3, seed=7, epoch=1)]
     assert all(np.array_equal(a, b) for a, b in zip(epoch, again))
-    other = np.concatenate([x["token_ids"][:, 0] // 4 for x, _, _ in ds.batches(3, seed=7, epoch=2)])
+    other = np.concatenate(
+        [x["token_ids"][:, 0] // 4 for x, _, _ in ds.batches(3, seed=7, epoch=2)]
+    )
     assert not np.array_equal(seen, other)
-    resumed = [x["token_ids"][:, 0] // 4 for x, _, _ in ds.batches(3, seed=7, epoch=1, start_batch=5)]
+    resumed = [
+        x["token_ids"][:, 0] // 4 for x, _, _ in ds.batches(3, seed=7, epoch=1, start_batch=5)
+    ]
     assert all(np.array_equal(a, b) for a, b in zip(epoch[5:], resumed)) and len(resumed) == 3
-    ordered = np.concatenate([x["token_ids"][:, 0] // 4 for x, _, _ in ds.batches(10, shuffle=False, drop_last=False)])
+    ordered = np.concatenate(
+        [x["token_ids"][:, 0] // 4 for x, _, _ in ds.batches(10, shuffle=False, drop_last=False)]
+    )
     np.testing.assert_array_equal(ordered, np.arange(25))
 
 
@@ -88,14 +94,18 @@ def test_heldout_split_is_the_tail():
     assert (len(train), len(held)) == (8, 2)
     x, _, _ = held.batch([0])
     np.testing.assert_array_equal(x["token_ids"][0], [32, 33, 34, 35])
-    all_train = np.concatenate([x["token_ids"].ravel() for x, _, _ in train.batches(8, shuffle=False)])
+    all_train = np.concatenate(
+        [x["token_ids"].ravel() for x, _, _ in train.batches(8, shuffle=False)]
+    )
     assert all_train.max() < 32
     with pytest.raises(ArgumentError, match="too few"):
         TokenWindows(np.arange(5), 4).split(0.5)
 
 
 def test_memmap_reads_only_what_it_needs(corpus, tmp_path):
-    ds = TokenWindows.from_files(corpus, ByteTokenizer(), sequence_length=3, cache_dir=tmp_path / "c")
+    ds = TokenWindows.from_files(
+        corpus, ByteTokenizer(), sequence_length=3, cache_dir=tmp_path / "c"
+    )
     assert isinstance(ds.tokens, np.memmap)
     x, y, _ = next(ds.batches(2, shuffle=False))
     np.testing.assert_array_equal(x["token_ids"][0], _ids("fir"))

@@ -10,8 +10,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import assert_close
+
 from minibloom import ops
 from minibloom.errors import ArgumentError
 from minibloom.generate import decode_steps
@@ -74,7 +74,9 @@ def test_linear_float16_few_rows_uses_matvec16_and_agrees(monkeypatch, rows):
     assert cache.W.dtype == np.float16  # not widened: the kernel read the stored 16-bit words
     assert_close("linear float16 via matvec16 vs float32", fast, ref, MATVEC16_ATOL)
     dy = rng.standard_normal(fast.shape).astype(np.float32)
-    for name, g, g_ref in zip(("dx", "dW", "db"), ops.linear_backward(dy, cache), ops.linear_backward(dy, ref_cache)):
+    for name, g, g_ref in zip(
+        ("dx", "dW", "db"), ops.linear_backward(dy, cache), ops.linear_backward(dy, ref_cache)
+    ):
         assert g.dtype == np.float32
         assert_close(f"linear float16 backward {name}", g, g_ref, 1e-6)
     plain, _ = ops.linear_forward(x, W16, b)
@@ -108,7 +110,9 @@ def test_float16_greedy_decode_same_ids_with_and_without_numba(monkeypatch):
     runs = {}
     for numba in ("1", "0"):
         monkeypatch.setenv("MINIBLOOM_NUMBA", numba)
-        runs[numba] = np.stack([nxt for _, nxt, _ in decode_steps(bb, ids, mask, 17, GreedySampler())], axis=1)
+        runs[numba] = np.stack(
+            [nxt for _, nxt, _ in decode_steps(bb, ids, mask, 17, GreedySampler())], axis=1
+        )
     assert runs["1"].shape == (2, 12)
     assert len(np.unique(runs["1"])) > 3  # not one repeated token
     np.testing.assert_array_equal(runs["1"], runs["0"])
@@ -118,7 +122,9 @@ def test_float16_cached_step_logits_equal_float32_model(monkeypatch):
     """One decode step (B * T = 2 rows: the matvec16 path, LM head included) vs the same weights in float32."""
     monkeypatch.setenv("MINIBLOOM_NUMBA", "1")
     bb16 = _tiny_float16()
-    bb32 = BloomBackbone.from_config(bb16.config, {k: v.astype(np.float32) for k, v in bb16.params.items()})
+    bb32 = BloomBackbone.from_config(
+        bb16.config, {k: v.astype(np.float32) for k, v in bb16.params.items()}
+    )
     ids = np.array([[3, 7, 11, 2], [5, 9, 14, 1]])
     logits = []
     for bb in (bb16, bb32):
@@ -151,8 +157,14 @@ def test_matvec16_serial_threaded_and_plain_agree(monkeypatch, kind):
     from minibloom.kernels import matvec16 as mv
 
     rng = np.random.default_rng(1)
-    W = (0.05 * rng.standard_normal((mv.CHUNK * 3 + 5, 70))).astype(np.float32)  # a partial last chunk
-    w16 = (W.view(np.uint32) >> 16).astype(np.uint16) if kind == "BF16" else W.astype(np.float16).view(np.uint16)
+    W = (0.05 * rng.standard_normal((mv.CHUNK * 3 + 5, 70))).astype(
+        np.float32
+    )  # a partial last chunk
+    w16 = (
+        (W.view(np.uint32) >> 16).astype(np.uint16)
+        if kind == "BF16"
+        else W.astype(np.float16).view(np.uint16)
+    )
     x = rng.standard_normal((2, 70)).astype(np.float32)
     results = {}
     for name, serial_work in (("serial", 1 << 62), ("threaded", 0)):
@@ -160,4 +172,6 @@ def test_matvec16_serial_threaded_and_plain_agree(monkeypatch, kind):
         results[name] = mv.matvec16(x, w16, kind)
     results["plain"] = mv.matvec16_plain(x, w16, kind)
     assert np.array_equal(results["serial"], results["threaded"])  # the same chunk loop
-    assert_close(f"matvec16 {kind} serial vs plain", results["serial"], results["plain"], 1e-6, 1e-5)
+    assert_close(
+        f"matvec16 {kind} serial vs plain", results["serial"], results["plain"], 1e-6, 1e-5
+    )

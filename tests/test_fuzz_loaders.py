@@ -28,7 +28,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from minibloom.bpe_train import train_tokenizer
-from minibloom.checkpoint import INDEX_FILE, load_params, read_safetensors, save_params, write_safetensors
+from minibloom.checkpoint import (
+    INDEX_FILE,
+    load_params,
+    read_safetensors,
+    save_params,
+    write_safetensors,
+)
 from minibloom.config import BloomConfig
 from minibloom.errors import MinibloomError
 from minibloom.model import init_params
@@ -36,14 +42,23 @@ from minibloom.tokenizer import BloomTokenizer
 
 TINY = BloomConfig(vocab_size=40, hidden_size=12, n_layer=2, n_head=3)
 _MAX_ALLOC = 64 << 20  # no fuzzed file is bigger than a few kB: 64 MB means something was believed
-EXAMPLES = {"bytes": 500, "header": 500, "index": 150, "tokenizer_json": 300, "tokenizer_bytes": 100, "config": 500}
+EXAMPLES = {
+    "bytes": 500,
+    "header": 500,
+    "index": 150,
+    "tokenizer_json": 300,
+    "tokenizer_bytes": 100,
+    "config": 500,
+}
 FUZZ_CASES = sum(EXAMPLES.values())
 
 
 def _fuzz(name):
     return settings(
         max_examples=EXAMPLES[name],
-        deadline=timedelta(seconds=10),  # generous (a shared, loaded machine); a hang still trips it
+        deadline=timedelta(
+            seconds=10
+        ),  # generous (a shared, loaded machine); a hang still trips it
         derandomize=True,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -103,15 +118,25 @@ json_value = st.recursive(
     | st.sampled_from([0, -1, 1, 2**31, 2**40, 2**63, 2**64, 10**30])
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12)
-    | st.sampled_from(["../x.safetensors", "/etc/passwd", "F32", "BF16", "I64", "BPE", "ByteLevel", "bloom", "Ġ"]),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    | st.sampled_from(
+        ["../x.safetensors", "/etc/passwd", "F32", "BF16", "I64", "BPE", "ByteLevel", "bloom", "Ġ"]
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
 
 def _paths(node, prefix=()):
     """Every path (tuple of keys / indices) into a JSON tree, the root excluded."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
     for k, v in items:
         yield prefix + (k,)
         yield from _paths(v, prefix + (k,))
@@ -147,9 +172,14 @@ def base(tmp_path_factory):
         "c": np.ones(0, np.float32),  # an empty tensor: zero bytes, offsets [n, n]
     }
     write_safetensors(d / "small.safetensors", tensors, dtype="F32")
-    params = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in init_params(TINY).items()}
+    params = {
+        k: rng.standard_normal(v.shape).astype(np.float32) for k, v in init_params(TINY).items()
+    }
     save_params(d / "sharded", params, max_shard_bytes=1500)
-    tok = train_tokenizer(["hello world, hello minibloom", "fuzzing loaders is fun", "héllo wörld 123"] * 3, vocab_size=290)
+    tok = train_tokenizer(
+        ["hello world, hello minibloom", "fuzzing loaders is fun", "héllo wörld 123"] * 3,
+        vocab_size=290,
+    )
     tok.save(d / "tokenizer.json")
     return {
         "st": (d / "small.safetensors").read_bytes(),
@@ -271,7 +301,9 @@ def test_fuzz_config(base, data):
     if err is not None:
         assert "config.json" in str(err)
         return
-    assert config.hidden_size % config.n_head == 0 and min(config.vocab_size, config.n_layer, config.head_dim) > 0
+    assert (
+        config.hidden_size % config.n_head == 0
+        and min(config.vocab_size, config.n_layer, config.head_dim) > 0
+    )
     assert math.isfinite(config.layer_norm_epsilon)
     assert BloomConfig.from_dict(config.to_dict()) == config  # what loads also round-trips
-

@@ -9,13 +9,19 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import assert_close, golden_path, requires_transformers
+
 from minibloom.causal_lm import BloomCausalLM
 from minibloom.errors import ArgumentError
 from minibloom.generate import Utf8Pieces, generate_ids
 from minibloom.kvcache import KVCache
-from minibloom.samplers import BeamSampler, ContrastiveSampler, GreedySampler, TopKSampler, TopPSampler
+from minibloom.samplers import (
+    BeamSampler,
+    ContrastiveSampler,
+    GreedySampler,
+    TopKSampler,
+    TopPSampler,
+)
 
 CACHE_ATOL = 1e-5  # cached vs recomputed logits (float32, tiny model)
 PAD_ATOL = 1e-5  # left-padded row vs the same prompt alone
@@ -47,8 +53,12 @@ def test_golden_greedy_ids_equal_transformers(lm, golden):
     assert len(cases) >= 10
     for case in cases:
         ids, mask, max_length, stop = _case_args(case)
-        out = generate_ids(lm.backbone, ids, mask, max_length, GreedySampler(), stop, pad_token_id=3)
-        assert out["token_ids"].tolist() == case["sequences"], f"greedy {case['text']} eos={case['eos_token_id']}"
+        out = generate_ids(
+            lm.backbone, ids, mask, max_length, GreedySampler(), stop, pad_token_id=3
+        )
+        assert out["token_ids"].tolist() == case["sequences"], (
+            f"greedy {case['text']} eos={case['eos_token_id']}"
+        )
 
 
 def test_golden_beam_search_equals_transformers(lm, golden):
@@ -56,21 +66,46 @@ def test_golden_beam_search_equals_transformers(lm, golden):
     assert len(cases) >= 8
     for case in cases:
         ids, mask, max_length, stop = _case_args(case)
-        sampler = BeamSampler(case["num_beams"], return_all_beams=True, length_penalty=case["length_penalty"], early_stopping=case["early_stopping"])
+        sampler = BeamSampler(
+            case["num_beams"],
+            return_all_beams=True,
+            length_penalty=case["length_penalty"],
+            early_stopping=case["early_stopping"],
+        )
         out = generate_ids(lm.backbone, ids, mask, max_length, sampler, stop, pad_token_id=3)
         B, R, S = out["token_ids"].shape
         name = f"beam {case['text']} n={case['num_beams']} lp={case['length_penalty']} es={case['early_stopping']}"
         assert out["token_ids"].reshape(B * R, S).tolist() == case["sequences"], name
-        assert_close(name + " scores", out["scores"].reshape(-1), case["sequences_scores"], atol=SCORE_ATOL)
+        assert_close(
+            name + " scores", out["scores"].reshape(-1), case["sequences_scores"], atol=SCORE_ATOL
+        )
 
 
 def test_beam_best_only_is_the_first_of_all_beams(lm, golden):
     case = next(c for c in golden["cases"] if c["kind"] == "beam")
     ids, mask, max_length, stop = _case_args(case)
-    out = generate_ids(lm.backbone, ids, mask, max_length, BeamSampler(case["num_beams"], length_penalty=case["length_penalty"], early_stopping=case["early_stopping"]), stop, 3)
+    out = generate_ids(
+        lm.backbone,
+        ids,
+        mask,
+        max_length,
+        BeamSampler(
+            case["num_beams"],
+            length_penalty=case["length_penalty"],
+            early_stopping=case["early_stopping"],
+        ),
+        stop,
+        3,
+    )
     best = np.array(case["sequences"][0])
-    best = best[: len(best) if 3 not in best[ids.shape[1]:] else ids.shape[1] + list(best[ids.shape[1]:]).index(3)]
-    assert out["token_ids"].shape == (1, len(best)) and out["token_ids"][0].tolist() == best.tolist()
+    best = best[
+        : len(best)
+        if 3 not in best[ids.shape[1] :]
+        else ids.shape[1] + list(best[ids.shape[1] :]).index(3)
+    ]
+    assert (
+        out["token_ids"].shape == (1, len(best)) and out["token_ids"][0].tolist() == best.tolist()
+    )
 
 
 # --- KV cache and padding ---------------------------------------------------------------------
@@ -86,7 +121,9 @@ def test_cached_logits_equal_a_full_recompute(lm):
     cache = KVCache.for_config(bb.config, 2, 20)
     got = [bb.logits(bb.forward(ids[:, :8], mask[:, :8], cache=cache).hidden)[:, -1]]  # prefill 8
     for t in range(8, 14):  # then one position per step
-        got.append(bb.logits(bb.forward(ids[:, t : t + 1], mask[:, : t + 1], cache=cache).hidden)[:, -1])
+        got.append(
+            bb.logits(bb.forward(ids[:, t : t + 1], mask[:, : t + 1], cache=cache).hidden)[:, -1]
+        )
     assert_close("cached logits", np.stack(got, axis=1), full[:, 7:], atol=CACHE_ATOL)
 
 
@@ -95,12 +132,24 @@ def test_left_padded_batch_row_equals_the_prompt_alone(lm):
     prompts = ["The cat", "The dog ran to the park and", "A small"]
     batch = lm.preprocessor.generate_preprocess(prompts)
     assert not batch["padding_mask"][0, 0], "the short prompt should be left-padded"
-    out = generate_ids(lm.backbone, batch["token_ids"], batch["padding_mask"], 30, GreedySampler(), (), 3)
+    out = generate_ids(
+        lm.backbone, batch["token_ids"], batch["padding_mask"], 30, GreedySampler(), (), 3
+    )
     P = batch["token_ids"].shape[1]
     for b, prompt in enumerate(prompts):
         ids = np.array([tok.encode(prompt)])
-        alone = generate_ids(lm.backbone, ids, np.ones(ids.shape, bool), ids.shape[1] + 30 - P, GreedySampler(), (), 3)
-        assert out["token_ids"][b, P:].tolist() == alone["token_ids"][0, ids.shape[1]:].tolist(), prompt
+        alone = generate_ids(
+            lm.backbone,
+            ids,
+            np.ones(ids.shape, bool),
+            ids.shape[1] + 30 - P,
+            GreedySampler(),
+            (),
+            3,
+        )
+        assert out["token_ids"][b, P:].tolist() == alone["token_ids"][0, ids.shape[1] :].tolist(), (
+            prompt
+        )
     # and the logits themselves agree, not only their argmax
     padded = lm.backbone.forward(batch["token_ids"], batch["padding_mask"]).hidden[0, -1]
     ids = np.array([tok.encode(prompts[0])])
@@ -113,19 +162,36 @@ def test_left_padded_batch_row_equals_the_prompt_alone(lm):
 
 def test_stop_token_ends_the_row_and_pads_after_it(lm):
     ids = np.array([lm.preprocessor.tokenizer.encode("The dog ran to")])
-    free = generate_ids(lm.backbone, ids, np.ones(ids.shape, bool), ids.shape[1] + 12, GreedySampler(), (), 3)["token_ids"][0]
-    new = free[ids.shape[1]:]
+    free = generate_ids(
+        lm.backbone, ids, np.ones(ids.shape, bool), ids.shape[1] + 12, GreedySampler(), (), 3
+    )["token_ids"][0]
+    new = free[ids.shape[1] :]
     stop_id = int(new[3])  # a token the greedy run emits 4th
     first = int(np.flatnonzero(new == stop_id)[0])
-    batch = {"token_ids": np.concatenate([ids, ids]), "padding_mask": np.ones((2, ids.shape[1]), bool)}
-    out = generate_ids(lm.backbone, batch["token_ids"], batch["padding_mask"], ids.shape[1] + 12, GreedySampler(), (stop_id,), 3)
-    row = out["token_ids"][0, ids.shape[1]:]
+    batch = {
+        "token_ids": np.concatenate([ids, ids]),
+        "padding_mask": np.ones((2, ids.shape[1]), bool),
+    }
+    out = generate_ids(
+        lm.backbone,
+        batch["token_ids"],
+        batch["padding_mask"],
+        ids.shape[1] + 12,
+        GreedySampler(),
+        (stop_id,),
+        3,
+    )
+    row = out["token_ids"][0, ids.shape[1] :]
     assert row.tolist() == new[: first + 1].tolist()  # all rows stopped: the output ends there
     assert out["padding_mask"].all()
 
 
 def test_rows_that_stop_early_are_padded_and_masked(lm, golden):
-    case = next(c for c in golden["cases"] if c["kind"] == "greedy" and len(c["text"]) > 1 and c["eos_token_id"] == 2)
+    case = next(
+        c
+        for c in golden["cases"]
+        if c["kind"] == "greedy" and len(c["text"]) > 1 and c["eos_token_id"] == 2
+    )
     ids, mask, max_length, stop = _case_args(case)
     out = generate_ids(lm.backbone, ids, mask, max_length, GreedySampler(), stop, 3)
     P = ids.shape[1]
@@ -136,7 +202,9 @@ def test_rows_that_stop_early_are_padded_and_masked(lm, golden):
             assert (new[i + 1 :] == 3).all() and kept[: i + 1].all() and not kept[i + 1 :].any()
         else:
             assert kept.all()
-    assert any(2 in r[P:].tolist() for r in out["token_ids"]), "the case should have a row that stops"
+    assert any(2 in r[P:].tolist() for r in out["token_ids"]), (
+        "the case should have a row that stops"
+    )
 
 
 def test_text_generate_strip_prompt_and_stop_auto(lm):
@@ -147,13 +215,21 @@ def test_text_generate_strip_prompt_and_stop_auto(lm):
     batched = lm.generate(["The cat", "We cooked"], max_length=30, strip_prompt=True)
     assert batched[0] == completion
     # with stop_token_ids=None the run goes on past </s> to max_length
-    ids = lm.generate({"token_ids": np.array([lm.preprocessor.tokenizer.encode("The cat")])}, max_length=30, stop_token_ids=None)
+    ids = lm.generate(
+        {"token_ids": np.array([lm.preprocessor.tokenizer.encode("The cat")])},
+        max_length=30,
+        stop_token_ids=None,
+    )
     assert ids["token_ids"].shape == (1, 30)
 
 
 def test_temperature_zero_and_alpha_zero_are_greedy(lm):
     greedy = lm.generate("The train left the", max_length=24)
-    for sampler in (TopKSampler(k=5, seed=1, temperature=0), TopPSampler(p=0.9, temperature=0), ContrastiveSampler(k=4, alpha=0.0)):
+    for sampler in (
+        TopKSampler(k=5, seed=1, temperature=0),
+        TopPSampler(p=0.9, temperature=0),
+        ContrastiveSampler(k=4, alpha=0.0),
+    ):
         lm.sampler = sampler
         try:
             assert lm.generate("The train left the", max_length=24) == greedy, sampler
@@ -176,7 +252,9 @@ def test_seeded_sampling_is_reproducible(lm):
 def test_contrastive_search_runs_and_penalises_repetition(lm):
     lm.sampler = ContrastiveSampler(k=4, alpha=0.6)
     try:
-        out = lm.generate({"token_ids": np.array([lm.preprocessor.tokenizer.encode("The robot")])}, max_length=24)
+        out = lm.generate(
+            {"token_ids": np.array([lm.preprocessor.tokenizer.encode("The robot")])}, max_length=24
+        )
     finally:
         lm.sampler = None
     assert out["token_ids"].shape[1] <= 24 and out["padding_mask"].all()
@@ -211,7 +289,9 @@ def test_stream_concatenates_to_generate(lm, prompt, strip_prompt):
     pieces = list(lm.stream(prompt, max_length=28, strip_prompt=strip_prompt))
     assert "".join(pieces) == lm.generate(prompt, max_length=28, strip_prompt=strip_prompt)
     assert all(p and "\ufffd" not in p for p in pieces)
-    assert list(lm.generate(prompt, max_length=28, strip_prompt=strip_prompt, stream=True)) == pieces
+    assert (
+        list(lm.generate(prompt, max_length=28, strip_prompt=strip_prompt, stream=True)) == pieces
+    )
 
 
 def test_stream_with_beam_search_yields_the_best_beam(lm):
@@ -236,6 +316,7 @@ def test_max_length_equal_to_the_prompt_returns_the_prompt(lm, sampler):
     out = generate_ids(lm.backbone, ids, np.ones(ids.shape, bool), 3, sampler, (2,), 3)
     assert out["token_ids"].tolist() == ids.tolist() and out["padding_mask"].all()
 
+
 def test_token_inputs_need_max_length_and_auto_stops_use_the_config_eos(lm):
     bare = BloomCausalLM(lm.backbone, preprocessor=None)
     x = {"token_ids": np.array([[10, 11, 12]]), "padding_mask": np.ones((1, 3), bool)}
@@ -243,11 +324,18 @@ def test_token_inputs_need_max_length_and_auto_stops_use_the_config_eos(lm):
         bare.generate(x)
     # "auto" without a tokenizer: the config's eos id (2 here), as HF
     assert lm.backbone.config.eos_token_id == 2
-    assert bare.generate(x, max_length=8)["token_ids"].tolist() == bare.generate(x, max_length=8, stop_token_ids=(2,))["token_ids"].tolist()
+    assert (
+        bare.generate(x, max_length=8)["token_ids"].tolist()
+        == bare.generate(x, max_length=8, stop_token_ids=(2,))["token_ids"].tolist()
+    )
     out = bare.generate(x, max_length=8, stop_token_ids=None)
     assert out["token_ids"].shape == (1, 8) and out["token_ids"][0, :3].tolist() == [10, 11, 12]
     with pytest.raises(ArgumentError, match="no tokens"):
-        bare.generate({"token_ids": np.array([[3, 3]]), "padding_mask": np.zeros((1, 2), bool)}, max_length=4, stop_token_ids=None)
+        bare.generate(
+            {"token_ids": np.array([[3, 3]]), "padding_mask": np.zeros((1, 2), bool)},
+            max_length=4,
+            stop_token_ids=None,
+        )
 
 
 # --- live parity -----------------------------------------------------------------------------------
@@ -264,15 +352,30 @@ def test_live_greedy_and_beam_equal_transformers(lm):
     batch = lm.preprocessor.generate_preprocess(["A farmer grows", "The teacher", "Das Mädchen"])
     ids, mask = batch["token_ids"], batch["padding_mask"]
     for eos, beams in ((2, 1), (None, 1), (2, 3)):
-        cfg = GenerationConfig(do_sample=False, num_beams=beams, max_length=ids.shape[1] + 14, eos_token_id=eos, pad_token_id=3,
-                               return_dict_in_generate=True, output_scores=True)
+        cfg = GenerationConfig(
+            do_sample=False,
+            num_beams=beams,
+            max_length=ids.shape[1] + 14,
+            eos_token_id=eos,
+            pad_token_id=3,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
         with torch.no_grad():
-            ref = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64)), generation_config=cfg)
+            ref = model.generate(
+                input_ids=torch.tensor(ids),
+                attention_mask=torch.tensor(mask.astype(np.int64)),
+                generation_config=cfg,
+            )
         sampler = GreedySampler() if beams == 1 else BeamSampler(num_beams=beams)
-        out = generate_ids(lm.backbone, ids, mask, ids.shape[1] + 14, sampler, () if eos is None else (eos,), 3)
+        out = generate_ids(
+            lm.backbone, ids, mask, ids.shape[1] + 14, sampler, () if eos is None else (eos,), 3
+        )
         assert out["token_ids"].tolist() == ref.sequences.tolist(), f"eos={eos} beams={beams}"
         if beams > 1:
-            assert_close("live beam scores", out["scores"], ref.sequences_scores.numpy(), atol=SCORE_ATOL)
+            assert_close(
+                "live beam scores", out["scores"], ref.sequences_scores.numpy(), atol=SCORE_ATOL
+            )
     assert tok.decode(ids[0][mask[0]]) == "A farmer grows"
 
 
@@ -289,7 +392,9 @@ def _cli(argv, capsys):
 
 def test_cli_streams_the_same_text_as_generate(lm, capsys):
     model = str(golden_path("generate/model"))
-    rc, out, err = _cli(["generate", "The cat", "--preset", model, "--max-length", "30", "--stats"], capsys)
+    rc, out, err = _cli(
+        ["generate", "The cat", "--preset", model, "--max-length", "30", "--stats"], capsys
+    )
     assert rc == 0 and out == lm.generate("The cat", max_length=30) + "\n"
     n_prompt = len(lm.preprocessor.tokenizer.encode("The cat"))
     assert err.startswith(f"prompt tokens {n_prompt}, new tokens "), err
@@ -300,13 +405,40 @@ def test_cli_reads_the_prompt_from_stdin_and_samples_reproducibly(lm, capsys, mo
     import io
 
     model = str(golden_path("generate/model"))
-    argv = ["generate", "-", "--preset", model, "--max-length", "24", "--sampler", "top_k", "--top-k", "8", "--seed", "3"]
+    argv = [
+        "generate",
+        "-",
+        "--preset",
+        model,
+        "--max-length",
+        "24",
+        "--sampler",
+        "top_k",
+        "--top-k",
+        "8",
+        "--seed",
+        "3",
+    ]
     monkeypatch.setattr("sys.stdin", io.StringIO("Le chat\n"))
     _, first, _ = _cli(argv, capsys)
     monkeypatch.setattr("sys.stdin", io.StringIO("Le chat\n"))
     _, second, _ = _cli(argv, capsys)
     assert first == second and first.startswith("Le chat")
-    rc, greedy, _ = _cli(["generate", "Le chat", "--preset", model, "--max-length", "24", "--sampler", "top_k", "--temperature", "0"], capsys)
+    rc, greedy, _ = _cli(
+        [
+            "generate",
+            "Le chat",
+            "--preset",
+            model,
+            "--max-length",
+            "24",
+            "--sampler",
+            "top_k",
+            "--temperature",
+            "0",
+        ],
+        capsys,
+    )
     assert greedy == lm.generate("Le chat", max_length=24) + "\n"
 
 
@@ -314,7 +446,10 @@ def test_cli_reads_the_prompt_from_stdin_and_samples_reproducibly(lm, capsys, mo
     "extra, message",
     [
         (["--sampler", "top_k", "--top-k", "0"], "--top-k: expected an integer >= 1, found 0"),
-        (["--sampler", "top_p", "--top-p", "1.5"], "--top-p: expected a finite number in (0, 1], found 1.5"),
+        (
+            ["--sampler", "top_p", "--top-p", "1.5"],
+            "--top-p: expected a finite number in (0, 1], found 1.5",
+        ),
         (["--temperature", "-1"], "--temperature: expected a finite number >= 0"),
         (["--temperature", "inf"], "--temperature: expected a finite number >= 0"),
         (["--max-length", "1"], "max_length 1 counts prompt"),
@@ -322,7 +457,9 @@ def test_cli_reads_the_prompt_from_stdin_and_samples_reproducibly(lm, capsys, mo
     ],
 )
 def test_cli_bad_arguments_get_one_line(capsys, extra, message):
-    rc, out, err = _cli(["generate", "The dog ran", "--preset", str(golden_path("generate/model"))] + extra, capsys)
+    rc, out, err = _cli(
+        ["generate", "The dog ran", "--preset", str(golden_path("generate/model"))] + extra, capsys
+    )
     assert rc == 2 and err.count("\n") == 1 and message in err, err
 
 
@@ -350,7 +487,11 @@ def test_matvec16_numba_equals_plain(monkeypatch, kind):
 
     rng = np.random.default_rng(0)
     W = (0.05 * rng.standard_normal((96, 200))).astype(np.float32)
-    w16 = (W.view(np.uint32) >> 16).astype(np.uint16) if kind == "BF16" else W.astype(np.float16).view(np.uint16)
+    w16 = (
+        (W.view(np.uint32) >> 16).astype(np.uint16)
+        if kind == "BF16"
+        else W.astype(np.float16).view(np.uint16)
+    )
     x = rng.standard_normal((3, 200)).astype(np.float32)
     fast = matvec16(x, w16, kind)
     plain = matvec16_plain(x, w16, kind)
@@ -362,7 +503,9 @@ def test_matvec16_numba_equals_plain(monkeypatch, kind):
 def test_16_bit_widening_is_exact_for_every_pattern(kind):
     from minibloom.kernels.matvec16 import _widen_numba, widen16
 
-    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)  # zeros, subnormals, inf, nan, both signs
+    every = np.arange(65536, dtype=np.uint16).reshape(
+        256, 256
+    )  # zeros, subnormals, inf, nan, both signs
     got, ref = _widen_numba(every, kind == "BF16"), widen16(every, kind)
     np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
     if kind == "F16":
@@ -389,8 +532,16 @@ def test_stop_ids_outside_the_vocabulary_are_refused():
     backbone = BloomBackbone(vocabulary_size=32, num_layers=1, num_heads=2, hidden_dim=8)
     prompt = np.ones((1, 3), dtype=np.int64)
     for bad in (32, -1, 10**9):
-        with pytest.raises(ArgumentError, match="stop_token_ids: .* outside the model's vocabulary"):
-            generate_ids(backbone, prompt, np.ones_like(prompt, dtype=bool), max_length=8, stop_token_ids=(bad,))
+        with pytest.raises(
+            ArgumentError, match="stop_token_ids: .* outside the model's vocabulary"
+        ):
+            generate_ids(
+                backbone,
+                prompt,
+                np.ones_like(prompt, dtype=bool),
+                max_length=8,
+                stop_token_ids=(bad,),
+            )
 
 
 def test_empty_prompt_and_empty_string_in_a_batch_are_argument_errors(lm):

@@ -7,7 +7,6 @@ check is tests/test_model.py::test_golden_grads_match_torch.
 
 import numpy as np
 import pytest
-
 from conftest import assert_close, requires_transformers
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -57,13 +56,31 @@ def test_loss_and_grads_equal_torch_autograd(case):
 
     cfg, ids, mask, y, w, seed = case
     torch.manual_seed(seed)
-    hf = BloomForCausalLM(HFConfig(hidden_dropout=0.0, attention_dropout=0.0, initializer_range=0.3, attn_implementation="eager", **cfg))
+    hf = BloomForCausalLM(
+        HFConfig(
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            initializer_range=0.3,
+            attn_implementation="eager",
+            **cfg,
+        )
+    )
     hf.train()
-    params = {k.removeprefix("transformer."): v.detach().numpy().copy() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
-    lm = BloomCausalLM(BloomBackbone.from_config(BloomConfig.from_dict(hf.config.to_dict()), params))
+    params = {
+        k.removeprefix("transformer."): v.detach().numpy().copy()
+        for k, v in hf.state_dict().items()
+        if k != "lm_head.weight"
+    }
+    lm = BloomCausalLM(
+        BloomBackbone.from_config(BloomConfig.from_dict(hf.config.to_dict()), params)
+    )
 
-    logits = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64))).logits
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg["vocab_size"]), torch.tensor(y).reshape(-1), reduction="none")
+    logits = hf(
+        input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64))
+    ).logits
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, cfg["vocab_size"]), torch.tensor(y).reshape(-1), reduction="none"
+    )
     wt = torch.tensor(w).reshape(-1)
     loss_ref = (wt * ce).sum() / wt.sum()
     loss_ref.backward()
@@ -73,4 +90,10 @@ def test_loss_and_grads_equal_torch_autograd(case):
     for name, p in hf.named_parameters():
         if name == "lm_head.weight":
             continue
-        assert_close(f"grad {name}", grads[name.removeprefix("transformer.")], p.grad.numpy(), GRAD_ATOL, GRAD_RTOL)
+        assert_close(
+            f"grad {name}",
+            grads[name.removeprefix("transformer.")],
+            p.grad.numpy(),
+            GRAD_ATOL,
+            GRAD_RTOL,
+        )

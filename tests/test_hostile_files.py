@@ -21,9 +21,22 @@ import pytest
 from conftest import ROOT, golden_path
 
 from minibloom.causal_lm import BloomCausalLM
-from minibloom.checkpoint import INDEX_FILE, load_params, read_header, read_safetensors, save_params, write_safetensors
+from minibloom.checkpoint import (
+    INDEX_FILE,
+    load_params,
+    read_header,
+    read_safetensors,
+    save_params,
+    write_safetensors,
+)
 from minibloom.config import BloomConfig
-from minibloom.errors import ArgumentError, CheckpointError, ConfigError, PresetNotFoundError, TokenizerError
+from minibloom.errors import (
+    ArgumentError,
+    CheckpointError,
+    ConfigError,
+    PresetNotFoundError,
+    TokenizerError,
+)
 from minibloom.model import BloomBackbone, init_params
 from minibloom.presets import resolve
 from minibloom.tokenizer import BloomTokenizer
@@ -33,7 +46,9 @@ TINY = BloomConfig(vocab_size=40, hidden_size=12, n_layer=2, n_head=3)
 
 def _params(seed=0):
     rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in init_params(TINY).items()}
+    return {
+        k: rng.standard_normal(v.shape).astype(np.float32) for k, v in init_params(TINY).items()
+    }
 
 
 def _raw(path, header, data=b"", length=None):
@@ -68,7 +83,9 @@ def test_header_length_too_large_is_never_allocated(tmp_path, length):
     path = _raw(tmp_path / "big.safetensors", {"w": _entry()}, b"\0" * 8, length=length)
     tracemalloc.start()
     try:
-        with pytest.raises(CheckpointError, match=r"big.safetensors: header length \d+ does not fit"):
+        with pytest.raises(
+            CheckpointError, match=r"big.safetensors: header length \d+ does not fit"
+        ):
             read_header(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -138,7 +155,11 @@ def test_overlapping_tensors_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="tensors 'a' and 'b' overlap"):
         read_header(path)
     # touching but not overlapping, and empty tensors anywhere, are fine
-    header = {"a": _entry(offsets=(0, 8)), "b": _entry(offsets=(8, 16)), "e": _entry(shape=(0,), offsets=(4, 4))}
+    header = {
+        "a": _entry(offsets=(0, 8)),
+        "b": _entry(offsets=(8, 16)),
+        "e": _entry(shape=(0,), offsets=(4, 4)),
+    }
     tensors = read_safetensors(_raw(tmp_path / "ok.safetensors", header, b"\0" * 16))
     assert tensors["e"][1].shape == (0,) and tensors["b"][1].shape == (2,)
 
@@ -154,7 +175,10 @@ def test_nonfinite_weights_policy(tmp_path, stored, bad):
     params = _params()
     params["h.1.mlp.dense_4h_to_h.weight"][3, 5] = bad
     save_params(tmp_path, params, dtype=stored)
-    with pytest.raises(CheckpointError, match=r"'h.1.mlp.dense_4h_to_h.weight' holds non-finite values .* index \(3, 5\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'h.1.mlp.dense_4h_to_h.weight' holds non-finite values .* index \(3, 5\)",
+    ):
         load_params(tmp_path, TINY)
     with pytest.warns(RuntimeWarning, match="h.1.mlp.dense_4h_to_h.weight"):
         loaded = load_params(tmp_path, TINY, nonfinite="warn")
@@ -196,7 +220,10 @@ def _sharded(tmp_path):
         ('{"metadata": {}}', "non-empty 'weight_map'"),
         ('{"weight_map": ["a"]}', "non-empty 'weight_map'"),
         ('{"weight_map": {}}', "non-empty 'weight_map'"),
-        ('{"weight_map": {"ln_f.bias": 3}}', r"weight_map\['ln_f.bias'\] should be a shard file name"),
+        (
+            '{"weight_map": {"ln_f.bias": 3}}',
+            r"weight_map\['ln_f.bias'\] should be a shard file name",
+        ),
         ('{"weight_map": {"ln_f.bias": ["x"]}}', "should be a shard file name"),
     ],
 )
@@ -224,7 +251,9 @@ def test_index_not_json_or_without_weight_map(tmp_path, text, message):
 )
 def test_index_naming_a_shard_outside_the_directory(tmp_path, shard):
     d, index = _sharded(tmp_path)
-    (tmp_path / "outside.safetensors").write_bytes((d / sorted(set(index["weight_map"].values()))[0]).read_bytes())
+    (tmp_path / "outside.safetensors").write_bytes(
+        (d / sorted(set(index["weight_map"].values()))[0]).read_bytes()
+    )
     index["weight_map"]["ln_f.bias"] = shard
     (d / INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=r"is not a plain \*\.safetensors file name"):
@@ -264,7 +293,9 @@ def test_index_naming_a_missing_shard(tmp_path):
     d, index = _sharded(tmp_path)
     index["weight_map"]["ln_f.bias"] = "model-00099-of-00099.safetensors"
     (d / INDEX_FILE).write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match="lists shard 'model-00099-of-00099.safetensors', which is missing"):
+    with pytest.raises(
+        CheckpointError, match="lists shard 'model-00099-of-00099.safetensors', which is missing"
+    ):
         load_params(d, TINY)
 
 
@@ -317,16 +348,40 @@ def _edit(fn):
         (_edit(lambda s: s["model"]["vocab"].update({"Ġthe": "7"})), "ids >= 0"),
         (_edit(lambda s: s["model"]["vocab"].update({"": 9000})), "non-empty token strings"),
         (_edit(lambda s: s["model"]["vocab"].update({"Ġthe": 5})), "same id 5"),
-        (_edit(lambda s: s["model"]["vocab"].update({"Ġzzz": 10**12})), "largest id 1000000000000 is far above"),
+        (
+            _edit(lambda s: s["model"]["vocab"].update({"Ġzzz": 10**12})),
+            "largest id 1000000000000 is far above",
+        ),
         (_edit(lambda s: s["model"].update(merges="Ġ t")), "model.merges should be a list"),
         (_edit(lambda s: s["model"].update(merges=7)), "model.merges should be a list"),
-        (_edit(lambda s: s["model"]["merges"].append("Ġ nosuchtoken")), "uses 'nosuchtoken', which is not in model.vocab"),
-        (_edit(lambda s: s["model"]["merges"].append(["Ġ", 3])), r'model.merges\[7740\] should be "a b"'),
-        (_edit(lambda s: s.update(added_tokens={"a": 1})), "added_tokens should be a list of objects"),
-        (_edit(lambda s: s["added_tokens"].append({"content": "<x>", "id": -3})), "'<x>'.*integer 'id' >= 0"),
-        (_edit(lambda s: s["added_tokens"].append({"content": "<x>", "id": False})), "integer 'id' >= 0"),
-        (_edit(lambda s: s["added_tokens"].append({"content": "<x>", "id": 10})), "id 10 is given to two tokens"),
-        (_edit(lambda s: s["added_tokens"].append({"content": 5, "id": 9000})), "non-empty string 'content'"),
+        (
+            _edit(lambda s: s["model"]["merges"].append("Ġ nosuchtoken")),
+            "uses 'nosuchtoken', which is not in model.vocab",
+        ),
+        (
+            _edit(lambda s: s["model"]["merges"].append(["Ġ", 3])),
+            r'model.merges\[7740\] should be "a b"',
+        ),
+        (
+            _edit(lambda s: s.update(added_tokens={"a": 1})),
+            "added_tokens should be a list of objects",
+        ),
+        (
+            _edit(lambda s: s["added_tokens"].append({"content": "<x>", "id": -3})),
+            "'<x>'.*integer 'id' >= 0",
+        ),
+        (
+            _edit(lambda s: s["added_tokens"].append({"content": "<x>", "id": False})),
+            "integer 'id' >= 0",
+        ),
+        (
+            _edit(lambda s: s["added_tokens"].append({"content": "<x>", "id": 10})),
+            "id 10 is given to two tokens",
+        ),
+        (
+            _edit(lambda s: s["added_tokens"].append({"content": 5, "id": 9000})),
+            "non-empty string 'content'",
+        ),
     ],
 )
 def test_bad_tokenizer_json(tmp_path, make, message):
@@ -399,7 +454,13 @@ def test_bad_keras_assets(tmp_path, vocab_text, merges_text, message):
 # config.json
 # ------------------------------------------------------------------------------------------------
 
-_GOOD_CONFIG = {"model_type": "bloom", "vocab_size": 40, "hidden_size": 12, "n_layer": 2, "n_head": 3}
+_GOOD_CONFIG = {
+    "model_type": "bloom",
+    "vocab_size": 40,
+    "hidden_size": 12,
+    "n_layer": 2,
+    "n_head": 3,
+}
 
 
 @pytest.mark.parametrize(
@@ -414,11 +475,17 @@ _GOOD_CONFIG = {"model_type": "bloom", "vocab_size": 40, "hidden_size": 12, "n_l
         ({"hidden_size": 12.0}, "`hidden_size` must be a positive integer, found 12.0"),
         ({"n_layer": True}, "`n_layer` must be a positive integer, found True"),
         ({"n_head": [3]}, r"`n_head` must be a positive integer, found \[3\]"),
-        ({"n_embed": [12]}, "conflicting values for hidden_size / n_embed"),  # unhashable: no TypeError
+        (
+            {"n_embed": [12]},
+            "conflicting values for hidden_size / n_embed",
+        ),  # unhashable: no TypeError
         ({"num_hidden_layers": 3}, "conflicting values for n_layer / num_hidden_layers"),
         ({"n_inner": -4}, "`intermediate_size` must be a positive integer"),
         ({"vocab_size": 10**9, "hidden_size": 3 * 10**6}, "parameters .* expected at most"),
-        ({"layer_norm_epsilon": float("nan")}, "`layer_norm_epsilon` must be a small positive number"),
+        (
+            {"layer_norm_epsilon": float("nan")},
+            "`layer_norm_epsilon` must be a small positive number",
+        ),
         ({"layer_norm_epsilon": "1e-5"}, "`layer_norm_epsilon`"),
         ({"hidden_dropout": 1.5}, r"`hidden_dropout` must be in \[0, 1\)"),
         ({"initializer_range": "0.02"}, "`initializer_range` must be a finite number"),
@@ -438,8 +505,13 @@ def test_bad_config_values(tmp_path, edit, message):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("{oops", "invalid JSON"), ("[" * 50_000, "nested too deeply"), ("[1]", "expected a JSON object, found list"),
-     ('{"vocab_size": ' + "4" * 5000 + "}", "invalid JSON"), (b"\xff\xfe", "cannot read config")],
+    [
+        ("{oops", "invalid JSON"),
+        ("[" * 50_000, "nested too deeply"),
+        ("[1]", "expected a JSON object, found list"),
+        ('{"vocab_size": ' + "4" * 5000 + "}", "invalid JSON"),
+        (b"\xff\xfe", "cannot read config"),
+    ],
 )
 def test_config_not_json(tmp_path, text, message):
     path = tmp_path / "config.json"
@@ -458,7 +530,9 @@ def test_vocab_smaller_than_the_tokenizer_is_refused(tmp_path):
     small = BloomConfig(vocab_size=tok.vocabulary_size() - 1, hidden_size=12, n_layer=1, n_head=3)
     (model / "config.json").write_text(small.to_json_string())
     tok.save(model / "tokenizer.json")
-    with pytest.raises(ConfigError, match=r"vocab_size 7999 is smaller than the tokenizer's 8000 ids"):
+    with pytest.raises(
+        ConfigError, match=r"vocab_size 7999 is smaller than the tokenizer's 8000 ids"
+    ):
         BloomCausalLM.from_preset(model, load_weights=False)
     ok = BloomConfig(vocab_size=tok.vocabulary_size(), hidden_size=12, n_layer=1, n_head=3)
     (model / "config.json").write_text(ok.to_json_string())
@@ -471,8 +545,15 @@ def test_vocab_smaller_than_the_tokenizer_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("numba", ["1", "0"])
-@pytest.mark.parametrize("ids, message", [([[1, -1]], r"ids must be in \[0, 40\), found -1"), ([[40, 2]], "found 40"),
-                                          ([[2**62, 0]], "found 4611686018427387904"), ([[1.0, 2.0]], "integer array")])
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        ([[1, -1]], r"ids must be in \[0, 40\), found -1"),
+        ([[40, 2]], "found 40"),
+        ([[2**62, 0]], "found 4611686018427387904"),
+        ([[1.0, 2.0]], "integer array"),
+    ],
+)
 def test_out_of_range_token_ids_are_an_argument_error(monkeypatch, numba, ids, message):
     monkeypatch.setenv("MINIBLOOM_NUMBA", numba)
     bb = BloomBackbone.from_config(TINY, _params())
@@ -490,9 +571,26 @@ def test_out_of_range_token_ids_are_an_argument_error(monkeypatch, numba, ids, m
 
 @pytest.mark.parametrize(
     "name",
-    ["../outside", "../../a/outside", "..", "sub/../../outside", "..\\outside", "out\0side", "", "x" * 5000,
-     "y" * 300, "outside\n", "hf://../outside", "hf://org/../outside", "hf://org/name/../../x", "hf:///etc/passwd",
-     "hf://org\\name", "hf://org/name\0", "hf://" + "o" * 200 + "/n", "hf://org/name\n"],
+    [
+        "../outside",
+        "../../a/outside",
+        "..",
+        "sub/../../outside",
+        "..\\outside",
+        "out\0side",
+        "",
+        "x" * 5000,
+        "y" * 300,
+        "outside\n",
+        "hf://../outside",
+        "hf://org/../outside",
+        "hf://org/name/../../x",
+        "hf:///etc/passwd",
+        "hf://org\\name",
+        "hf://org/name\0",
+        "hf://" + "o" * 200 + "/n",
+        "hf://org/name\n",
+    ],
 )
 def test_hostile_preset_names_never_escape(tmp_path, monkeypatch, name):
     """A model dir next to MINIBLOOM_HOME (`../outside`) must not be reachable by name."""
@@ -509,7 +607,17 @@ def test_hostile_preset_names_never_escape(tmp_path, monkeypatch, name):
 
 
 _CODE_RUNNERS = {"eval", "exec", "__import__", "compile", "breakpoint"}
-_UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve", "yaml", "torch"}
+_UNSAFE_MODULES = {
+    "pickle",
+    "cPickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "marshal",
+    "shelve",
+    "yaml",
+    "torch",
+}
 
 
 def _security_findings(source: str, filename: str) -> list:
@@ -519,15 +627,27 @@ def _security_findings(source: str, filename: str) -> list:
         if isinstance(node, ast.Name) and node.id in _CODE_RUNNERS:
             found.append(f"{filename}:{node.lineno}: {node.id}")
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            mods = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
             for m in mods:
-                if m.split(".")[0] in _UNSAFE_MODULES and filename != "parity.py":  # parity.py: tool-time torch
+                if (
+                    m.split(".")[0] in _UNSAFE_MODULES and filename != "parity.py"
+                ):  # parity.py: tool-time torch
                     found.append(f"{filename}:{node.lineno}: import {m}")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("load", "loads"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("load", "loads")
+        ):
             owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
             if owner in ("np", "numpy"):
                 safe = any(
-                    k.arg == "allow_pickle" and isinstance(k.value, ast.Constant) and k.value.value is False
+                    k.arg == "allow_pickle"
+                    and isinstance(k.value, ast.Constant)
+                    and k.value.value is False
                     for k in node.keywords
                 )
                 if not safe:
@@ -554,7 +674,9 @@ def test_security_scan_catches_what_it_looks_for():
     )
     found = _security_findings(bad, "bad.py")
     assert len(found) == 8, found
-    assert not any(":10:" in f or ":11:" in f for f in found)  # the safe load and the .eval() method
+    assert not any(
+        ":10:" in f or ":11:" in f for f in found
+    )  # the safe load and the .eval() method
 
 
 def test_package_source_runs_no_code_from_data():
@@ -585,7 +707,9 @@ except IndexError:
 
 def test_numba_boundscheck_env_flag_turns_oob_into_index_error(tmp_path):
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", _OOB], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _OOB], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.stdout.strip() == "IndexError", out.stderr[-2000:]
 
 
@@ -614,9 +738,13 @@ def test_boundscheck_is_active_in_the_ci_pass():
 def test_cli_prints_one_line_for_a_broken_model(tmp_path, capsys, broken):
     from minibloom.cli import main
 
-    model = tmp_path / "m"  # a working model first: TINY with room for the golden tokenizer's 8000 ids
+    model = (
+        tmp_path / "m"
+    )  # a working model first: TINY with room for the golden tokenizer's 8000 ids
     save_params(model, {**_params(), "word_embeddings.weight": np.zeros((8000, 12), np.float32)})
-    (model / "config.json").write_text(BloomConfig(vocab_size=8000, hidden_size=12, n_layer=2, n_head=3).to_json_string())
+    (model / "config.json").write_text(
+        BloomConfig(vocab_size=8000, hidden_size=12, n_layer=2, n_head=3).to_json_string()
+    )
     BloomTokenizer.from_file(golden_path("tokenizer.json")).save(model / "tokenizer.json")
     assert main(["generate", "hi", "--preset", str(model), "--max-length", "4"]) == 0
     capsys.readouterr()
@@ -625,7 +753,9 @@ def test_cli_prints_one_line_for_a_broken_model(tmp_path, capsys, broken):
         (model / "model.safetensors").write_bytes(data[: len(data) // 2])
         expect = "model.safetensors"
     elif broken == "config":
-        (model / "config.json").write_text('{"n_head": 5, "hidden_size": 12, "n_layer": 2, "vocab_size": 8000}')
+        (model / "config.json").write_text(
+            '{"n_head": 5, "hidden_size": 12, "n_layer": 2, "vocab_size": 8000}'
+        )
         expect = "config.json: hidden_size 12 is not divisible by n_head 5"
     else:
         (model / "tokenizer.json").write_text('{"model": {"type": "WordPiece"}}')

@@ -24,9 +24,15 @@ def _hf_logits(directory, ids, mask):
     import torch
     from transformers import BloomForCausalLM
 
-    model = BloomForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager").eval()
+    model = BloomForCausalLM.from_pretrained(
+        directory, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64)), use_cache=False)
+        out = model(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+            use_cache=False,
+        )
     return out.logits.numpy()
 
 
@@ -55,7 +61,9 @@ def configs_and_batches(draw):
 
 
 @requires_transformers
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=configs_and_batches())
 def test_random_hf_models_load_and_match(tmp_path_factory, case):
     import torch
@@ -74,7 +82,9 @@ def test_random_hf_models_load_and_match(tmp_path_factory, case):
 
     lm = BloomCausalLM.from_preset(directory, preprocessor=None)
     logits = lm.backbone.logits(lm.backbone(dict(token_ids=ids, padding_mask=mask)))
-    assert_close(f"logits {cfg} {storage}", logits, ref, LOGITS_ATOL, LOGITS_RTOL, where=mask[..., None])
+    assert_close(
+        f"logits {cfg} {storage}", logits, ref, LOGITS_ATOL, LOGITS_RTOL, where=mask[..., None]
+    )
 
 
 @requires_transformers
@@ -82,7 +92,10 @@ def test_random_hf_models_load_and_match(tmp_path_factory, case):
 def test_transformers_loads_what_we_save(tmp_path, dtype, shard):
     config = BloomConfig(vocab_size=50, hidden_size=24, n_layer=2, n_head=6)
     rng = np.random.default_rng(3)
-    params = {k: (0.3 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in BloomBackbone.from_config(config).params.items()}
+    params = {
+        k: (0.3 * rng.standard_normal(v.shape)).astype(np.float32)
+        for k, v in BloomBackbone.from_config(config).params.items()
+    }
     lm = BloomCausalLM(BloomBackbone.from_config(config, params))
     lm.save_to_preset(tmp_path / "m", dtype=dtype, max_shard_bytes=shard)
 
@@ -93,10 +106,14 @@ def test_transformers_loads_what_we_save(tmp_path, dtype, shard):
     # compare against minibloom running on what was stored (half precision rounds the weights)
     ours = BloomCausalLM.from_preset(tmp_path / "m", preprocessor=None)
     logits = ours.backbone.logits(ours.backbone(dict(token_ids=ids, padding_mask=mask)))
-    assert_close(f"saved {dtype} logits", logits, ref, LOGITS_ATOL, LOGITS_RTOL, where=mask[..., None])
+    assert_close(
+        f"saved {dtype} logits", logits, ref, LOGITS_ATOL, LOGITS_RTOL, where=mask[..., None]
+    )
     if dtype == "float32":  # and lossless in float32: the original model gives the same numbers
         original = lm.backbone.logits(lm.backbone(dict(token_ids=ids, padding_mask=mask)))
-        assert_close("original logits", original, ref, LOGITS_ATOL, LOGITS_RTOL, where=mask[..., None])
+        assert_close(
+            "original logits", original, ref, LOGITS_ATOL, LOGITS_RTOL, where=mask[..., None]
+        )
 
 
 @requires_transformers
@@ -115,11 +132,34 @@ def test_dump_writes_every_activation(tmp_path):
     ref = np.load(directory / "reference.npz")
     ids = ref["token_ids"][0]  # the full row of the golden batch
     out = tmp_path / "acts.npz"
-    assert main(["dump", str(directory), "--prompt", "unused", "--ids", ",".join(map(str, ids)), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "dump",
+                str(directory),
+                "--prompt",
+                "unused",
+                "--ids",
+                ",".join(map(str, ids)),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     acts = np.load(out)
     L, T = 2, len(ids)
     for i in range(L):
-        for key in ("input_layernorm", "query", "key", "value", "attention_probs", "attention_context", "mlp.gelu", "output"):
+        for key in (
+            "input_layernorm",
+            "query",
+            "key",
+            "value",
+            "attention_probs",
+            "attention_context",
+            "mlp.gelu",
+            "output",
+        ):
             assert f"h.{i}.{key}" in acts
         np.testing.assert_allclose(acts[f"h.{i}.attention_probs"].sum(-1), 1.0, atol=1e-5)
     assert acts["h.0.attention_probs"].shape == (1, 4, T, T)

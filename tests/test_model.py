@@ -10,9 +10,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import assert_close, golden_path
 from safetensors.numpy import load_file
 
-from conftest import assert_close, golden_path
 from minibloom import BloomBackbone, KVCache, losses
 from minibloom.causal_lm import BloomCausalLM
 from minibloom.config import BloomConfig
@@ -22,14 +22,25 @@ from minibloom.model import BLOCK_KEYS
 GRADCHECK_EPS = 1e-6
 GRADCHECK_ATOL, GRADCHECK_RTOL = 1e-8, 1e-5  # float64 analytic vs central differences
 GOLDEN_LOSS_RTOL = 1e-6
-GOLDEN_GRAD_ATOL, GOLDEN_GRAD_RTOL = 1e-6, 1e-4  # float32 vs torch autograd, per tensor (measured max 2.5e-7)
+GOLDEN_GRAD_ATOL, GOLDEN_GRAD_RTOL = (
+    1e-6,
+    1e-4,
+)  # float32 vs torch autograd, per tensor (measured max 2.5e-7)
 CACHE_ATOL = 1e-5  # cached decode vs recompute, float32 (different summation lengths in BLAS)
 MATVEC16_ATOL = 1e-5  # matvec16's float32 sums vs BLAS's on the same widened weights (hidden ~1)
 
 
 def tiny(post_ln=False, dropout=0.0, H=3, seed=0, dtype=np.float32):
     """A tiny backbone with healthy-scale random params (non-power-of-two H)."""
-    bb = BloomBackbone(23, 2, H, 4 * H, dropout=dropout, apply_residual_connection_post_layernorm=post_ln, seed=seed)
+    bb = BloomBackbone(
+        23,
+        2,
+        H,
+        4 * H,
+        dropout=dropout,
+        apply_residual_connection_post_layernorm=post_ln,
+        seed=seed,
+    )
     rng = np.random.default_rng(seed + 1)
     for k, v in bb.params.items():
         scale = 0.1 if ("layernorm" in k or "ln_f" in k or k.endswith("bias")) else 0.4
@@ -65,15 +76,29 @@ def test_gradcheck_every_parameter_type_float64(post_ln, dropout):
 
     _, grads = lm.loss_and_grads(x, y, w, rng=np.random.default_rng(7))
     pick = np.random.default_rng(1)
-    names = ["word_embeddings.weight", "word_embeddings_layernorm.weight", "word_embeddings_layernorm.bias", "ln_f.weight", "ln_f.bias"]
+    names = [
+        "word_embeddings.weight",
+        "word_embeddings_layernorm.weight",
+        "word_embeddings_layernorm.bias",
+        "ln_f.weight",
+        "ln_f.bias",
+    ]
     names += [f"h.{i}.{k}" for i in (0, 1) for k in BLOCK_KEYS]
     for name in names:
         p, g = bb.params[name], grads[name]
         assert g.shape == p.shape and g.dtype == np.float64
         flat = p.reshape(-1)
         idx = pick.choice(flat.size, size=min(4, flat.size), replace=False)
-        if name == "word_embeddings.weight":  # rows of ids that occur (lookup + head) and one that does not
-            idx = np.array([ids[0, 0] * p.shape[1], ids[1, 4] * p.shape[1] + 2, int(np.setdiff1d(np.arange(23), ids)[0]) * p.shape[1]])
+        if (
+            name == "word_embeddings.weight"
+        ):  # rows of ids that occur (lookup + head) and one that does not
+            idx = np.array(
+                [
+                    ids[0, 0] * p.shape[1],
+                    ids[1, 4] * p.shape[1] + 2,
+                    int(np.setdiff1d(np.arange(23), ids)[0]) * p.shape[1],
+                ]
+            )
         num = []
         for i in idx:
             old = flat[i]
@@ -93,7 +118,11 @@ def load_golden_model(name):
     """The golden checkpoint written by tools/golden_grads.py (read with safetensors directly)."""
     root = golden_path(f"grads/{name}")
     config = BloomConfig.from_json_file(root / "config.json")
-    params = {k.removeprefix("transformer."): v for k, v in load_file(root / "model.safetensors").items() if k != "lm_head.weight"}
+    params = {
+        k.removeprefix("transformer."): v
+        for k, v in load_file(root / "model.safetensors").items()
+        if k != "lm_head.weight"
+    }
     ref = np.load(root / "reference.npz")
     return BloomCausalLM(BloomBackbone.from_config(config, params)), ref
 
@@ -104,14 +133,24 @@ def test_golden_grads_match_torch(model, batch_name):
     lm, ref = load_golden_model(model)
     meta = json.loads(str(ref["meta"]))
     assert meta["config"]["n_head"] == 6
-    b = {k.split(".", 1)[1]: ref[k] for k in ref.files if k.startswith(batch_name + ".") and ".grad." not in k}
+    b = {
+        k.split(".", 1)[1]: ref[k]
+        for k in ref.files
+        if k.startswith(batch_name + ".") and ".grad." not in k
+    }
     x = {"token_ids": b["token_ids"], "padding_mask": b["padding_mask"]}
     loss, grads = lm.loss_and_grads(x, b["y"], b["sample_weight"])
     assert loss == pytest.approx(float(b["loss"]), rel=GOLDEN_LOSS_RTOL)
     assert set(grads) == set(lm.params)
     for name, g in grads.items():
         assert g.dtype == np.float32
-        assert_close(f"{model}/{batch_name} grad {name}", g, ref[f"{batch_name}.grad.{name}"], GOLDEN_GRAD_ATOL, GOLDEN_GRAD_RTOL)
+        assert_close(
+            f"{model}/{batch_name} grad {name}",
+            g,
+            ref[f"{batch_name}.grad.{name}"],
+            GOLDEN_GRAD_ATOL,
+            GOLDEN_GRAD_RTOL,
+        )
 
 
 # --- forward properties ------------------------------------------------------------------------
@@ -126,8 +165,16 @@ def test_cached_decode_matches_full_recompute():
     for t in range(5, 9):  # then one token at a time; the mask covers past + new
         parts.append(bb.forward(ids[:, t : t + 1], mask[:, : t + 1], cache=cache).hidden)
     assert cache.length == 9
-    assert_close("cached vs recomputed hidden", np.concatenate(parts, axis=1), full, CACHE_ATOL, where=mask[..., None])
-    assert_close("cached vs recomputed logits", bb.logits(parts[-1]), bb.logits(full[:, -1:]), CACHE_ATOL)
+    assert_close(
+        "cached vs recomputed hidden",
+        np.concatenate(parts, axis=1),
+        full,
+        CACHE_ATOL,
+        where=mask[..., None],
+    )
+    assert_close(
+        "cached vs recomputed logits", bb.logits(parts[-1]), bb.logits(full[:, -1:]), CACHE_ATOL
+    )
 
 
 def test_kvcache_reorder_and_repeat():
@@ -168,7 +215,9 @@ def test_half_precision_weights_widened_per_layer_equal_converted_up_front(monke
     monkeypatch.setenv("MINIBLOOM_NUMBA", numba)
     bb16 = tiny()
     bb16.params = {k: v.astype(np.float16) for k, v in bb16.params.items()}
-    bb32 = BloomBackbone.from_config(bb16.config, {k: v.astype(np.float32) for k, v in bb16.params.items()})
+    bb32 = BloomBackbone.from_config(
+        bb16.config, {k: v.astype(np.float32) for k, v in bb16.params.items()}
+    )
     ids, mask, _, _ = batch()
     h16, h32 = bb16.forward(ids, mask).hidden, bb32.forward(ids, mask).hidden
     assert h16.dtype == np.float32
@@ -177,8 +226,15 @@ def test_half_precision_weights_widened_per_layer_equal_converted_up_front(monke
         assert np.array_equal(bb16.logits(h16), bb32.logits(h32))
     else:
         assert_close("float16 weights via matvec16 vs float32", h16, h32, MATVEC16_ATOL)
-        assert_close("float16 head via matvec16 vs float32", bb16.logits(h16), bb32.logits(h32), MATVEC16_ATOL)
-        many = np.concatenate([h32] * 2, axis=1)  # 24 rows > MATVEC16_ROWS: the head widens E in chunks
+        assert_close(
+            "float16 head via matvec16 vs float32",
+            bb16.logits(h16),
+            bb32.logits(h32),
+            MATVEC16_ATOL,
+        )
+        many = np.concatenate(
+            [h32] * 2, axis=1
+        )  # 24 rows > MATVEC16_ROWS: the head widens E in chunks
         monkeypatch.setattr(fast_ops, "HEAD_CHUNK_ROWS", 5)
         assert np.array_equal(bb16.logits(many), bb32.logits(many))
 
@@ -188,7 +244,11 @@ def test_hidden_states_like_hf_and_keras_call():
     ids, mask, _, _ = batch()
     r = bb.forward(ids, mask, output_hidden_states=True)
     assert len(r.hidden_states) == bb.config.n_layer + 1
-    assert r.hidden_states[-1] is r.hidden and r.hidden.dtype == np.float32 and r.hidden.shape == (2, 6, 12)
+    assert (
+        r.hidden_states[-1] is r.hidden
+        and r.hidden.dtype == np.float32
+        and r.hidden.shape == (2, 6, 12)
+    )
     assert np.array_equal(bb({"token_ids": ids, "padding_mask": mask.astype(int)}), r.hidden)
     lm = BloomCausalLM(bb)
     logits = lm.predict({"token_ids": ids, "padding_mask": mask}, batch_size=1)
@@ -206,7 +266,13 @@ def test_loss_reductions_and_default_weights():
     keras, g_keras = lm.loss_and_grads(x, y, reduction="sum_over_batch_size")
     factor = mask.sum() / mask.size
     assert keras == pytest.approx(mean * factor, rel=1e-6)
-    assert_close("keras grads = HF grads * sum(w)/(B*T)", g_keras["ln_f.weight"], g_mean["ln_f.weight"] * factor, 1e-7, 1e-5)
+    assert_close(
+        "keras grads = HF grads * sum(w)/(B*T)",
+        g_keras["ln_f.weight"],
+        g_mean["ln_f.weight"] * factor,
+        1e-7,
+        1e-5,
+    )
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -229,6 +295,11 @@ def test_random_init_like_hf():
     bb = BloomBackbone(50, 2, 4, 16, seed=3)
     p = bb.params
     assert all(v.dtype == np.float32 for v in p.values())
-    assert np.all(p["h.0.input_layernorm.weight"] == 1) and np.all(p["h.1.mlp.dense_h_to_4h.bias"] == 0)
+    assert np.all(p["h.0.input_layernorm.weight"] == 1) and np.all(
+        p["h.1.mlp.dense_h_to_4h.bias"] == 0
+    )
     assert abs(p["word_embeddings.weight"].std() - 0.02) < 0.003
-    assert np.array_equal(BloomBackbone(50, 2, 4, 16, seed=3).params["h.1.self_attention.dense.weight"], p["h.1.self_attention.dense.weight"])
+    assert np.array_equal(
+        BloomBackbone(50, 2, 4, 16, seed=3).params["h.1.self_attention.dense.weight"],
+        p["h.1.self_attention.dense.weight"],
+    )

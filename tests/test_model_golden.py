@@ -39,8 +39,12 @@ def test_logits_and_hidden_states_match_transformers(name):
     assert logits.dtype == np.float32
     assert len(out.hidden_states) == len(ref["hidden_states"])
     for i, (got, want) in enumerate(zip(out.hidden_states, ref["hidden_states"])):
-        assert_close(f"{name} hidden_states[{i}]", got, want, HIDDEN_ATOL, HIDDEN_RTOL, where=mask[..., None])
-    assert_close(f"{name} logits", logits, ref["logits"], LOGITS_ATOL, LOGITS_RTOL, where=mask[..., None])
+        assert_close(
+            f"{name} hidden_states[{i}]", got, want, HIDDEN_ATOL, HIDDEN_RTOL, where=mask[..., None]
+        )
+    assert_close(
+        f"{name} logits", logits, ref["logits"], LOGITS_ATOL, LOGITS_RTOL, where=mask[..., None]
+    )
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -49,7 +53,9 @@ def test_stored_format_is_what_the_variant_claims(name):
     _, _, meta = _load(name)
     stored = read_checkpoint(GOLDEN / "model" / name)
     dtypes = {dtype for dtype, _ in stored.values()}
-    assert dtypes == {{"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[meta["stored_dtype"]]}
+    assert dtypes == {
+        {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[meta["stored_dtype"]]
+    }
     prefixed = {k.startswith("transformer.") for k in stored}
     assert prefixed == {not meta["base_model_keys"]}
     shards = list((GOLDEN / "model" / name).glob("*.safetensors"))
@@ -66,7 +72,14 @@ def test_half_precision_in_memory(name):
     assert logits.dtype == np.float32
     # F16-stored weights are used exactly as stored, so that case stays at float32 accuracy.
     atol = LOGITS_ATOL if name == "f16" else HALF_ATOL
-    assert_close(f"{name} logits (float16 params)", logits, ref["logits"], atol, LOGITS_RTOL, where=mask[..., None])
+    assert_close(
+        f"{name} logits (float16 params)",
+        logits,
+        ref["logits"],
+        atol,
+        LOGITS_RTOL,
+        where=mask[..., None],
+    )
 
 
 def test_predict_matches_when_available():
@@ -75,4 +88,6 @@ def test_predict_matches_when_available():
         pytest.skip("BloomCausalLM.predict not written yet")
     mask = ref["padding_mask"]
     logits = lm.predict({"token_ids": ref["token_ids"], "padding_mask": mask})
-    assert_close("predict logits", logits, ref["logits"], LOGITS_ATOL, LOGITS_RTOL, where=mask[..., None])
+    assert_close(
+        "predict logits", logits, ref["logits"], LOGITS_ATOL, LOGITS_RTOL, where=mask[..., None]
+    )

@@ -3,8 +3,8 @@ central differences, ALiBi slopes/positions against known values, each fast op a
 
 import numpy as np
 import pytest
-
 from conftest import assert_close
+
 from minibloom import losses, ops
 from minibloom.kernels import attention as attention_kernels
 from minibloom.kernels import ops as fast_ops
@@ -49,7 +49,9 @@ def rng():
 def test_embedding_backward_accumulates_repeated_ids(rng):
     E = rng.standard_normal((7, 4))
     ids = np.array([[1, 3, 1], [1, 6, 0]])  # id 1 three times
-    check_backward("embedding", lambda E: ops.embedding_forward(ids, E), ops.embedding_backward, (E,))
+    check_backward(
+        "embedding", lambda E: ops.embedding_forward(ids, E), ops.embedding_backward, (E,)
+    )
 
 
 def test_embedding_backward_adds_into_a_given_gradient(rng):
@@ -68,7 +70,12 @@ def test_embedding_backward_adds_into_a_given_gradient(rng):
 
 def test_layernorm_backward(rng):
     x, w, b = rng.standard_normal((2, 3, 5)) * 2 + 1, rng.standard_normal(5), rng.standard_normal(5)
-    check_backward("layernorm", lambda x, w, b: ops.layernorm_forward(x, w, b, 1e-5), ops.layernorm_backward, (x, w, b))
+    check_backward(
+        "layernorm",
+        lambda x, w, b: ops.layernorm_forward(x, w, b, 1e-5),
+        ops.layernorm_backward,
+        (x, w, b),
+    )
 
 
 def test_linear_backward(rng):
@@ -84,7 +91,9 @@ def test_gelu_backward(rng):
 def test_dropout_backward_reuses_the_mask(rng):
     x = rng.standard_normal((4, 6))
     keep_rng = lambda: np.random.default_rng(5)  # noqa: E731  same mask on every call
-    check_backward("dropout", lambda x: ops.dropout_forward(x, 0.3, keep_rng()), ops.dropout_backward, (x,))
+    check_backward(
+        "dropout", lambda x: ops.dropout_forward(x, 0.3, keep_rng()), ops.dropout_backward, (x,)
+    )
     y, cache = ops.dropout_forward(x, 0.3, keep_rng())
     assert cache.keep is not None and 0 < cache.keep.mean() < 1
     assert np.array_equal(y[~cache.keep], np.zeros((~cache.keep).sum()))
@@ -93,7 +102,11 @@ def test_dropout_backward_reuses_the_mask(rng):
 
 def _attention_inputs(rng, B=2, H=3, T=4, P=2, D=5):
     S = P + T
-    q, k, v = rng.standard_normal((B, H, T, D)), rng.standard_normal((B, H, S, D)), rng.standard_normal((B, H, S, D))
+    q, k, v = (
+        rng.standard_normal((B, H, T, D)),
+        rng.standard_normal((B, H, S, D)),
+        rng.standard_normal((B, H, S, D)),
+    )
     mask = np.ones((B, S), dtype=bool)
     mask[0, :2] = False  # left padding
     mask[1, 3] = False  # a hole
@@ -105,7 +118,9 @@ def _attention_inputs(rng, B=2, H=3, T=4, P=2, D=5):
 @pytest.mark.parametrize("p", [0.0, 0.4])
 def test_attention_backward(rng, p, tier):
     q, k, v, alibi, visible = _attention_inputs(rng)
-    fwd = lambda q, k, v: tier.attention_forward(q, k, v, alibi, visible, p, np.random.default_rng(3))  # noqa: E731
+    fwd = lambda q, k, v: tier.attention_forward(
+        q, k, v, alibi, visible, p, np.random.default_rng(3)
+    )  # noqa: E731
     check_backward("attention", fwd, tier.attention_backward, (q, k, v))
 
 
@@ -155,7 +170,12 @@ def test_cross_entropy_backward(rng, reduction):
         loss, cache = losses.softmax_cross_entropy_forward(z, y, w, reduction)
         return np.array(loss), cache
 
-    check_backward("cross-entropy", forward, lambda r, cache: losses.softmax_cross_entropy_backward(float(r), cache), (logits,))
+    check_backward(
+        "cross-entropy",
+        forward,
+        lambda r, cache: losses.softmax_cross_entropy_backward(float(r), cache),
+        (logits,),
+    )
 
 
 def test_cross_entropy_overwrite_logits_gives_the_same_numbers(rng):
@@ -164,12 +184,16 @@ def test_cross_entropy_overwrite_logits_gives_the_same_numbers(rng):
     w = rng.uniform(0, 2, size=(2, 3)).astype(np.float32)
     loss, cache = losses.softmax_cross_entropy_forward(logits, y, w)
     buffer = logits.copy()
-    loss_in_place, cache_in_place = losses.softmax_cross_entropy_forward(buffer, y, w, overwrite_logits=True)
+    loss_in_place, cache_in_place = losses.softmax_cross_entropy_forward(
+        buffer, y, w, overwrite_logits=True
+    )
     assert loss_in_place == loss  # the same operations in the same order: bit-identical
     assert np.array_equal(cache_in_place.probs, cache.probs)
     assert cache_in_place.probs is buffer  # the probabilities live in the logits' buffer
-    assert np.array_equal(losses.softmax_cross_entropy_backward(1.0, cache_in_place),
-                          losses.softmax_cross_entropy_backward(1.0, cache))
+    assert np.array_equal(
+        losses.softmax_cross_entropy_backward(1.0, cache_in_place),
+        losses.softmax_cross_entropy_backward(1.0, cache),
+    )
 
 
 def test_cross_entropy_reductions_differ_by_the_weight_sum(rng):
@@ -202,8 +226,14 @@ def test_gelu_uses_hf_constant_and_order():
 
 
 def test_attention_numba_matches_reference(rng):
-    q, k, v, alibi, visible = (a.astype(np.float32) if a.dtype == np.float64 else a for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8))
-    (pa, ca), (pb, cb) = attention_kernels.attention(q, k, v, alibi, visible, 1 / np.sqrt(8)), _reference_attention(q, k, v, alibi, visible)
+    q, k, v, alibi, visible = (
+        a.astype(np.float32) if a.dtype == np.float64 else a
+        for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8)
+    )
+    (pa, ca), (pb, cb) = (
+        attention_kernels.attention(q, k, v, alibi, visible, 1 / np.sqrt(8)),
+        _reference_attention(q, k, v, alibi, visible),
+    )
     assert pa.dtype == pb.dtype == ca.dtype == cb.dtype == np.float32
     assert_close("probs numba vs plain", pa, pb, TWIN_ATOL)
     assert_close("ctx numba vs plain", ca, cb, TWIN_ATOL)
@@ -212,19 +242,26 @@ def test_attention_numba_matches_reference(rng):
     # keys read from a KVCache are strided views; the loop must give the same result on them
     big_k, big_v = np.zeros((2, 4, 12, 8), np.float32), np.zeros((2, 4, 12, 8), np.float32)
     big_k[:, :, :9], big_v[:, :, :9] = k, v
-    pc, cc = attention_kernels.attention(q, big_k[:, :, :9], big_v[:, :, :9], alibi, visible, 1 / np.sqrt(8))
+    pc, cc = attention_kernels.attention(
+        q, big_k[:, :, :9], big_v[:, :, :9], alibi, visible, 1 / np.sqrt(8)
+    )
     assert np.array_equal(pc, pa) and np.array_equal(cc, ca)
 
 
 def test_attention_backward_numba_matches_reference(rng):
-    q, k, v, alibi, visible = (a.astype(np.float32) if a.dtype == np.float64 else a for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8))
+    q, k, v, alibi, visible = (
+        a.astype(np.float32) if a.dtype == np.float64 else a
+        for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8)
+    )
     visible = visible.copy()
     visible[0, 0, :] = False  # a query with no visible key (a left pad): uniform over all keys
     probs, _ = attention_kernels.attention(q, k, v, alibi, visible, 1 / np.sqrt(8))
     assert_close("uniform row", probs[0, :, 0], np.full((4, 9), 1 / 9), 1e-7)
     dctx = rng.standard_normal(q.shape).astype(np.float32)
     a = attention_kernels.attention_backward(dctx, q, k, v, probs, 1 / np.sqrt(8))
-    b = ops.attention_backward(dctx, ops.AttentionCache(q, k, v, probs, ops.DropoutCache(None, 1.0)))
+    b = ops.attention_backward(
+        dctx, ops.AttentionCache(q, k, v, probs, ops.DropoutCache(None, 1.0))
+    )
     for name, x, y in zip(("dq", "dk", "dv"), a, b):
         assert x.dtype == y.dtype == np.float32
         assert_close(f"{name} numba vs plain", x, y, TWIN_ATOL)
@@ -251,5 +288,9 @@ def test_fast_linear_and_head_equal_the_reference(rng, rows, dtype):
 
 def test_lm_head_backward(rng):
     hidden, E = rng.standard_normal((2, 3, 4)), rng.standard_normal((7, 4))
-    check_backward("lm head", lambda h, E: (ops.lm_head_forward(h, E), (h, E)),
-                   lambda d, c: ops.lm_head_backward(d, *c), (hidden, E))
+    check_backward(
+        "lm head",
+        lambda h, E: (ops.lm_head_forward(h, E), (h, E)),
+        lambda d, c: ops.lm_head_backward(d, *c),
+        (hidden, E),
+    )

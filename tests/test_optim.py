@@ -8,20 +8,33 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import assert_close, requires_transformers
-from minibloom.errors import ArgumentError, TrainingError
+
 from minibloom import optim
+from minibloom.errors import ArgumentError, TrainingError
 from minibloom.kernels import adamw as adamw_kernel
-from minibloom.optim import (BIAS_AND_NORM, AdamW, ConstantSchedule, GradientAccumulator, WarmupCosineSchedule,
-                             WarmupLinearSchedule, clip_grad_norm, get_schedule, global_norm)
+from minibloom.optim import (
+    BIAS_AND_NORM,
+    AdamW,
+    ConstantSchedule,
+    GradientAccumulator,
+    WarmupCosineSchedule,
+    WarmupLinearSchedule,
+    clip_grad_norm,
+    get_schedule,
+    global_norm,
+)
 
 # float32 AdamW vs torch: the update is ~lr per step, rounding differs by an ulp or so per op.
 PARAM_ATOL = 2e-7
 MOMENT_RTOL = 1e-6
 
-SHAPES = {"h.0.mlp.dense_h_to_4h.weight": (12, 5), "h.0.mlp.dense_h_to_4h.bias": (12,),
-          "ln_f.weight": (5,), "word_embeddings.weight": (7, 5)}
+SHAPES = {
+    "h.0.mlp.dense_h_to_4h.weight": (12, 5),
+    "h.0.mlp.dense_h_to_4h.bias": (12,),
+    "ln_f.weight": (5,),
+    "word_embeddings.weight": (7, 5),
+}
 
 
 def _random_params(seed):
@@ -55,9 +68,12 @@ def _torch_adamw_run(params, grad_seq, lr, weight_decay, no_decay=(), clip=None,
         if sched:
             sched.step()
     state = {k: opt.state[p] for k, p in tp.items()}
-    return ({k: p.detach().numpy() for k, p in tp.items()},
-            {k: s["exp_avg"].numpy() for k, s in state.items()},
-            {k: s["exp_avg_sq"].numpy() for k, s in state.items()}, norms)
+    return (
+        {k: p.detach().numpy() for k, p in tp.items()},
+        {k: s["exp_avg"].numpy() for k, s in state.items()},
+        {k: s["exp_avg_sq"].numpy() for k, s in state.items()},
+        norms,
+    )
 
 
 @requires_transformers
@@ -69,11 +85,19 @@ def test_adamw_matches_torch(monkeypatch, numba):
     grad_seq = [_random_grads(rng, scale=3.0) for _ in range(10)]
     sched = WarmupCosineSchedule(1e-2, warmup_steps=3, total_steps=10)
     ref_p, ref_m, ref_v, ref_norms = _torch_adamw_run(
-        _random_params(0), grad_seq, lr=1e-2, weight_decay=0.1, no_decay=BIAS_AND_NORM, clip=1.0,
-        lr_lambda=lambda s: sched(s) / 1e-2)
+        _random_params(0),
+        grad_seq,
+        lr=1e-2,
+        weight_decay=0.1,
+        no_decay=BIAS_AND_NORM,
+        clip=1.0,
+        lr_lambda=lambda s: sched(s) / 1e-2,
+    )
 
     params = _random_params(0)
-    opt = AdamW(sched, weight_decay=0.1, exclude_from_weight_decay=BIAS_AND_NORM, global_clipnorm=1.0)
+    opt = AdamW(
+        sched, weight_decay=0.1, exclude_from_weight_decay=BIAS_AND_NORM, global_clipnorm=1.0
+    )
     norms = []
     for grads in grad_seq:
         g = {k: v.copy() for k, v in grads.items()}
@@ -116,9 +140,15 @@ def test_fused_update_equals_the_reference():
     start = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
     start[2] = np.abs(start[2])  # v >= 0
     g = rng.standard_normal(n).astype(np.float32)
-    scalars = dict(decay=np.float32(0.999), one_minus_b1=np.float32(0.1), b2=np.float32(0.999),
-                   one_minus_b2=np.float32(0.001), bc2_sqrt=np.float32(0.05), eps=np.float32(1e-8),
-                   step_size=np.float32(0.01))
+    scalars = dict(
+        decay=np.float32(0.999),
+        one_minus_b1=np.float32(0.1),
+        b2=np.float32(0.999),
+        one_minus_b2=np.float32(0.001),
+        bc2_sqrt=np.float32(0.05),
+        eps=np.float32(1e-8),
+        step_size=np.float32(0.01),
+    )
     a = [x.copy() for x in start]
     b = [x.copy() for x in start]
     adamw_kernel.adamw_update(a[0], g, a[1], a[2], **scalars)
@@ -133,14 +163,19 @@ def test_schedules_match_transformers(kind):
     import torch
     import transformers
 
-    make = {"constant": transformers.get_constant_schedule_with_warmup,
-            "linear": transformers.get_linear_schedule_with_warmup,
-            "cosine": transformers.get_cosine_schedule_with_warmup}[kind]
+    make = {
+        "constant": transformers.get_constant_schedule_with_warmup,
+        "linear": transformers.get_linear_schedule_with_warmup,
+        "cosine": transformers.get_cosine_schedule_with_warmup,
+    }[kind]
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
     ref = make(opt, 4) if kind == "constant" else make(opt, 4, 20)
     ours = get_schedule(kind, 0.5, warmup_steps=4, total_steps=20)
     for step in range(25):
-        assert math.isclose(ours(step), ref.get_last_lr()[0], rel_tol=1e-12, abs_tol=1e-15), (kind, step)
+        assert math.isclose(ours(step), ref.get_last_lr()[0], rel_tol=1e-12, abs_tol=1e-15), (
+            kind,
+            step,
+        )
         opt.step()
         ref.step()
 
@@ -205,8 +240,11 @@ def test_state_dict_round_trip_continues_identically():
     for g in grad_seq[:3]:
         o2.apply(p2, g)
     sd = o2.state_dict()
-    state = {"step": sd["step"], "m": {n: a.copy() for n, a in sd["m"].items()},
-             "v": {n: a.copy() for n, a in sd["v"].items()}}
+    state = {
+        "step": sd["step"],
+        "m": {n: a.copy() for n, a in sd["m"].items()},
+        "v": {n: a.copy() for n, a in sd["v"].items()},
+    }
     o3 = AdamW(sched)
     o3.load_state_dict(state)
     for g in grad_seq[3:]:

@@ -49,7 +49,9 @@ def test_keras_layout_with_start_token():
 def test_bloom_default_no_start_token():
     pre = BloomCausalLMPreprocessor(TOK, sequence_length=5)
     x, y, w = pre(["airplane at airport", "fox"])
-    np.testing.assert_array_equal(x["token_ids"], [[A, AT, PORT, EOS, PAD], [10, EOS, PAD, PAD, PAD]])
+    np.testing.assert_array_equal(
+        x["token_ids"], [[A, AT, PORT, EOS, PAD], [10, EOS, PAD, PAD, PAD]]
+    )
     np.testing.assert_array_equal(y, [[AT, PORT, EOS, PAD, PAD], [EOS, PAD, PAD, PAD, PAD]])
     np.testing.assert_array_equal(w, [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
     np.testing.assert_array_equal(x["padding_mask"], [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
@@ -84,7 +86,9 @@ def test_generate_preprocess_left_pads_without_end_token():
     out = pre.generate_preprocess(["airplane at airport", "fox"])
     np.testing.assert_array_equal(out["token_ids"], [[A, AT, PORT], [PAD, PAD, 10]])
     np.testing.assert_array_equal(out["padding_mask"], [[1, 1, 1], [0, 0, 1]])
-    out = BloomCausalLMPreprocessor(TOK, add_start_token=True).generate_preprocess("fox", sequence_length=4)
+    out = BloomCausalLMPreprocessor(TOK, add_start_token=True).generate_preprocess(
+        "fox", sequence_length=4
+    )
     np.testing.assert_array_equal(out["token_ids"], [[PAD, PAD, BOS, 10]])
 
 
@@ -93,13 +97,16 @@ def test_generate_postprocess_drops_padding_and_specials():
     ids = np.array([[PAD, BOS, A, AT, EOS, PAD], [7, 8, 9, 10, 4, 5]])
     mask = np.array([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], bool)
     assert pre.generate_postprocess({"token_ids": ids, "padding_mask": mask}) == [
-        "airplane at", "the quick brown fox"]
+        "airplane at",
+        "the quick brown fox",
+    ]
     assert pre.generate_postprocess({"token_ids": np.array([4, 2])}) == "airplane"
 
 
 def test_with_real_bloom_tokenizer():
     """The small BLOOM-pipeline tokenizer committed with the golden files (8000 ids)."""
     from conftest import golden_path
+
     from minibloom.tokenizer import BloomTokenizer
 
     tok = BloomTokenizer.from_file(golden_path("tokenizer.json"))

@@ -29,12 +29,18 @@ def homes(tmp_path, monkeypatch):
 
 def _model_dir(path):
     path.mkdir(parents=True)
-    (path / "config.json").write_text(BloomConfig(vocab_size=10, hidden_size=8, n_head=2).to_json_string())
+    (path / "config.json").write_text(
+        BloomConfig(vocab_size=10, hidden_size=8, n_head=2).to_json_string()
+    )
     return path
 
 
 def test_table_names_ids_and_counts():
-    expected = {f"{kind}_{size}_multi" for kind in ("bloom", "bloomz") for size in ("560m", "1.1b", "1.7b", "3b", "7b")}
+    expected = {
+        f"{kind}_{size}_multi"
+        for kind in ("bloom", "bloomz")
+        for size in ("560m", "1.1b", "1.7b", "3b", "7b")
+    }
     assert set(PRESETS) == expected
     for name, count in KERAS_PARAMS.items():
         assert PRESETS[name].params == count
@@ -94,12 +100,19 @@ def test_missing_preset_says_how_to_get_it(homes):
     with pytest.raises(PresetNotFoundError) as e:
         resolve("bloom_1.1b_multi")
     msg = str(e.value)
-    assert "huggingface-cli download bigscience/bloom-1b1" in msg and "hf://bigscience/bloom-1b1" in msg
-    with pytest.raises(PresetNotFoundError, match="not a directory, a model in .*, or a known preset"):
+    assert (
+        "huggingface-cli download bigscience/bloom-1b1" in msg
+        and "hf://bigscience/bloom-1b1" in msg
+    )
+    with pytest.raises(
+        PresetNotFoundError, match="not a directory, a model in .*, or a known preset"
+    ):
         resolve("no_such_model")
 
 
-@pytest.mark.parametrize("bad", ["hf://../etc", "hf://a/../b", "hf:///etc/passwd", "hf://a/b/c", "hf://a", "hf://.x/y"])
+@pytest.mark.parametrize(
+    "bad", ["hf://../etc", "hf://a/../b", "hf:///etc/passwd", "hf://a/b/c", "hf://a", "hf://.x/y"]
+)
 def test_hf_names_validated_before_file_system(homes, bad):
     with pytest.raises(PresetNotFoundError, match="expected hf://org/name"):
         resolve(bad)
@@ -121,7 +134,9 @@ def test_hf_download_missing_or_failing(homes, monkeypatch):
             resolve("hf://someone/tiny-bloom")
     else:  # HF_HUB_OFFLINE=1 (conftest): the download fails, and says so as a PresetNotFoundError
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        with pytest.raises(PresetNotFoundError, match="hf://someone/tiny-bloom: could not download"):
+        with pytest.raises(
+            PresetNotFoundError, match="hf://someone/tiny-bloom: could not download"
+        ):
             resolve("hf://someone/tiny-bloom")
 
 

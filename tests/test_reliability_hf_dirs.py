@@ -9,8 +9,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import golden_path
+
 from minibloom.causal_lm import BloomCausalLM
 
 
@@ -29,8 +29,10 @@ def test_the_directory_loads_with_its_generation_config():
 def test_greedy_ids_equal_transformers_with_the_saved_stop_ids(case):
     c = _cases()["cases"][case]
     lm = BloomCausalLM.from_preset(golden_path("hf5_no_tokenizer"))
-    out = lm.generate({"token_ids": np.array(c["token_ids"]), "padding_mask": np.array(c["padding_mask"], bool)},
-                      max_length=c["max_length"])
+    out = lm.generate(
+        {"token_ids": np.array(c["token_ids"]), "padding_mask": np.array(c["padding_mask"], bool)},
+        max_length=c["max_length"],
+    )
     np.testing.assert_array_equal(out["token_ids"], np.array(c["sequences"]))
 
 
@@ -44,13 +46,16 @@ def test_the_generation_config_survives_a_save(tmp_path):
     assert again.generation_config == lm.generation_config
 
 
-@pytest.mark.parametrize("text, expect", [
-    ('{"eos_token_id": "2"}', "eos_token_id"),
-    ('{"eos_token_id": [2, 99999]}', "eos_token_id"),
-    ('{"pad_token_id": -1}', "pad_token_id"),
-    ('[1, 2]', "expected a JSON object"),
-    ('{oops', "invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ('{"eos_token_id": "2"}', "eos_token_id"),
+        ('{"eos_token_id": [2, 99999]}', "eos_token_id"),
+        ('{"pad_token_id": -1}', "pad_token_id"),
+        ("[1, 2]", "expected a JSON object"),
+        ("{oops", "invalid JSON"),
+    ],
+)
 def test_a_bad_generation_config_is_named(tmp_path, text, expect):
     import shutil
 
@@ -58,5 +63,7 @@ def test_a_bad_generation_config_is_named(tmp_path, text, expect):
 
     shutil.copytree(golden_path("hf5_no_tokenizer"), tmp_path / "m")
     (tmp_path / "m" / "generation_config.json").write_text(text)
-    with pytest.raises(ConfigError, match=f"generation_config.json.*{expect}|{expect}.*generation_config.json"):
+    with pytest.raises(
+        ConfigError, match=f"generation_config.json.*{expect}|{expect}.*generation_config.json"
+    ):
         BloomCausalLM.from_preset(tmp_path / "m")

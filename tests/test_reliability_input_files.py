@@ -7,8 +7,7 @@ or the file, no traceback, and the user's directory unchanged (hashed before and
 import os
 
 import pytest
-
-from test_reliability_arguments import CORPUS, assert_one_error_line, cli, tree_hash, tiny_model_dir
+from test_reliability_arguments import CORPUS, assert_one_error_line, cli, tiny_model_dir, tree_hash
 
 BAD_UTF8 = "fine text\n\n".encode() + b"caf\xe9 au lait\n"
 
@@ -32,20 +31,45 @@ def work(tmp_path, model):
 
 
 def _train(*extra):
-    return ["train", "--data", "{w}/corpus.txt", "--out", "{w}/run", "--steps", "1", "--no-progress", *extra]
+    return [
+        "train",
+        "--data",
+        "{w}/corpus.txt",
+        "--out",
+        "{w}/run",
+        "--steps",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 CASES = [
     # not UTF-8
-    (_train()[:2] + ["{w}/latin1.txt"] + _train()[3:], ["latin1.txt: not UTF-8 text at line 3", "byte 14"]),
+    (
+        _train()[:2] + ["{w}/latin1.txt"] + _train()[3:],
+        ["latin1.txt: not UTF-8 text at line 3", "byte 14"],
+    ),
     (["evaluate", "{w}/latin1.txt", "--preset", "{m}"], ["latin1.txt: not UTF-8 text at line 3"]),
-    (["train-tokenizer", "--data", "{w}/latin1.txt", "--out", "{w}/t.json"], ["latin1.txt: not UTF-8 text"]),
+    (
+        ["train-tokenizer", "--data", "{w}/latin1.txt", "--out", "{w}/t.json"],
+        ["latin1.txt: not UTF-8 text"],
+    ),
     (_train("--config", "{w}/latin1.json"), ["latin1.json", "config"]),
     (_train("--tokenizer", "{w}/latin1.txt"), ["latin1.txt", "not a readable JSON tokenizer file"]),
     # a directory where a file is expected
-    (_train()[:2] + ["{w}/empty_dir"] + _train()[3:], ["argument --data", "empty_dir is a directory; expected a file"]),
-    (["evaluate", "{w}/empty_dir", "--preset", "{m}"], ["argument FILE", "empty_dir is a directory"]),
-    (["train-tokenizer", "--data", "{w}/empty_dir", "--out", "{w}/t.json"], ["argument --data", "is a directory"]),
+    (
+        _train()[:2] + ["{w}/empty_dir"] + _train()[3:],
+        ["argument --data", "empty_dir is a directory; expected a file"],
+    ),
+    (
+        ["evaluate", "{w}/empty_dir", "--preset", "{m}"],
+        ["argument FILE", "empty_dir is a directory"],
+    ),
+    (
+        ["train-tokenizer", "--data", "{w}/empty_dir", "--out", "{w}/t.json"],
+        ["argument --data", "is a directory"],
+    ),
     (_train("--config", "{w}/empty_dir"), ["argument --config", "empty_dir is a directory"]),
     (_train("--tokenizer", "{w}/empty_dir"), ["empty_dir", "expected tokenizer.json"]),
     (["tokenize", "x", "--tokenizer", "{w}/empty_dir"], ["empty_dir", "expected tokenizer.json"]),
@@ -53,36 +77,71 @@ CASES = [
     (_train()[:2] + ["{w}/pipe"] + _train()[3:], ["argument --data", "pipe is not a regular file"]),
     (_train("--tokenizer", "{w}/pipe"), ["--tokenizer", "pipe: not a regular file"]),
     # a file where a directory is expected
-    (["generate", "hi", "--preset", "{w}/notes.txt"], ["argument --preset", "notes.txt is a file; expected a model directory"]),
+    (
+        ["generate", "hi", "--preset", "{w}/notes.txt"],
+        ["argument --preset", "notes.txt is a file; expected a model directory"],
+    ),
     (_train("--preset", "{w}/notes.txt"), ["argument --preset", "notes.txt is a file"]),
-    (["evaluate", "{w}/corpus.txt", "--preset", "{w}/notes.txt"], ["argument --preset", "is a file"]),
-    (["dump", "{w}/notes.txt", "--prompt", "x", "--out", "{w}/a.npz"], ["argument PRESET_OR_DIR", "notes.txt is a file"]),
+    (
+        ["evaluate", "{w}/corpus.txt", "--preset", "{w}/notes.txt"],
+        ["argument --preset", "is a file"],
+    ),
+    (
+        ["dump", "{w}/notes.txt", "--prompt", "x", "--out", "{w}/a.npz"],
+        ["argument PRESET_OR_DIR", "notes.txt is a file"],
+    ),
     (["parity", "{w}/notes.txt"], ["argument PRESET_OR_DIR", "notes.txt is a file"]),
-    (_train()[:4] + ["{w}/notes.txt"] + _train()[5:], ["argument --out", "notes.txt exists and is not a directory"]),
-    (_train()[:4] + ["{w}/notes.txt/run"] + _train()[5:], ["argument --out", "its parent", "notes.txt is not a directory"]),
+    (
+        _train()[:4] + ["{w}/notes.txt"] + _train()[5:],
+        ["argument --out", "notes.txt exists and is not a directory"],
+    ),
+    (
+        _train()[:4] + ["{w}/notes.txt/run"] + _train()[5:],
+        ["argument --out", "its parent", "notes.txt is not a directory"],
+    ),
     (["generate", "hi", "--preset", "{w}/empty_dir"], ["empty_dir", "no config.json"]),
     # paths that cannot be expanded (Path.expanduser raises RuntimeError)
-    (_train()[:2] + ["~nosuchuser/c.txt"] + _train()[3:], ["argument --data", "cannot expand '~nosuchuser/c.txt'", "no user 'nosuchuser'"]),
+    (
+        _train()[:2] + ["~nosuchuser/c.txt"] + _train()[3:],
+        ["argument --data", "cannot expand '~nosuchuser/c.txt'", "no user 'nosuchuser'"],
+    ),
     (_train()[:4] + ["~nosuchuser/run"] + _train()[5:], ["argument --out", "cannot expand"]),
     (_train("--config", "~nosuchuser/config.json"), ["argument --config", "cannot expand"]),
     (_train("--tokenizer", "~nosuchuser/tokenizer.json"), ["--tokenizer", "cannot expand"]),
     (["generate", "hi", "--preset", "~nosuchuser/model"], ["argument --preset", "cannot expand"]),
     (["evaluate", "~nosuchuser/x.txt"], ["argument FILE", "cannot expand"]),
-    (["train-tokenizer", "--data", "{w}/corpus.txt", "--out", "~nosuchuser/t.json"], ["argument --out", "cannot expand"]),
-    (["dump", "{m}", "--prompt", "x", "--out", "~nosuchuser/a.npz"], ["argument --out", "cannot expand"]),
+    (
+        ["train-tokenizer", "--data", "{w}/corpus.txt", "--out", "~nosuchuser/t.json"],
+        ["argument --out", "cannot expand"],
+    ),
+    (
+        ["dump", "{m}", "--prompt", "x", "--out", "~nosuchuser/a.npz"],
+        ["argument --out", "cannot expand"],
+    ),
     (["tokenize", "x", "--tokenizer", "~nosuchuser/t.json"], ["--tokenizer", "cannot expand"]),
     # tokenizer paths
     (_train("--tokenizer", "{w}/missing.json"), ["missing.json"]),
-    (_train("--tokenizer", "{w}/broken_tokenizer.json"), ["broken_tokenizer.json", "not a readable JSON tokenizer"]),
+    (
+        _train("--tokenizer", "{w}/broken_tokenizer.json"),
+        ["broken_tokenizer.json", "not a readable JSON tokenizer"],
+    ),
     (["tokenize", "x", "--tokenizer", "{w}/broken_tokenizer.json"], ["broken_tokenizer.json"]),
-    (_train("--preset", "{m}", "--tokenizer", "{w}/broken_tokenizer.json"), ["broken_tokenizer.json"]),
+    (
+        _train("--preset", "{m}", "--tokenizer", "{w}/broken_tokenizer.json"),
+        ["broken_tokenizer.json"],
+    ),
     # missing files
-    (_train()[:2] + ["{w}/missing.txt"] + _train()[3:], ["argument --data", "missing.txt: no such file"]),
+    (
+        _train()[:2] + ["{w}/missing.txt"] + _train()[3:],
+        ["argument --data", "missing.txt: no such file"],
+    ),
     (_train("--config", "{w}/missing.json"), ["argument --config", "missing.json: no such file"]),
 ]
 
 
-@pytest.mark.parametrize("argv, needles", CASES, ids=[f"{i}-{a[0]}" for i, (a, _) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "argv, needles", CASES, ids=[f"{i}-{a[0]}" for i, (a, _) in enumerate(CASES)]
+)
 def test_bad_input_paths_get_one_line(argv, needles, work, model, capsys):
     before, model_before = tree_hash(work), tree_hash(model)
     argv = [a.format(w=work, m=model) for a in argv]

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 import pytest
+from test_reliability_padding import tiny_backbone, tiny_tokenizer
 
 from minibloom.causal_lm import BloomCausalLM
 from minibloom.errors import ArgumentError
@@ -30,9 +31,14 @@ from minibloom.samplers import (
     TopPSampler,
     checked_logits,
 )
-from test_reliability_padding import tiny_backbone, tiny_tokenizer
 
-TINY = [1e-40, 1e-30, float(np.float32(1e-42)), 5e-324, np.float32(1e-45)]  # the last: a float32 denormal object
+TINY = [
+    1e-40,
+    1e-30,
+    float(np.float32(1e-42)),
+    5e-324,
+    np.float32(1e-45),
+]  # the last: a float32 denormal object
 
 TOKEN_SAMPLERS = {
     "greedy": lambda t: GreedySampler(temperature=t),
@@ -45,7 +51,9 @@ SEARCHES = {
     "beam2": lambda t: BeamSampler(num_beams=2, temperature=t),
     "beam3": lambda t: BeamSampler(num_beams=3, temperature=t, early_stopping=True),
     "contrastive": lambda t: ContrastiveSampler(k=4, alpha=0.6, temperature=t),
-    "contrastive_alpha1": lambda t: ContrastiveSampler(k=4, alpha=1.0, temperature=t),  # similarity only
+    "contrastive_alpha1": lambda t: ContrastiveSampler(
+        k=4, alpha=1.0, temperature=t
+    ),  # similarity only
 }
 ALL = {**TOKEN_SAMPLERS, **SEARCHES}
 
@@ -53,7 +61,9 @@ ALL = {**TOKEN_SAMPLERS, **SEARCHES}
 @pytest.fixture(autouse=True)
 def no_numpy_warnings():
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # an overflow or invalid value would show as one
+        warnings.simplefilter(
+            "error", RuntimeWarning
+        )  # an overflow or invalid value would show as one
         yield
 
 
@@ -127,6 +137,7 @@ def test_plus_inf_logits_are_a_certain_token(name):
 
 def _poison(backbone, token, value):
     """A view of `backbone` whose logits hold `value` at id `token` (every row, every step)."""
+
     class Poisoned:
         config, params = backbone.config, backbone.params
 
@@ -208,16 +219,30 @@ def test_undecodable_ids_are_never_generated_from_text(prefers_undecodable, name
     bare = BloomCausalLM(prefers_undecodable, None)
     bare.sampler = sampler
     free = bare.generate({"token_ids": ids}, max_length=12, stop_token_ids=None)["token_ids"][:, 3:]
-    assert np.isin(free, bad).any(), "token-only generation should produce the preferred undecodable id"
-    lm = BloomCausalLM(prefers_undecodable, BloomCausalLMPreprocessor(tiny_tokenizer(holes=(HOLE,))))
+    assert np.isin(free, bad).any(), (
+        "token-only generation should produce the preferred undecodable id"
+    )
+    lm = BloomCausalLM(
+        prefers_undecodable, BloomCausalLMPreprocessor(tiny_tokenizer(holes=(HOLE,)))
+    )
     lm.sampler = sampler
     out = lm.generate({"token_ids": ids}, max_length=12, stop_token_ids=None)
     assert out["token_ids"].shape == (2, 12) and not np.isin(out["token_ids"][:, 3:], bad).any()
     text = lm.generate("abc", max_length=12, stop_token_ids=None)
-    assert len(text) > len("abc") and "".join(lm.stream("abc", max_length=12, stop_token_ids=None)) == text
+    assert (
+        len(text) > len("abc")
+        and "".join(lm.stream("abc", max_length=12, stop_token_ids=None)) == text
+    )
 
 
 def test_an_undecodable_stop_id_may_still_be_generated(prefers_undecodable):
-    lm = BloomCausalLM(prefers_undecodable, BloomCausalLMPreprocessor(tiny_tokenizer(holes=(HOLE,))))
+    lm = BloomCausalLM(
+        prefers_undecodable, BloomCausalLMPreprocessor(tiny_tokenizer(holes=(HOLE,)))
+    )
     out = lm.generate({"token_ids": np.array([[5, 6, 7]])}, max_length=12, stop_token_ids=(PAST,))
-    assert out["token_ids"][0].tolist() == [5, 6, 7, PAST]  # asked for: allowed, and it ends the row
+    assert out["token_ids"][0].tolist() == [
+        5,
+        6,
+        7,
+        PAST,
+    ]  # asked for: allowed, and it ends the row

@@ -18,8 +18,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import requires_transformers
+
 from minibloom import memory
 from minibloom.causal_lm import BloomCausalLM
 from minibloom.config import GenerationConfig
@@ -27,7 +27,14 @@ from minibloom.errors import ArgumentError
 from minibloom.generate import generate_ids, left_align
 from minibloom.model import BloomBackbone
 from minibloom.preprocessor import BloomCausalLMPreprocessor
-from minibloom.samplers import BeamSampler, ContrastiveSampler, GreedySampler, RandomSampler, TopKSampler, TopPSampler
+from minibloom.samplers import (
+    BeamSampler,
+    ContrastiveSampler,
+    GreedySampler,
+    RandomSampler,
+    TopKSampler,
+    TopPSampler,
+)
 from minibloom.tokenizer import SPECIAL_TOKENS, BloomTokenizer
 
 V = 48
@@ -37,7 +44,9 @@ P = 7  # prompt columns: every row has at least one pad
 
 
 def tiny_backbone(vocab_size=V, seed=0, scale=0.4):
-    backbone = BloomBackbone(vocabulary_size=vocab_size, num_layers=2, num_heads=2, hidden_dim=16, seed=seed)
+    backbone = BloomBackbone(
+        vocabulary_size=vocab_size, num_layers=2, num_heads=2, hidden_dim=16, seed=seed
+    )
     rng = np.random.default_rng(seed + 100)
     for w in backbone.params.values():
         if w.ndim == 2:  # embeddings and linear weights
@@ -47,7 +56,9 @@ def tiny_backbone(vocab_size=V, seed=0, scale=0.4):
 
 def tiny_tokenizer(n_tokens=V, holes=()):
     """Specials 0-3, then single byte-level characters; `holes` are ids left without a token."""
-    chars = [c for c in "abcdefghijklmnopqrstuvwxyz\u0120ABCDEFGHIJKLMNOPQRSTUVWXYZ"][: n_tokens - 4]
+    chars = [c for c in "abcdefghijklmnopqrstuvwxyz\u0120ABCDEFGHIJKLMNOPQRSTUVWXYZ"][
+        : n_tokens - 4
+    ]
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     vocab.update({c: i + 4 for i, c in enumerate(chars) if i + 4 not in holes})
     return BloomTokenizer(vocab, [])
@@ -83,7 +94,10 @@ def pack(prompts, layout, rng):
 
 def new_tokens(out, width):
     """The real generated tokens of each row (after the `width` prompt columns)."""
-    return [row[width:][keep[width:]].tolist() for row, keep in zip(out["token_ids"], out["padding_mask"])]
+    return [
+        row[width:][keep[width:]].tolist()
+        for row, keep in zip(out["token_ids"], out["padding_mask"])
+    ]
 
 
 DETERMINISTIC = [
@@ -105,14 +119,20 @@ def run(backbone, ids, mask, max_length, sampler, path, stops=(2,)):
     without / with a preprocessor (the latter also masks undecodable ids: none here)."""
     if path == "generate_ids":
         return generate_ids(backbone, ids, mask, max_length, sampler, stops, 3)
-    lm = BloomCausalLM(backbone, BloomCausalLMPreprocessor(tiny_tokenizer()) if path == "preprocessor" else None)
+    lm = BloomCausalLM(
+        backbone, BloomCausalLMPreprocessor(tiny_tokenizer()) if path == "preprocessor" else None
+    )
     lm.sampler = sampler
-    return lm.generate({"token_ids": ids, "padding_mask": mask}, max_length=max_length, stop_token_ids=stops)
+    return lm.generate(
+        {"token_ids": ids, "padding_mask": mask}, max_length=max_length, stop_token_ids=stops
+    )
 
 
 def alone(backbone, row, sampler, path):
     ids = np.asarray(row)[None, :]
-    return new_tokens(run(backbone, ids, np.ones(ids.shape, bool), len(row) + NEW, sampler, path), len(row))[0]
+    return new_tokens(
+        run(backbone, ids, np.ones(ids.shape, bool), len(row) + NEW, sampler, path), len(row)
+    )[0]
 
 
 def test_the_model_continues_differently_from_a_pad_position(backbone, prompts):
@@ -146,7 +166,9 @@ def test_seeded_samplers_give_the_same_tokens_whatever_the_padding(backbone, pro
     row = prompts[1]
     ids, mask = pack([row], "right", np.random.default_rng(0))
     got = new_tokens(run(backbone, ids, mask, P + NEW, make(), path, stops=()), P)[0]
-    solo = run(backbone, row[None, :], np.ones((1, len(row)), bool), len(row) + NEW, make(), path, stops=())
+    solo = run(
+        backbone, row[None, :], np.ones((1, len(row)), bool), len(row) + NEW, make(), path, stops=()
+    )
     assert got == new_tokens(solo, len(row))[0]
 
 
@@ -157,9 +179,13 @@ def test_right_padding_was_the_bug(backbone, prompts):
 
     ids, mask = pack(prompts, "right", np.random.default_rng(9))
     nxt = next(decode_steps(backbone, ids, mask, P + NEW, GreedySampler()))[1]
-    logits = backbone.logits(backbone.forward(ids, mask).hidden)[:, -1]  # the last column, as before the fix
+    logits = backbone.logits(backbone.forward(ids, mask).hidden)[
+        :, -1
+    ]  # the last column, as before the fix
     assert nxt.tolist() != np.argmax(logits, axis=-1).tolist()
-    assert nxt.tolist() == [alone(backbone, row, GreedySampler(), "generate_ids")[0] for row in prompts]
+    assert nxt.tolist() == [
+        alone(backbone, row, GreedySampler(), "generate_ids")[0] for row in prompts
+    ]
 
 
 def test_left_align_keeps_left_padding_and_token_order():
@@ -176,20 +202,31 @@ def test_left_align_keeps_left_padding_and_token_order():
 
 
 def test_auto_stops_use_every_generation_config_eos_id_and_pad_falls_back_to_eos(backbone, prompts):
-    free = [generate_ids(backbone, r[None, :], np.ones((1, len(r)), bool), len(r) + NEW, GreedySampler(), (), 3)
-            ["token_ids"][0, len(r):].tolist() for r in prompts[:2]]
-    (i, a), (j, b) = (2, free[0][2]), (1, free[1][1])  # each row's first emission of a token: two stop ids
+    free = [
+        generate_ids(
+            backbone, r[None, :], np.ones((1, len(r)), bool), len(r) + NEW, GreedySampler(), (), 3
+        )["token_ids"][0, len(r) :].tolist()
+        for r in prompts[:2]
+    ]
+    (i, a), (j, b) = (
+        (2, free[0][2]),
+        (1, free[1][1]),
+    )  # each row's first emission of a token: two stop ids
     assert a not in free[0][:i] + free[1][: j + 1] and b not in free[1][:j] + free[0][: i + 1]
     backbone.config.pad_token_id = None  # as transformers 5 writes it (restored below)
     try:
         lm = BloomCausalLM(backbone, None, GenerationConfig(eos_token_id=(a, b), pad_token_id=None))
         ids, mask = pack(prompts[:2], "left", np.random.default_rng(1))
-        out = lm.generate({"token_ids": ids, "padding_mask": mask}, max_length=P + NEW)  # stop_token_ids="auto"
+        out = lm.generate(
+            {"token_ids": ids, "padding_mask": mask}, max_length=P + NEW
+        )  # stop_token_ids="auto"
     finally:
         backbone.config.pad_token_id = 3
     assert new_tokens(out, P) == [free[0][: i + 1], free[1][: j + 1]]
     assert out["token_ids"].shape[1] == P + i + 1
-    assert out["token_ids"][1, P + j + 1 :].tolist() == [a] * (i - j)  # the finished row is filled with the first eos id
+    assert out["token_ids"][1, P + j + 1 :].tolist() == [a] * (
+        i - j
+    )  # the finished row is filled with the first eos id
 
 
 @pytest.mark.parametrize(
@@ -216,17 +253,32 @@ def test_stop_and_pad_resolution_follows_hf(backbone, gen, tokenizer, stops, pad
 @requires_transformers
 def test_a_transformers_5_directory_without_tokenizer_generates_like_transformers(tmp_path):
     import torch
-    from transformers import BloomConfig as HFBloomConfig, BloomForCausalLM
+    from transformers import BloomConfig as HFBloomConfig
+    from transformers import BloomForCausalLM
 
     torch.manual_seed(0)
-    cfg = HFBloomConfig(vocab_size=V, hidden_size=16, n_layer=2, n_head=2, pad_token_id=None, eos_token_id=2,
-                        bos_token_id=1, initializer_range=0.4)
+    cfg = HFBloomConfig(
+        vocab_size=V,
+        hidden_size=16,
+        n_layer=2,
+        n_head=2,
+        pad_token_id=None,
+        eos_token_id=2,
+        bos_token_id=1,
+        initializer_range=0.4,
+    )
     model = BloomForCausalLM(cfg).eval()
     ids = torch.tensor([[5, 9, 11, 20, 30], [3, 3, 40, 41, 42]])
     attn = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
     with torch.no_grad():
-        free = model.generate(input_ids=ids, attention_mask=attn, max_length=14, do_sample=False, eos_token_id=None,
-                              pad_token_id=0)
+        free = model.generate(
+            input_ids=ids,
+            attention_mask=attn,
+            max_length=14,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
     eos = [int(free[0, 7]), int(free[1, 9])]  # two stop ids that the rows reach
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = None
@@ -238,21 +290,29 @@ def test_a_transformers_5_directory_without_tokenizer_generates_like_transformer
     assert ref.shape[1] < 14  # transformers stopped at the generation config's eos ids
     lm = BloomCausalLM.from_preset(str(tmp_path))
     assert lm.preprocessor is None
-    out = lm.generate({"token_ids": ids.numpy(), "padding_mask": attn.numpy().astype(bool)}, max_length=14)
+    out = lm.generate(
+        {"token_ids": ids.numpy(), "padding_mask": attn.numpy().astype(bool)}, max_length=14
+    )
     assert out["token_ids"].tolist() == ref.tolist()
 
 
 # --- memory: stream checks the cache size like generate -------------------------------------------
 
 
-@pytest.mark.parametrize("sampler", [GreedySampler(), ContrastiveSampler(k=3), BeamSampler(num_beams=2)])
-def test_stream_refuses_a_kv_cache_that_does_not_fit_before_any_output(backbone, monkeypatch, sampler):
+@pytest.mark.parametrize(
+    "sampler", [GreedySampler(), ContrastiveSampler(k=3), BeamSampler(num_beams=2)]
+)
+def test_stream_refuses_a_kv_cache_that_does_not_fit_before_any_output(
+    backbone, monkeypatch, sampler
+):
     lm = BloomCausalLM(backbone, BloomCausalLMPreprocessor(tiny_tokenizer()))
     lm.sampler = sampler
     assert "".join(lm.stream("abc", max_length=20))  # fits: streams
     monkeypatch.setattr(memory, "available_memory_bytes", lambda: 1024)  # 1 KiB free
     pieces = lm.stream("abc", max_length=20)
-    with pytest.raises(ArgumentError, match=r"^max_length 20: the KV cache for \d+ row\(s\) would need .* GiB"):
+    with pytest.raises(
+        ArgumentError, match=r"^max_length 20: the KV cache for \d+ row\(s\) would need .* GiB"
+    ):
         next(pieces)  # nothing is yielded (not even the prompt) before the check
     with pytest.raises(ArgumentError, match=r"^max_length 20: the KV cache"):
         lm.generate("abc", max_length=20)
@@ -263,7 +323,9 @@ def test_a_kv_cache_made_directly_is_checked_before_allocating(monkeypatch):
 
     monkeypatch.setattr(memory, "available_memory_bytes", lambda: 10 * 2**20)  # 10 MiB free
     KVCache(2, 1, 2, 64, 8)  # 16 KiB: fine
-    with pytest.raises(ArgumentError, match=r"^KVCache of shape \(2, 1, 2, 1000000, 8\) .* would need .* GiB"):
+    with pytest.raises(
+        ArgumentError, match=r"^KVCache of shape \(2, 1, 2, 1000000, 8\) .* would need .* GiB"
+    ):
         KVCache(2, 1, 2, 10**6, 8)
 
 
@@ -283,4 +345,6 @@ def test_an_empty_prompt_batch_is_an_argument_error(backbone):
 )
 def test_bad_stop_and_pad_ids_are_refused_before_anything_runs(backbone, stops, pad, message):
     with pytest.raises(ArgumentError, match=message):
-        generate_ids(backbone, np.array([[5, 6]]), np.ones((1, 2), bool), 8, GreedySampler(), stops, pad)
+        generate_ids(
+            backbone, np.array([[5, 6]]), np.ones((1, 2), bool), 8, GreedySampler(), stops, pad
+        )

@@ -14,9 +14,7 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
-from conftest import ROOT, golden_path
+from conftest import ROOT, golden_path, requires_numba
 
 KERNEL_RUN = """
 import numpy as np
@@ -36,7 +34,9 @@ print("numba" if use_numba() else "plain", float(p[0]))
 def _read_only_copy(tmp_path):
     """The package copied to tmp_path/pkg, each __pycache__ replaced by a file (no cache can go there)."""
     root = tmp_path / "pkg"
-    shutil.copytree(ROOT / "minibloom", root / "minibloom", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "minibloom", root / "minibloom", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for d in [root / "minibloom", *(p for p in (root / "minibloom").rglob("*") if p.is_dir())]:
         (d / "__pycache__").write_bytes(b"")
     return root
@@ -45,34 +45,49 @@ def _read_only_copy(tmp_path):
 def _run(root, code, **env_extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_") and k != "PYTHONPATH"}
     env.update(PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1", **env_extra)
-    return subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
+@requires_numba
 def test_read_only_tree_falls_back_to_the_user_cache(tmp_path):
     root = _read_only_copy(tmp_path)
-    proc = _run(root, KERNEL_RUN, XDG_CACHE_HOME=str(tmp_path / "cache"), HOME=str(tmp_path / "home"))
+    proc = _run(
+        root, KERNEL_RUN, XDG_CACHE_HOME=str(tmp_path / "cache"), HOME=str(tmp_path / "home")
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == "numba"
-    assert list((tmp_path / "cache" / "numba").rglob("*.nbi")), "numba did not cache in the user-wide directory"
-    assert not [p for p in (root / "minibloom").rglob("*") if p.is_dir() and p.name == "__pycache__"]
+    assert list((tmp_path / "cache" / "numba").rglob("*.nbi")), (
+        "numba did not cache in the user-wide directory"
+    )
+    assert not [
+        p for p in (root / "minibloom").rglob("*") if p.is_dir() and p.name == "__pycache__"
+    ]
 
 
+@requires_numba
 def test_no_writable_cache_anywhere_compiles_without_a_cache(tmp_path):
     """Before minibloom.jit caught it, this import failed: RuntimeError "no locator available"."""
     root = _read_only_copy(tmp_path)
     blocker = tmp_path / "a-file"
     blocker.write_bytes(b"")
-    code = KERNEL_RUN + f"""
+    code = (
+        KERNEL_RUN
+        + f"""
 from minibloom.tokenizer import BloomTokenizer
-print(BloomTokenizer.from_file({str(golden_path('tokenizer.json'))!r}).encode("hello world"))
+print(BloomTokenizer.from_file({str(golden_path("tokenizer.json"))!r}).encode("hello world"))
 """
+    )
     proc = _run(root, code, XDG_CACHE_HOME=str(blocker / "cache"), HOME=str(blocker))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split()[0] == "numba"
     from minibloom.tokenizer import BloomTokenizer
 
-    assert lines[1] == str(BloomTokenizer.from_file(golden_path("tokenizer.json")).encode("hello world"))
+    assert lines[1] == str(
+        BloomTokenizer.from_file(golden_path("tokenizer.json")).encode("hello world")
+    )
     assert not list(tmp_path.rglob("*.nbi"))
 
 

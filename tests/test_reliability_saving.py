@@ -12,8 +12,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, requires_transformers, tree_digest
+
 from minibloom.causal_lm import BloomCausalLM
 from minibloom.checkpoint import INDEX_FILE, JOURNAL, read_checkpoint
 from minibloom.config import BloomConfig
@@ -34,9 +34,19 @@ def _user_files(directory):
     (directory / "eval").mkdir()
     (directory / "eval" / "scores.csv").write_text("step,loss\n1,2.0\n")
     (directory / "my-weights.safetensors.bak").write_bytes(b"\0" * 64)
-    return {k: v for k, v in tree_digest(directory).items() if k in ("NOTES.txt", "eval", "eval/scores.csv",
-                                                                     "my-weights.safetensors.bak", "README.md",
-                                                                     "loss_curve.png")}
+    return {
+        k: v
+        for k, v in tree_digest(directory).items()
+        if k
+        in (
+            "NOTES.txt",
+            "eval",
+            "eval/scores.csv",
+            "my-weights.safetensors.bak",
+            "README.md",
+            "loss_curve.png",
+        )
+    }
 
 
 def _same_files(directory, before):
@@ -61,8 +71,15 @@ def test_saving_back_into_the_shipped_model_keeps_every_other_file_and_f16(tmp_p
     assert sorted(p for p in os.listdir(d) if p.startswith(".")) == []
 
 
-@pytest.mark.parametrize("loaded_as, dtype, stored", [("float32", None, "F16"), ("float16", None, "F16"),
-                                                       ("float32", "float32", "F32"), ("float32", "bfloat16", "BF16")])
+@pytest.mark.parametrize(
+    "loaded_as, dtype, stored",
+    [
+        ("float32", None, "F16"),
+        ("float16", None, "F16"),
+        ("float32", "float32", "F32"),
+        ("float32", "bfloat16", "BF16"),
+    ],
+)
 def test_the_loaded_dtype_is_kept_unless_dtype_says_otherwise(tmp_path, loaded_as, dtype, stored):
     lm = BloomCausalLM.from_preset(SHIPPED, dtype=loaded_as)
     lm.save_to_preset(tmp_path / "m", dtype=dtype)
@@ -73,19 +90,24 @@ def test_a_new_model_is_saved_in_its_in_memory_dtype(tmp_path):
     lm = _tiny()
     lm.save_to_preset(tmp_path / "a")
     assert {dt for dt, _ in read_checkpoint(tmp_path / "a").values()} == {"F32"}
-    BloomCausalLM.from_preset(tmp_path / "a", dtype="float16").save_to_preset(tmp_path / "b", dtype="bfloat16")
+    BloomCausalLM.from_preset(tmp_path / "a", dtype="float16").save_to_preset(
+        tmp_path / "b", dtype="bfloat16"
+    )
     b = BloomCausalLM.from_preset(tmp_path / "b")
     assert b.checkpoint_dtype == "bfloat16"
     b.save_to_preset(tmp_path / "c")
     assert {dt for dt, _ in read_checkpoint(tmp_path / "c").values()} == {"BF16"}
 
 
-@pytest.mark.parametrize("foreign", [
-    '{"name": "my-project", "version": 3}',  # some other tool's config
-    '{"module": "keras_hub.src.models.bloom.bloom_backbone", "class_name": "BloomBackbone", "config": {}}',
-    '{"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 8, "vocab_size": 10}',
-    "not json at all",
-])
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        '{"name": "my-project", "version": 3}',  # some other tool's config
+        '{"module": "keras_hub.src.models.bloom.bloom_backbone", "class_name": "BloomBackbone", "config": {}}',
+        '{"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 8, "vocab_size": 10}',
+        "not json at all",
+    ],
+)
 def test_a_directory_with_a_foreign_config_json_is_refused_untouched(tmp_path, foreign):
     d = tmp_path / "project"
     d.mkdir()
@@ -94,7 +116,10 @@ def test_a_directory_with_a_foreign_config_json_is_refused_untouched(tmp_path, f
     (d / "src").mkdir()
     (d / "src" / "lib.py").write_text("x = 1\n")
     before = tree_digest(d)
-    with pytest.raises(ArgumentError, match=r"project: its config.json is not a BLOOM model config .*nothing was changed"):
+    with pytest.raises(
+        ArgumentError,
+        match=r"project: its config.json is not a BLOOM model config .*nothing was changed",
+    ):
         _tiny().save_to_preset(d)
     assert tree_digest(d) == before
 
@@ -106,7 +131,12 @@ def test_saving_into_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(d)
     _tiny(1).save_to_preset(".")
     _tiny(2).save_to_preset(".")  # and again, over itself
-    assert sorted(os.listdir(d)) == ["config.json", "generation_config.json", "keep.txt", "model.safetensors"]
+    assert sorted(os.listdir(d)) == [
+        "config.json",
+        "generation_config.json",
+        "keep.txt",
+        "model.safetensors",
+    ]
     assert sorted(os.listdir(tmp_path)) == ["here"]  # no stray ..*.old / ..*.tmp beside it
     back = BloomCausalLM.from_preset(d, preprocessor=None)
     np.testing.assert_array_equal(back.params["ln_f.weight"], _tiny(2).params["ln_f.weight"])
@@ -118,15 +148,21 @@ def test_only_the_stale_shards_the_old_index_names_are_removed(tmp_path):
     shards = json.loads((d / INDEX_FILE).read_text())["weight_map"].values()
     assert len(set(shards)) > 2
     (d / "model-00009-of-00009.safetensors").write_bytes(b"a user's file the index does not name")
-    before = _user_files(d) | {"model-00009-of-00009.safetensors": tree_digest(d)["model-00009-of-00009.safetensors"]}
+    before = _user_files(d) | {
+        "model-00009-of-00009.safetensors": tree_digest(d)["model-00009-of-00009.safetensors"]
+    }
     _tiny(1).save_to_preset(d)  # sharded -> single file
     _same_files(d, before)
     assert not (d / INDEX_FILE).exists() and not any((d / s).exists() for s in set(shards))
-    _tiny(2).save_to_preset(d, max_shard_bytes=3000)  # single file -> sharded: model.safetensors goes
+    _tiny(2).save_to_preset(
+        d, max_shard_bytes=3000
+    )  # single file -> sharded: model.safetensors goes
     _same_files(d, before)
     assert not (d / "model.safetensors").exists() and (d / INDEX_FILE).is_file()
     back = BloomCausalLM.from_preset(d, preprocessor=None)
-    np.testing.assert_array_equal(back.params["h.1.mlp.dense_4h_to_h.weight"], _tiny(2).params["h.1.mlp.dense_4h_to_h.weight"])
+    np.testing.assert_array_equal(
+        back.params["h.1.mlp.dense_4h_to_h.weight"], _tiny(2).params["h.1.mlp.dense_4h_to_h.weight"]
+    )
 
 
 def test_a_file_where_the_directory_should_be_is_refused(tmp_path):
@@ -136,12 +172,19 @@ def test_a_file_where_the_directory_should_be_is_refused(tmp_path):
     assert (tmp_path / "model").read_text() == "a file"
 
 
-@pytest.mark.parametrize("journal", [
-    {"format": "minibloom-save", "rename": [[".config.json.abc.tmp", "../outside.json"]], "remove": []},
-    {"format": "minibloom-save", "rename": [], "remove": ["NOTES.txt"]},
-    {"format": "minibloom-save", "rename": [["NOTES.txt", "config.json"]], "remove": []},
-    {"rename": "nope"},
-])
+@pytest.mark.parametrize(
+    "journal",
+    [
+        {
+            "format": "minibloom-save",
+            "rename": [[".config.json.abc.tmp", "../outside.json"]],
+            "remove": [],
+        },
+        {"format": "minibloom-save", "rename": [], "remove": ["NOTES.txt"]},
+        {"format": "minibloom-save", "rename": [["NOTES.txt", "config.json"]], "remove": []},
+        {"rename": "nope"},
+    ],
+)
 def test_a_journal_that_minibloom_did_not_write_is_never_followed(tmp_path, journal):
     d = tmp_path / "m"
     _tiny().save_to_preset(d)

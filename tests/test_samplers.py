@@ -48,7 +48,9 @@ def expected_probs(logits_row, temperature, keep):
 def assert_follows(draws, probs):
     """Chi-square goodness of fit of integer draws to probs; zero-probability ids never drawn."""
     counts = np.bincount(draws, minlength=len(probs))
-    assert counts[probs == 0].sum() == 0, f"drew outside the support: {np.flatnonzero(counts * (probs == 0))}"
+    assert counts[probs == 0].sum() == 0, (
+        f"drew outside the support: {np.flatnonzero(counts * (probs == 0))}"
+    )
     support = probs > 0
     expected = probs[support] * len(draws)
     stat = float(((counts[support] - expected) ** 2 / expected).sum())
@@ -57,7 +59,9 @@ def assert_follows(draws, probs):
         return
     crit = chi2_critical(df)
     print(f"chi2 {stat:.2f} (df {df}, critical {crit:.2f})")
-    assert stat < crit, f"sampled frequencies do not follow the distribution: chi2 {stat:.1f} >= {crit:.1f} (df {df})"
+    assert stat < crit, (
+        f"sampled frequencies do not follow the distribution: chi2 {stat:.1f} >= {crit:.1f} (df {df})"
+    )
 
 
 # Fixed logits: 40 tokens, shuffled so the ranking is not the index order.
@@ -81,7 +85,14 @@ def test_greedy_ties_go_to_the_lowest_id():
     assert GreedySampler().choose(logits).tolist() == [3]
 
 
-@pytest.mark.parametrize("sampler", [TopKSampler(k=5, temperature=0), TopPSampler(p=0.9, temperature=0), RandomSampler(temperature=0)])
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        TopKSampler(k=5, temperature=0),
+        TopPSampler(p=0.9, temperature=0),
+        RandomSampler(temperature=0),
+    ],
+)
 def test_temperature_zero_is_greedy(sampler):
     logits = np.tile(LOGITS, (4, 1))
     assert sampler.choose(logits, sampler.make_rng()).tolist() == [int(RANKED[0])] * 4
@@ -155,7 +166,14 @@ def test_the_statistical_test_rejects_a_wrong_distribution():
 # --- seeds ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [lambda s: TopKSampler(k=10, seed=s), lambda s: TopPSampler(p=0.9, seed=s), lambda s: RandomSampler(seed=s)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: TopKSampler(k=10, seed=s),
+        lambda s: TopPSampler(p=0.9, seed=s),
+        lambda s: RandomSampler(seed=s),
+    ],
+)
 def test_seeded_samplers_repeat_and_seeds_differ(make):
     a = draw_many(make(5), LOGITS, n=1000)
     b = draw_many(make(5), LOGITS, n=1000)

@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, assert_close, requires_tokenizers, requires_transformers
+
 from minibloom import BloomCausalLM
 from minibloom.presets import default_model_dir, list_presets
 
@@ -30,11 +30,19 @@ def card_samples():
 def test_shipped_model_is_the_default_and_small():
     d = default_model_dir()
     assert d.parent == ROOT / "weights"
-    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "loss_curve.png"} <= {p.name for p in d.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "README.md",
+        "loss_curve.png",
+    } <= {p.name for p in d.iterdir()}
     assert sum(p.stat().st_size for p in d.iterdir()) < 25e6
     assert list_presets()[0][0] == "default" and list_presets()[0][2] == d
     lm = BloomCausalLM.from_preset()
-    assert lm.tokenizer is not None and lm.tokenizer.vocabulary_size() <= lm.backbone.config.vocab_size
+    assert (
+        lm.tokenizer is not None and lm.tokenizer.vocabulary_size() <= lm.backbone.config.vocab_size
+    )
 
 
 def test_card_has_greedy_samples_and_they_differ():
@@ -51,9 +59,13 @@ def test_cli_reproduces_model_card_sample(index):
         pytest.skip(f"the card has {len(samples)} samples")
     command, expected = samples[index]
     argv = shlex.split(command)[1:]  # drop the leading "python"
-    run = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
-    assert run.stdout.rstrip("\n") == expected, f"{command}\n--- card:\n{expected}\n--- now:\n{run.stdout}"
+    assert run.stdout.rstrip("\n") == expected, (
+        f"{command}\n--- card:\n{expected}\n--- now:\n{run.stdout}"
+    )
 
 
 @requires_tokenizers
@@ -78,6 +90,8 @@ def test_transformers_gives_the_same_logits():
     mask = np.ones_like(ids, dtype=bool)
     hf = transformers.BloomForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     with torch.no_grad():
-        ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64))).logits.numpy()
+        ref = hf(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64))
+        ).logits.numpy()
     got = lm.predict({"token_ids": ids, "padding_mask": mask})
     assert_close("shipped model logits vs transformers", got, ref, atol=1e-4, rtol=1e-5)

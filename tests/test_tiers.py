@@ -16,23 +16,56 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from minibloom import dispatch
 
-REFERENCE = ("ops", "model", "losses", "kvcache", "optim", "samplers", "tokenizer", "config", "errors")
+REFERENCE = (
+    "ops",
+    "model",
+    "losses",
+    "kvcache",
+    "optim",
+    "samplers",
+    "tokenizer",
+    "config",
+    "errors",
+)
 # What a reference module may import from the package: the other reference modules, the switch
 # (dispatch, and jit for `use_numba`), and nothing else.
 # Infrastructure without numerics is allowed too: the one argument check and the one memory check.
-ALLOWED = {f"minibloom.{m}" for m in REFERENCE} | {"minibloom", "minibloom.dispatch", "minibloom.jit",
-                                                  "minibloom.arguments", "minibloom.memory"}
+ALLOWED = {f"minibloom.{m}" for m in REFERENCE} | {
+    "minibloom",
+    "minibloom.dispatch",
+    "minibloom.jit",
+    "minibloom.arguments",
+    "minibloom.memory",
+}
 # Lazy imports inside one function that serves the keras-style API, each with its reason.
 API_EXCEPTIONS = {
-    ("tokenizer", "minibloom.presets"): "BloomTokenizer.from_preset / the default model's tokenizer.json",
-    ("tokenizer", "minibloom.checkpoint"): "BloomTokenizer.save writes through the one atomic writer",
+    (
+        "tokenizer",
+        "minibloom.presets",
+    ): "BloomTokenizer.from_preset / the default model's tokenizer.json",
+    (
+        "tokenizer",
+        "minibloom.checkpoint",
+    ): "BloomTokenizer.save writes through the one atomic writer",
 }
-STDLIB_OK = {"math", "typing", "dataclasses", "json", "pathlib", "os", "importlib", "collections", "heapq", "codecs",
-             "argparse", "stat"}
+STDLIB_OK = {
+    "math",
+    "typing",
+    "dataclasses",
+    "json",
+    "pathlib",
+    "os",
+    "importlib",
+    "collections",
+    "heapq",
+    "codecs",
+    "argparse",
+    "stat",
+}
 
 
 def _imports(path):
@@ -63,15 +96,26 @@ def test_every_fast_twin_has_its_references_signature():
     from minibloom import ops
     from minibloom.kernels import ops as fast_ops
 
-    pairs = [(getattr(ops, n), getattr(fast_ops, n)) for n in dir(fast_ops)
-             if inspect.isfunction(getattr(fast_ops, n)) and getattr(fast_ops, n).__module__ == fast_ops.__name__
-             and hasattr(ops, n)]
+    pairs = [
+        (getattr(ops, n), getattr(fast_ops, n))
+        for n in dir(fast_ops)
+        if inspect.isfunction(getattr(fast_ops, n))
+        and getattr(fast_ops, n).__module__ == fast_ops.__name__
+        and hasattr(ops, n)
+    ]
     assert len(pairs) >= 6  # linear, lm head, gelu x2, attention x2
     for key, (module, name) in dispatch.FAST.items():
         ref_module, ref_name = key.rsplit(".", 1)
-        pairs.append((getattr(importlib.import_module(ref_module), ref_name), getattr(importlib.import_module(module), name)))
+        pairs.append(
+            (
+                getattr(importlib.import_module(ref_module), ref_name),
+                getattr(importlib.import_module(module), name),
+            )
+        )
     for ref, fast in pairs:
-        assert inspect.signature(ref) == inspect.signature(fast), f"{fast.__module__}.{fast.__name__}"
+        assert inspect.signature(ref) == inspect.signature(fast), (
+            f"{fast.__module__}.{fast.__name__}"
+        )
 
 
 _NO_NUMBA = """
@@ -100,8 +144,14 @@ print("reference ok", round(float(loss), 3))
 
 
 def _run(code, **env):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env}, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+        cwd=ROOT,
+    )
 
 
 def test_the_reference_runs_without_numba():
@@ -111,6 +161,7 @@ def test_the_reference_runs_without_numba():
 
 def test_minibloom_numba_0_never_loads_a_kernel_module():
     code = _NO_NUMBA.replace('sys.modules["numba"] = None', "pass").replace(
-        "assert jit.numba is None and not jit.use_numba()", "assert not jit.use_numba()")
+        "assert jit.numba is None and not jit.use_numba()", "assert not jit.use_numba()"
+    )
     r = _run(code, MINIBLOOM_NUMBA="0")
     assert r.returncode == 0 and "reference ok" in r.stdout, r.stderr[-2000:]

@@ -9,14 +9,13 @@ import contextlib
 import gc
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, golden_path, requires_tokenizers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, golden_path, requires_tokenizers
 from minibloom.errors import ArgumentError, TokenizerError
 from minibloom.kernels import bpe
 from minibloom.tokenizer import SPLIT_EXCLUDED, BloomTokenizer, bytes_to_unicode, split_pieces
@@ -70,7 +69,9 @@ def test_golden_corpus_matches_its_hash(golden):
     import hashlib
 
     meta = json.loads(str(golden["meta"]))
-    assert hashlib.sha256(CORPUS.read_bytes()).hexdigest() == meta["corpus_sha256"], "corpus changed: run tools/make_golden.py tokenizer"
+    assert hashlib.sha256(CORPUS.read_bytes()).hexdigest() == meta["corpus_sha256"], (
+        "corpus changed: run tools/make_golden.py tokenizer"
+    )
 
 
 @pytest.mark.parametrize("numba", [True, False], ids=["numba", "plain"])
@@ -78,8 +79,14 @@ def test_golden_ids_every_line(tok, golden, corpus, numba):
     ids, offsets = golden["ids"], golden["offsets"]
     assert len(offsets) == len(corpus) + 1
     with numba_switch(numba):
-        mismatches = [i for i, line in enumerate(corpus) if tok.encode(line) != ids[offsets[i] : offsets[i + 1]].tolist()]
-    assert not mismatches, f"{len(mismatches)} lines differ from HF, first: {corpus[mismatches[0]]!r}"
+        mismatches = [
+            i
+            for i, line in enumerate(corpus)
+            if tok.encode(line) != ids[offsets[i] : offsets[i + 1]].tolist()
+        ]
+    assert not mismatches, (
+        f"{len(mismatches)} lines differ from HF, first: {corpus[mismatches[0]]!r}"
+    )
 
 
 def test_golden_corpus_round_trips(tok, corpus):
@@ -91,7 +98,10 @@ def test_golden_decode_of_random_ids(tok, golden, skip):
     """HF's decode of random id runs: specials, ids past the vocab, byte tokens forming broken UTF-8."""
     ids, offsets = golden["decode_ids"], golden["decode_offsets"]
     expected = json.loads(str(golden["decode_text_skip" if skip else "decode_text"]))
-    got = [tok.decode(ids[offsets[i] : offsets[i + 1]], skip_special_tokens=skip) for i in range(len(expected))]
+    got = [
+        tok.decode(ids[offsets[i] : offsets[i + 1]], skip_special_tokens=skip)
+        for i in range(len(expected))
+    ]
     assert got == expected
 
 
@@ -217,11 +227,20 @@ def test_long_pieces_merge_like_short_ones():
                 plain = t.encode(text)
             with numba_switch(True):
                 assert t.encode(text) == plain, (n, text[:12])
-    assert t.encode("a" * (bpe.LONG_PIECE + 3)) == [260] * ((bpe.LONG_PIECE + 3) // 4) + [256, ord("a")]
+    assert t.encode("a" * (bpe.LONG_PIECE + 3)) == [260] * ((bpe.LONG_PIECE + 3) // 4) + [
+        256,
+        ord("a"),
+    ]
 
 
 @HYPOTHESIS
-@given(text=st.text(alphabet=st.sampled_from(list("aeinrstx\u00e9\u00fc\u6f22\u5b57")), min_size=60, max_size=400))
+@given(
+    text=st.text(
+        alphabet=st.sampled_from(list("aeinrstx\u00e9\u00fc\u6f22\u5b57")),
+        min_size=60,
+        max_size=400,
+    )
+)
 def test_numba_equals_plain_on_long_pieces(tok, text):
     with numba_switch(True):
         fast = tok.encode(text)
@@ -231,9 +250,17 @@ def test_numba_equals_plain_on_long_pieces(tok, text):
 
 
 # Text generators aimed at the pre-tokenizer's corners, used by several property tests.
-_TRICKY = list(SPLIT_EXCLUDED) + list("'-:;\"/_@#<>s/padunk") + ["<s>", "</s>", "<pad>", "<unk>", "\x1c", "\x1f", "\u180e", "\u200b"]
-tricky_text = st.lists(st.one_of(st.sampled_from(_TRICKY), st.text(max_size=4)), max_size=30).map("".join)
-any_text = st.one_of(st.text(max_size=60), tricky_text, st.text(alphabet=st.characters(codec="utf-8"), max_size=200))
+_TRICKY = (
+    list(SPLIT_EXCLUDED)
+    + list("'-:;\"/_@#<>s/padunk")
+    + ["<s>", "</s>", "<pad>", "<unk>", "\x1c", "\x1f", "\u180e", "\u200b"]
+)
+tricky_text = st.lists(st.one_of(st.sampled_from(_TRICKY), st.text(max_size=4)), max_size=30).map(
+    "".join
+)
+any_text = st.one_of(
+    st.text(max_size=60), tricky_text, st.text(alphabet=st.characters(codec="utf-8"), max_size=200)
+)
 
 
 @HYPOTHESIS
@@ -278,7 +305,9 @@ def added_pair(tmp_path_factory):
     from tokenizers import AddedToken, Tokenizer
 
     hf = Tokenizer.from_file(str(golden_path("tokenizer.json")))
-    hf.add_tokens([AddedToken("ab<x>", special=False), AddedToken("é<x>", special=False, normalized=False)])
+    hf.add_tokens(
+        [AddedToken("ab<x>", special=False), AddedToken("é<x>", special=False, normalized=False)]
+    )
     hf.add_special_tokens([AddedToken("<x>", special=True), AddedToken("<x><s>", special=True)])
     path = tmp_path_factory.mktemp("added") / "tokenizer.json"
     hf.save(str(path))
@@ -287,7 +316,12 @@ def added_pair(tmp_path_factory):
 
 @requires_tokenizers
 @HYPOTHESIS
-@given(text=st.lists(st.sampled_from(["ab", "<x>", "é<x>", "ab<x>", "<s>", "s>", " ", "c", "\n", "<x><s>"]), max_size=20).map("".join))
+@given(
+    text=st.lists(
+        st.sampled_from(["ab", "<x>", "é<x>", "ab<x>", "<s>", "s>", " ", "c", "\n", "<x><s>"]),
+        max_size=20,
+    ).map("".join)
+)
 def test_live_parity_extra_added_tokens(added_pair, text):
     mine, hf = added_pair
     assert mine.encode(text) == hf.encode(text).ids
@@ -302,11 +336,19 @@ def test_live_parity_extra_added_tokens(added_pair, text):
 
 
 def test_api_names(tok):
-    assert (tok.unk_token_id, tok.start_token_id, tok.end_token_id, tok.pad_token_id) == (0, 1, 2, 3)
+    assert (tok.unk_token_id, tok.start_token_id, tok.end_token_id, tok.pad_token_id) == (
+        0,
+        1,
+        2,
+        3,
+    )
     assert (tok.bos_token_id, tok.eos_token_id) == (1, 2)
     assert tok.vocabulary_size() == 8000
     assert tok.id_to_token(2) == "</s>" and tok.token_to_id("</s>") == 2
-    assert tok.token_to_id("Ġworld") is not None and tok.id_to_token(tok.token_to_id("Ġworld")) == "Ġworld"
+    assert (
+        tok.token_to_id("Ġworld") is not None
+        and tok.id_to_token(tok.token_to_id("Ġworld")) == "Ġworld"
+    )
     assert tok.id_to_token(10**6) is None and tok.token_to_id("not a token") is None
     ids = tok("Hello world</s>")
     assert ids == tok.encode("Hello world</s>") and ids[-1] == 2
@@ -392,10 +434,25 @@ def _set(keys, value):
     "change, message",
     [
         (_set(["normalizer"], {"type": "NFC"}), "normalizer should be null"),
-        (_set(["pre_tokenizer"], {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}), "pre_tokenizer should be"),
-        (_set(["pre_tokenizer", "pretokenizers", 0, "pattern"], {"Regex": " ?[^\\s]+"}), "pre_tokenizer's Split"),
-        (_set(["pre_tokenizer", "pretokenizers", 0, "pattern"], {"String": " "}), "pre_tokenizer's Split"),
-        (_set(["pre_tokenizer", "pretokenizers", 0, "behavior"], "Removed"), "pre_tokenizer's Split"),
+        (
+            _set(
+                ["pre_tokenizer"],
+                {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
+            ),
+            "pre_tokenizer should be",
+        ),
+        (
+            _set(["pre_tokenizer", "pretokenizers", 0, "pattern"], {"Regex": " ?[^\\s]+"}),
+            "pre_tokenizer's Split",
+        ),
+        (
+            _set(["pre_tokenizer", "pretokenizers", 0, "pattern"], {"String": " "}),
+            "pre_tokenizer's Split",
+        ),
+        (
+            _set(["pre_tokenizer", "pretokenizers", 0, "behavior"], "Removed"),
+            "pre_tokenizer's Split",
+        ),
         (_set(["pre_tokenizer", "pretokenizers", 1, "add_prefix_space"], True), "ByteLevel"),
         (_set(["pre_tokenizer", "pretokenizers", 1, "use_regex"], True), "ByteLevel"),
         (_set(["post_processor"], {"type": "TemplateProcessing"}), "post_processor"),

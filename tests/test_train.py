@@ -11,8 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import GOLDEN, ROOT, assert_close, golden_path, requires_transformers
+
 from minibloom.causal_lm import BloomCausalLM
 from minibloom.errors import ArgumentError, TrainingError
 from minibloom.model import BloomBackbone
@@ -31,10 +31,21 @@ def _golden_run(model_dir, batches):
     """minibloom's Trainer over the golden batches; returns (losses, grad norms, lrs, params)."""
     lm = BloomCausalLM.from_preset(str(model_dir), preprocessor=None)
     steps = len(batches["y"])
-    flat = {k: np.asarray(batches[k]).reshape(-1, batches[k].shape[-1]) for k in ("token_ids", "padding_mask", "y", "sample_weight")}
-    data = ArrayDataset({"token_ids": flat["token_ids"], "padding_mask": flat["padding_mask"]}, flat["y"], flat["sample_weight"])
-    opt = AdamW(WarmupCosineSchedule(1e-2, 2, steps), weight_decay=0.1, exclude_from_weight_decay=BIAS_AND_NORM,
-                global_clipnorm=1.0)
+    flat = {
+        k: np.asarray(batches[k]).reshape(-1, batches[k].shape[-1])
+        for k in ("token_ids", "padding_mask", "y", "sample_weight")
+    }
+    data = ArrayDataset(
+        {"token_ids": flat["token_ids"], "padding_mask": flat["padding_mask"]},
+        flat["y"],
+        flat["sample_weight"],
+    )
+    opt = AdamW(
+        WarmupCosineSchedule(1e-2, 2, steps),
+        weight_decay=0.1,
+        exclude_from_weight_decay=BIAS_AND_NORM,
+        global_clipnorm=1.0,
+    )
     norms = []
     trainer = Trainer(lm, opt, data, batch_size=batches["y"].shape[1], shuffle=False)
     hist = trainer.run(max_steps=steps, on_step=lambda t, loss, norm, lr: norms.append(norm))
@@ -55,7 +66,7 @@ def test_ten_adamw_steps_match_torch_golden():
     ref = np.load(golden_path("train/reference.npz"))
     batches = {k: ref[k] for k in ("token_ids", "padding_mask", "y", "sample_weight")}
     got = _golden_run(GOLDEN / "train" / "model", batches)
-    ref_params = {k[len("param:"):]: ref[k] for k in ref.files if k.startswith("param:")}
+    ref_params = {k[len("param:") :]: ref[k] for k in ref.files if k.startswith("param:")}
     _check_against(ref["losses"], ref["grad_norms"], ref["learning_rates"], ref_params, got)
     assert got[0][-1] < got[0][0]  # the loss went down over the 10 steps
 
@@ -64,12 +75,17 @@ def test_ten_adamw_steps_match_torch_golden():
 def test_ten_adamw_steps_match_torch_live(tmp_path):
     sys.path.insert(0, str(ROOT / "tools"))
     import golden_train
-
     import torch
     from transformers import BloomConfig, BloomForCausalLM
 
     torch.manual_seed(1)  # a different model and batches than the golden file
-    config = BloomConfig(vocab_size=golden_train.VOCAB, hidden_size=48, n_layer=2, n_head=6, attn_implementation="eager")
+    config = BloomConfig(
+        vocab_size=golden_train.VOCAB,
+        hidden_size=48,
+        n_layer=2,
+        n_head=6,
+        attn_implementation="eager",
+    )
     BloomForCausalLM(config).save_pretrained(tmp_path, safe_serialization=True)
     batches = golden_train.make_batches(seed=1)
     ref = golden_train.run_torch(tmp_path, batches)
@@ -94,12 +110,22 @@ class ByteTokenizer:
         return bytes(i - 4 for i in ids if i >= 4).decode("utf-8", "replace")
 
 
-TEXTS = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog", "the mat and the log",
-         "on the mat the cat sat", "the log the dog", "cat dog cat dog", "sat on a mat"]
+TEXTS = [
+    "the cat sat on the mat",
+    "the dog sat on the log",
+    "a cat and a dog",
+    "the mat and the log",
+    "on the mat the cat sat",
+    "the log the dog",
+    "cat dog cat dog",
+    "sat on a mat",
+]
 
 
 def _tiny_lm(seed=0, dropout=0.0):
-    backbone = BloomBackbone(vocabulary_size=260, num_layers=2, num_heads=6, hidden_dim=48, dropout=dropout, seed=seed)
+    backbone = BloomBackbone(
+        vocabulary_size=260, num_layers=2, num_heads=6, hidden_dim=48, dropout=dropout, seed=seed
+    )
     return BloomCausalLM(backbone, BloomCausalLMPreprocessor(ByteTokenizer(), sequence_length=16))
 
 
@@ -150,10 +176,22 @@ class _EmptyData:
 def _trainer(tmp_path, name, dropout=0.1, accumulate_steps=2):
     lm = _tiny_lm(seed=3, dropout=dropout)
     data = ArrayDataset(*lm.preprocessor(TEXTS))
-    opt = AdamW(WarmupCosineSchedule(5e-3, 2, 12), weight_decay=0.1, exclude_from_weight_decay=BIAS_AND_NORM,
-                global_clipnorm=1.0)
-    return Trainer(lm, opt, data, batch_size=2, seed=5, accumulate_steps=accumulate_steps,
-                   checkpoint_dir=tmp_path / name, save_every=2)
+    opt = AdamW(
+        WarmupCosineSchedule(5e-3, 2, 12),
+        weight_decay=0.1,
+        exclude_from_weight_decay=BIAS_AND_NORM,
+        global_clipnorm=1.0,
+    )
+    return Trainer(
+        lm,
+        opt,
+        data,
+        batch_size=2,
+        seed=5,
+        accumulate_steps=accumulate_steps,
+        checkpoint_dir=tmp_path / name,
+        save_every=2,
+    )
 
 
 def test_interrupt_and_resume_is_bit_identical(tmp_path):
@@ -207,8 +245,15 @@ def test_resume_refuses_a_different_data_setup(tmp_path):
     t = _trainer(tmp_path, "ck", dropout=0.0)
     t.run(max_steps=2)
     lm = _tiny_lm(seed=3)
-    other = Trainer(lm, AdamW(1e-3), ArrayDataset(*lm.preprocessor(TEXTS)), batch_size=4, seed=5, accumulate_steps=2,
-                    checkpoint_dir=tmp_path / "ck")
+    other = Trainer(
+        lm,
+        AdamW(1e-3),
+        ArrayDataset(*lm.preprocessor(TEXTS)),
+        batch_size=4,
+        seed=5,
+        accumulate_steps=2,
+        checkpoint_dir=tmp_path / "ck",
+    )
     with pytest.raises(TrainingError, match="batch_size=2"):
         other.load_checkpoint()
     with pytest.raises(TrainingError, match="no checkpoint"):
@@ -225,11 +270,39 @@ def test_cli_train_writes_checkpoints_curve_and_model_then_resumes(tmp_path, mon
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # the [plot] extra missing -> CSV only
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(60)), encoding="utf-8")
+    corpus.write_text(
+        "\n\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(60)),
+        encoding="utf-8",
+    )
     out = tmp_path / "run"
-    common = ["train", "--data", str(corpus), "--out", str(out), "--tokenizer", str(golden_path("tokenizer.json")),
-              "--layers", "1", "--hidden", "24", "--heads", "3", "--seq-len", "16", "--batch-size", "4",
-              "--lr", "1e-2", "--eval-every", "2", "--eval-batches", "1", "--save-every", "2", "--no-progress"]
+    common = [
+        "train",
+        "--data",
+        str(corpus),
+        "--out",
+        str(out),
+        "--tokenizer",
+        str(golden_path("tokenizer.json")),
+        "--layers",
+        "1",
+        "--hidden",
+        "24",
+        "--heads",
+        "3",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-2",
+        "--eval-every",
+        "2",
+        "--eval-batches",
+        "1",
+        "--save-every",
+        "2",
+        "--no-progress",
+    ]
     assert main(common + ["--steps", "4"]) == 0
     text = capsys.readouterr().out
     assert "held-out loss" in text and "matplotlib is not installed" in text
@@ -256,7 +329,21 @@ def test_cli_train_errors(tmp_path, capsys):
 
     corpus = tmp_path / "tiny.txt"
     corpus.write_text("too short", encoding="utf-8")
-    rc = main(["train", "--data", str(corpus), "--out", str(tmp_path / "o"), "--tokenizer",
-               str(golden_path("tokenizer.json")), "--seq-len", "64", "--steps", "1", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(corpus),
+            "--out",
+            str(tmp_path / "o"),
+            "--tokenizer",
+            str(golden_path("tokenizer.json")),
+            "--seq-len",
+            "64",
+            "--steps",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 2
     assert "minibloom: error: " in capsys.readouterr().err

@@ -67,7 +67,10 @@ PROMPTS = [
     "The robot",
     "The train left the",
 ]
-BATCHES = [["The cat", "The dog ran to the park", "We cooked rice"], ["Le chat dort", "The", "The teacher asked"]]
+BATCHES = [
+    ["The cat", "The dog ran to the park", "We cooked rice"],
+    ["Le chat dort", "The", "The teacher asked"],
+]
 
 
 def _train_tokenizer(tokenizers):
@@ -76,7 +79,9 @@ def _train_tokenizer(tokenizers):
     tok = tokenizers.Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(" ?[^(\\s|[.,!?…。，、।۔،])]+"), behavior="isolated", invert=False),
+            pre_tokenizers.Split(
+                Regex(" ?[^(\\s|[.,!?…。，、।۔،])]+"), behavior="isolated", invert=False
+            ),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ]
     )
@@ -94,7 +99,13 @@ def _train_tokenizer(tokenizers):
 def _train_model(torch, transformers, stream_ids, vocab):
     torch.manual_seed(SEED)
     config = transformers.BloomConfig(
-        vocab_size=vocab, hidden_size=64, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2, pad_token_id=3
+        vocab_size=vocab,
+        hidden_size=64,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
     )
     model = transformers.BloomForCausalLM(config)
     model.train()
@@ -146,10 +157,20 @@ def make(out_dir: Path) -> None:
     tok.save(str(out / "model" / "tokenizer.json"))
 
     def run(ids, mask, **kw):
-        cfg = GenerationConfig(bos_token_id=1, pad_token_id=3, do_sample=False, return_dict_in_generate=True,
-                               output_scores=True, **kw)
+        cfg = GenerationConfig(
+            bos_token_id=1,
+            pad_token_id=3,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_scores=True,
+            **kw,
+        )
         with torch.no_grad():
-            res = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), generation_config=cfg)
+            res = model.generate(
+                input_ids=torch.tensor(ids),
+                attention_mask=torch.tensor(mask),
+                generation_config=cfg,
+            )
         return res
 
     cases = []
@@ -157,14 +178,32 @@ def make(out_dir: Path) -> None:
     for prompt, ids in zip(PROMPTS, encode):
         for eos in (None, 2):
             res = run([ids], [[1] * len(ids)], max_length=len(ids) + 20, eos_token_id=eos)
-            cases.append(dict(kind="greedy", text=[prompt], token_ids=[ids], padding_mask=[[1] * len(ids)],
-                              max_length=len(ids) + 20, eos_token_id=eos, sequences=res.sequences.tolist()))
+            cases.append(
+                dict(
+                    kind="greedy",
+                    text=[prompt],
+                    token_ids=[ids],
+                    padding_mask=[[1] * len(ids)],
+                    max_length=len(ids) + 20,
+                    eos_token_id=eos,
+                    sequences=res.sequences.tolist(),
+                )
+            )
     for batch in BATCHES:
         ids, mask = _left_pad([tok.encode(p).ids for p in batch], 3)
         for eos in (None, 2):
             res = run(ids, mask, max_length=len(ids[0]) + 16, eos_token_id=eos)
-            cases.append(dict(kind="greedy", text=batch, token_ids=ids, padding_mask=mask,
-                              max_length=len(ids[0]) + 16, eos_token_id=eos, sequences=res.sequences.tolist()))
+            cases.append(
+                dict(
+                    kind="greedy",
+                    text=batch,
+                    token_ids=ids,
+                    padding_mask=mask,
+                    max_length=len(ids[0]) + 16,
+                    eos_token_id=eos,
+                    sequences=res.sequences.tolist(),
+                )
+            )
     beam_settings = [
         dict(num_beams=3, length_penalty=1.0, early_stopping=False),
         dict(num_beams=4, length_penalty=0.5, early_stopping=True),
@@ -174,39 +213,110 @@ def make(out_dir: Path) -> None:
     for i, setting in enumerate(beam_settings):
         for prompt in PROMPTS[i::4][:2]:
             ids = tok.encode(prompt).ids
-            res = run([ids], [[1] * len(ids)], max_length=len(ids) + 16, eos_token_id=2,
-                      num_return_sequences=setting["num_beams"], **setting)
-            cases.append(dict(kind="beam", text=[prompt], token_ids=[ids], padding_mask=[[1] * len(ids)],
-                              max_length=len(ids) + 16, eos_token_id=2, **setting,
-                              sequences=res.sequences.tolist(), sequences_scores=res.sequences_scores.tolist()))
+            res = run(
+                [ids],
+                [[1] * len(ids)],
+                max_length=len(ids) + 16,
+                eos_token_id=2,
+                num_return_sequences=setting["num_beams"],
+                **setting,
+            )
+            cases.append(
+                dict(
+                    kind="beam",
+                    text=[prompt],
+                    token_ids=[ids],
+                    padding_mask=[[1] * len(ids)],
+                    max_length=len(ids) + 16,
+                    eos_token_id=2,
+                    **setting,
+                    sequences=res.sequences.tolist(),
+                    sequences_scores=res.sequences_scores.tolist(),
+                )
+            )
     ids, mask = _left_pad([tok.encode(p).ids for p in BATCHES[0]], 3)
     for eos in (None, 2):
-        res = run(ids, mask, max_length=len(ids[0]) + 12, eos_token_id=eos, num_beams=3, num_return_sequences=3)
-        cases.append(dict(kind="beam", text=BATCHES[0], token_ids=ids, padding_mask=mask, max_length=len(ids[0]) + 12,
-                          eos_token_id=eos, num_beams=3, length_penalty=1.0, early_stopping=False,
-                          sequences=res.sequences.tolist(), sequences_scores=res.sequences_scores.tolist()))
+        res = run(
+            ids,
+            mask,
+            max_length=len(ids[0]) + 12,
+            eos_token_id=eos,
+            num_beams=3,
+            num_return_sequences=3,
+        )
+        cases.append(
+            dict(
+                kind="beam",
+                text=BATCHES[0],
+                token_ids=ids,
+                padding_mask=mask,
+                max_length=len(ids[0]) + 12,
+                eos_token_id=eos,
+                num_beams=3,
+                length_penalty=1.0,
+                early_stopping=False,
+                sequences=res.sequences.tolist(),
+                sequences_scores=res.sequences_scores.tolist(),
+            )
+        )
 
     # The parity tests are only meaningful if the outputs vary and sometimes stop on </s>.
-    greedy_new = [tok_id for c in cases if c["kind"] == "greedy" for row in c["sequences"] for tok_id in row[len(c["token_ids"][0]):]]
+    greedy_new = [
+        tok_id
+        for c in cases
+        if c["kind"] == "greedy"
+        for row in c["sequences"]
+        for tok_id in row[len(c["token_ids"][0]) :]
+    ]
     distinct = len(set(greedy_new))
-    stopped = sum(1 for c in cases if c["kind"] == "greedy" and c["eos_token_id"] == 2 and len(c["sequences"][0]) < c["max_length"])
+    stopped = sum(
+        1
+        for c in cases
+        if c["kind"] == "greedy"
+        and c["eos_token_id"] == 2
+        and len(c["sequences"][0]) < c["max_length"]
+    )
     no_stop = [c for c in cases if c["kind"] == "greedy" and c["eos_token_id"] is None]
-    assert all(len(c["sequences"][0]) == c["max_length"] for c in no_stop), "eos_token_id=None runs must reach max_length"
-    assert any(2 in row for c in no_stop for row in c["sequences"]), "no run without a stop id goes past a </s>"
-    print(f"  greedy continuations: {distinct} distinct tokens; {stopped} stop-token cases ended early")
-    assert distinct >= 40, f"greedy outputs too repetitive ({distinct} distinct tokens): train longer"
+    assert all(len(c["sequences"][0]) == c["max_length"] for c in no_stop), (
+        "eos_token_id=None runs must reach max_length"
+    )
+    assert any(2 in row for c in no_stop for row in c["sequences"]), (
+        "no run without a stop id goes past a </s>"
+    )
+    print(
+        f"  greedy continuations: {distinct} distinct tokens; {stopped} stop-token cases ended early"
+    )
+    assert distinct >= 40, (
+        f"greedy outputs too repetitive ({distinct} distinct tokens): train longer"
+    )
     assert stopped >= 3, "too few greedy runs stopped on </s>"
-    greedy_of = {(c["text"][0], c["eos_token_id"]): c["sequences"][0] for c in cases if c["kind"] == "greedy" and len(c["text"]) == 1}
-    differ = sum(1 for c in cases if c["kind"] == "beam" and len(c["text"]) == 1 and c["sequences"][0] != greedy_of[(c["text"][0], 2)])
+    greedy_of = {
+        (c["text"][0], c["eos_token_id"]): c["sequences"][0]
+        for c in cases
+        if c["kind"] == "greedy" and len(c["text"]) == 1
+    }
+    differ = sum(
+        1
+        for c in cases
+        if c["kind"] == "beam"
+        and len(c["text"]) == 1
+        and c["sequences"][0] != greedy_of[(c["text"][0], 2)]
+    )
     print(f"  beam search differs from greedy in {differ} single-prompt cases")
-    assert differ >= 2, "beam search equals greedy almost everywhere: the beam cases would not test much"
+    assert differ >= 2, (
+        "beam search equals greedy almost everywhere: the beam cases would not test much"
+    )
 
     meta = dict(
         part="generate",
         seed=SEED,
         steps=STEPS,
-        versions=dict(torch=torch.__version__, transformers=transformers.__version__, tokenizers=tokenizers.__version__,
-                      numpy=np.__version__),
+        versions=dict(
+            torch=torch.__version__,
+            transformers=transformers.__version__,
+            tokenizers=tokenizers.__version__,
+            numpy=np.__version__,
+        ),
         cases=cases,
     )
     tmp = out / "cases.json.tmp"

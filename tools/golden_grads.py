@@ -32,8 +32,12 @@ import numpy as np
 SEED = 1234
 VOCAB = 128
 MODELS = {
-    "pre_ln": dict(hidden_size=36, n_layer=2, n_head=6, apply_residual_connection_post_layernorm=False),
-    "post_ln": dict(hidden_size=36, n_layer=2, n_head=6, apply_residual_connection_post_layernorm=True),
+    "pre_ln": dict(
+        hidden_size=36, n_layer=2, n_head=6, apply_residual_connection_post_layernorm=False
+    ),
+    "post_ln": dict(
+        hidden_size=36, n_layer=2, n_head=6, apply_residual_connection_post_layernorm=True
+    ),
 }
 
 
@@ -61,7 +65,13 @@ def make_batches(rng):
     labels = np.where(mask, ids, -100)
     # HF shifts labels inside; our y is already shifted, the last position has no target
     y = np.concatenate([labels[:, 1:], np.full((B, 1), -100)], axis=1)
-    hf_labels = dict(token_ids=ids, padding_mask=mask, y=y, sample_weight=np.ones((B, T), np.float32), labels=labels)
+    hf_labels = dict(
+        token_ids=ids,
+        padding_mask=mask,
+        y=y,
+        sample_weight=np.ones((B, T), np.float32),
+        labels=labels,
+    )
 
     ids2 = rng.integers(4, VOCAB, size=(B, T), dtype=np.int64)
     mask2 = np.ones((B, T), dtype=bool)
@@ -84,7 +94,13 @@ def make(out_dir: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     for i, (name, overrides) in enumerate(MODELS.items()):
-        config = BloomConfig(vocab_size=VOCAB, hidden_dropout=0.0, attention_dropout=0.0, attn_implementation="eager", **overrides)
+        config = BloomConfig(
+            vocab_size=VOCAB,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            attn_implementation="eager",
+            **overrides,
+        )
         model = BloomForCausalLM(config)
         _randomize(model, torch, SEED + i)
         model.save_pretrained(root / name)
@@ -92,12 +108,19 @@ def make(out_dir: Path) -> None:
         out = {}
         for bname, b in make_batches(np.random.default_rng(SEED + i)).items():
             model.zero_grad()
-            ids, mask = torch.tensor(b["token_ids"]), torch.tensor(b["padding_mask"].astype(np.int64))
+            ids, mask = (
+                torch.tensor(b["token_ids"]),
+                torch.tensor(b["padding_mask"].astype(np.int64)),
+            )
             if "labels" in b:
-                loss = model(input_ids=ids, attention_mask=mask, labels=torch.tensor(b["labels"])).loss
+                loss = model(
+                    input_ids=ids, attention_mask=mask, labels=torch.tensor(b["labels"])
+                ).loss
             else:
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (B, T, V)
-                ce = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), torch.tensor(b["y"]).reshape(-1), reduction="none")
+                ce = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, VOCAB), torch.tensor(b["y"]).reshape(-1), reduction="none"
+                )
                 w = torch.tensor(b["sample_weight"]).reshape(-1)
                 loss = (w * ce).sum() / w.sum()
             loss.backward()
@@ -107,10 +130,21 @@ def make(out_dir: Path) -> None:
             for pname, p in model.named_parameters():
                 if pname == "lm_head.weight":  # tied: same tensor as the embedding, listed once
                     continue
-                out[f"{bname}.grad.{pname.removeprefix('transformer.')}"] = p.grad.detach().numpy().astype(np.float32)
-        meta = dict(seed=SEED, config=config.to_dict(), torch=torch.__version__, transformers=transformers.__version__, numpy=np.__version__)
+                out[f"{bname}.grad.{pname.removeprefix('transformer.')}"] = (
+                    p.grad.detach().numpy().astype(np.float32)
+                )
+        meta = dict(
+            seed=SEED,
+            config=config.to_dict(),
+            torch=torch.__version__,
+            transformers=transformers.__version__,
+            numpy=np.__version__,
+        )
         out["meta"] = np.array(json.dumps(meta, default=str))
         tmp = root / name / "reference.tmp.npz"
         np.savez_compressed(tmp, **out)
         tmp.replace(root / name / "reference.npz")
-        print(f"  grads/{name}: " + ", ".join(f"{k}={out[f'{k}.loss']:.6f}" for k in ("hf_labels", "weighted")))
+        print(
+            f"  grads/{name}: "
+            + ", ".join(f"{k}={out[f'{k}.loss']:.6f}" for k in ("hf_labels", "weighted"))
+        )

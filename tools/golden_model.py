@@ -32,7 +32,12 @@ VOCAB = 300
 MODELS = {
     # name: (config overrides, stored dtype, save the base model (no prefix)?, max_shard_size)
     "h6_prefix": (dict(hidden_size=48, n_layer=2, n_head=6), "float32", False, None),
-    "post_ln_bare": (dict(hidden_size=48, n_layer=2, n_head=4, apply_residual_connection_post_layernorm=True), "float32", True, None),
+    "post_ln_bare": (
+        dict(hidden_size=48, n_layer=2, n_head=4, apply_residual_connection_post_layernorm=True),
+        "float32",
+        True,
+        None,
+    ),
     "f16": (dict(hidden_size=48, n_layer=2, n_head=6), "float16", False, None),
     "bf16": (dict(hidden_size=48, n_layer=2, n_head=3), "bfloat16", True, None),
     "sharded": (dict(hidden_size=48, n_layer=3, n_head=6), "float32", False, "60KB"),
@@ -70,7 +75,11 @@ def make(out_dir: Path) -> None:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
+    versions = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+    }
     for k, (name, (overrides, dtype, bare, shard)) in enumerate(MODELS.items()):
         torch.manual_seed(k)
         config = BloomConfig(vocab_size=VOCAB, **overrides, attn_implementation="eager")
@@ -84,7 +93,9 @@ def make(out_dir: Path) -> None:
 
         # The reference reloads what was saved, so half-precision variants are compared on the
         # exact stored weights widened to float32.
-        ref = BloomForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+        ref = BloomForCausalLM.from_pretrained(
+            d, dtype=torch.float32, attn_implementation="eager"
+        ).eval()
         ids, mask = make_inputs(np.random.default_rng(k))
         with torch.no_grad():
             out = ref(
@@ -101,7 +112,15 @@ def make(out_dir: Path) -> None:
             hidden_states=np.stack([h.float().numpy() for h in out.hidden_states]),
         )
         (d / "golden.json").write_text(
-            json.dumps({"stored_dtype": dtype, "base_model_keys": bare, "max_shard_size": shard, "versions": versions}, indent=2)
+            json.dumps(
+                {
+                    "stored_dtype": dtype,
+                    "base_model_keys": bare,
+                    "max_shard_size": shard,
+                    "versions": versions,
+                },
+                indent=2,
+            )
             + "\n"
         )
         print(f"  model/{name}: {sorted(p.name for p in d.iterdir())}")

@@ -97,7 +97,9 @@ def build_corpus() -> list:
     with open(DATA / "udhr.jsonl", encoding="utf-8") as f:
         for row in f:
             text_lines = json.loads(row)["text"].split("\n")
-            lines.append("\n".join(text_lines[:3])[:400])  # title, preamble heading, first paragraph
+            lines.append(
+                "\n".join(text_lines[:3])[:400]
+            )  # title, preamble heading, first paragraph
             lines.append(text_lines[len(text_lines) // 2][:300])  # an article from the middle
     shakespeare = (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n")
     for start in range(0, 40000, 40000 // 60):
@@ -152,7 +154,9 @@ def make(out_dir: Path) -> None:
 
     tok = train_reference(training_texts(), VOCAB_SIZE)
     tmp = out_dir / "tokenizer.json.tmp"
-    tmp.write_text(json.dumps(json.loads(tok.to_str()), ensure_ascii=False), encoding="utf-8")  # compact
+    tmp.write_text(
+        json.dumps(json.loads(tok.to_str()), ensure_ascii=False), encoding="utf-8"
+    )  # compact
     os.replace(tmp, out_dir / "tokenizer.json")
 
     encoded = [e.ids for e in tok.encode_batch(corpus)]
@@ -163,7 +167,9 @@ def make(out_dir: Path) -> None:
     rng = random.Random(0)
     n_tokens = tok.get_vocab_size(with_added_tokens=True)
     runs = [[rng.randrange(n_tokens + 50) for _ in range(rng.randrange(0, 12))] for _ in range(300)]
-    runs += [[rng.randrange(4, 260) for _ in range(rng.randrange(1, 6))] for _ in range(300)]  # byte tokens: broken UTF-8
+    runs += [
+        [rng.randrange(4, 260) for _ in range(rng.randrange(1, 6))] for _ in range(300)
+    ]  # byte tokens: broken UTF-8
     decode_text = [tok.decode(r, skip_special_tokens=False) for r in runs]
     decode_text_skip = [tok.decode(r, skip_special_tokens=True) for r in runs]
 
@@ -186,7 +192,9 @@ def make(out_dir: Path) -> None:
         meta=np.array(json.dumps(meta)),
     )
     print(f"  corpus: {len(corpus)} lines, {CORPUS.stat().st_size / 1e6:.2f} MB -> {CORPUS}")
-    print(f"  tokenizer.json: {tok.get_vocab_size()} tokens; ids: {ids.size} -> {out_dir / 'tokenizer_ids.npz'}")
+    print(
+        f"  tokenizer.json: {tok.get_vocab_size()} tokens; ids: {ids.size} -> {out_dir / 'tokenizer_ids.npz'}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,16 @@ from pathlib import Path
 import numpy as np
 
 STEPS, B, T, VOCAB = 10, 4, 8, 300
-HP = dict(learning_rate=1e-2, warmup_steps=2, total_steps=STEPS, weight_decay=0.1, clip=1.0,
-          betas=(0.9, 0.999), eps=1e-8, no_decay=("bias", "layernorm", "ln_f"))
+HP = dict(
+    learning_rate=1e-2,
+    warmup_steps=2,
+    total_steps=STEPS,
+    weight_decay=0.1,
+    clip=1.0,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    no_decay=("bias", "layernorm", "ln_f"),
+)
 
 
 def make_batches(seed=0):
@@ -41,7 +49,12 @@ def make_batches(seed=0):
             mask[s, b, :n] = True
     w = mask[:, :, 1:].astype(np.float32)
     w[:, 0, :2] *= 0.5  # fractional sample weights on the first row's first targets
-    return {"token_ids": ids[:, :, :-1], "padding_mask": mask[:, :, :-1], "y": ids[:, :, 1:], "sample_weight": w}
+    return {
+        "token_ids": ids[:, :, :-1],
+        "padding_mask": mask[:, :, :-1],
+        "y": ids[:, :, 1:],
+        "sample_weight": w,
+    }
 
 
 def lr_at(step):
@@ -59,14 +72,25 @@ def run_torch(model_dir, batches):
     from transformers import BloomForCausalLM
 
     torch.set_num_threads(1)
-    model = BloomForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32)
+    model = BloomForCausalLM.from_pretrained(
+        model_dir, attn_implementation="eager", dtype=torch.float32
+    )
     model.train()  # dropout rates are 0 in the saved config
-    named = dict(model.transformer.named_parameters())  # the tied head shares word_embeddings.weight
+    named = dict(
+        model.transformer.named_parameters()
+    )  # the tied head shares word_embeddings.weight
     no_decay = [p for k, p in named.items() if any(s in k for s in HP["no_decay"])]
     decay = [p for k, p in named.items() if not any(s in k for s in HP["no_decay"])]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": HP["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=HP["learning_rate"], betas=HP["betas"], eps=HP["eps"], foreach=False)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": HP["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=HP["learning_rate"],
+        betas=HP["betas"],
+        eps=HP["eps"],
+        foreach=False,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     losses, norms, lrs = [], [], []
     for s in range(len(batches["y"])):
@@ -75,7 +99,9 @@ def run_torch(model_dir, batches):
         y = torch.tensor(batches["y"][s])
         w = torch.tensor(batches["sample_weight"][s])
         logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (B, T, V)
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
+        ce = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
+        )
         loss = (w.reshape(-1) * ce).sum() / w.sum()
         opt.zero_grad()
         loss.backward()
@@ -98,14 +124,31 @@ def make(out_dir: Path) -> None:
         shutil.rmtree(root)
     root.mkdir(parents=True)
     torch.manual_seed(0)
-    config = BloomConfig(vocab_size=VOCAB, hidden_size=48, n_layer=2, n_head=6, attn_implementation="eager")
+    config = BloomConfig(
+        vocab_size=VOCAB, hidden_size=48, n_layer=2, n_head=6, attn_implementation="eager"
+    )
     BloomForCausalLM(config).save_pretrained(root / "model", safe_serialization=True)
     batches = make_batches()
     losses, norms, lrs, params = run_torch(root / "model", batches)
-    np.savez_compressed(root / "reference.npz", **batches, losses=losses, grad_norms=norms, learning_rates=lrs,
-                        **{f"param:{k}": v for k, v in params.items()})
-    meta = {"steps": STEPS, "batch": [B, T], "vocab": VOCAB, **{k: v for k, v in HP.items()},
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__}}
+    np.savez_compressed(
+        root / "reference.npz",
+        **batches,
+        losses=losses,
+        grad_norms=norms,
+        learning_rates=lrs,
+        **{f"param:{k}": v for k, v in params.items()},
+    )
+    meta = {
+        "steps": STEPS,
+        "batch": [B, T],
+        "vocab": VOCAB,
+        **{k: v for k, v in HP.items()},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "numpy": np.__version__,
+        },
+    }
     (root / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"train: losses {np.round(losses, 4).tolist()}")
 

@@ -20,12 +20,23 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup here waits ~24 s to fail
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ["tokenizer", "model", "grads", "train", "generate", "hfdirs"]  # order matters: later parts may reuse earlier output
+PARTS = [
+    "tokenizer",
+    "model",
+    "grads",
+    "train",
+    "generate",
+    "hfdirs",
+]  # order matters: later parts may reuse earlier output
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("parts", nargs="*", metavar="PART", help=f"parts to make, from {PARTS} (default: all)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "parts", nargs="*", metavar="PART", help=f"parts to make, from {PARTS} (default: all)"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "tests" / "golden", help="output directory")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.parts) - set(PARTS))

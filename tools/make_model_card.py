@@ -38,15 +38,76 @@ from minibloom.evaluation import evaluate_file  # noqa: E402
 # tests/test_shipped_model.py re-runs every one: greedy and contrastive search are deterministic,
 # the sampled ones are seeded.
 SAMPLES = [
-    ("Shakespeare, greedy (small models loop under greedy decoding)", ["ROMEO:", "--max-length", "48"]),
-    ("Shakespeare, contrastive search (deterministic, penalises repetition)", ["ROMEO:", "--max-length", "80", "--sampler", "contrastive"]),
-    ("Shakespeare, top-p sampling", ["KING HENRY:", "--max-length", "80", "--sampler", "top_p", "--top-p", "0.9", "--seed", "1"]),
-    ("Shakespeare, top-k sampling", ["To be, or not to be", "--max-length", "80", "--sampler", "top_k", "--top-k", "40", "--seed", "2"]),
+    (
+        "Shakespeare, greedy (small models loop under greedy decoding)",
+        ["ROMEO:", "--max-length", "48"],
+    ),
+    (
+        "Shakespeare, contrastive search (deterministic, penalises repetition)",
+        ["ROMEO:", "--max-length", "80", "--sampler", "contrastive"],
+    ),
+    (
+        "Shakespeare, top-p sampling",
+        [
+            "KING HENRY:",
+            "--max-length",
+            "80",
+            "--sampler",
+            "top_p",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "1",
+        ],
+    ),
+    (
+        "Shakespeare, top-k sampling",
+        [
+            "To be, or not to be",
+            "--max-length",
+            "80",
+            "--sampler",
+            "top_k",
+            "--top-k",
+            "40",
+            "--seed",
+            "2",
+        ],
+    ),
     ("UDHR Article 1 in French, greedy", ["Tous les êtres humains", "--max-length", "40"]),
-    ("UDHR Article 1 in Spanish, contrastive search", ["Todos los seres humanos", "--max-length", "48", "--sampler", "contrastive"]),
-    ("UDHR in Russian, top-p sampling", ["Все люди рождаются", "--max-length", "48", "--sampler", "top_p", "--top-p", "0.9", "--seed", "3"]),
+    (
+        "UDHR Article 1 in Spanish, contrastive search",
+        ["Todos los seres humanos", "--max-length", "48", "--sampler", "contrastive"],
+    ),
+    (
+        "UDHR in Russian, top-p sampling",
+        [
+            "Все люди рождаются",
+            "--max-length",
+            "48",
+            "--sampler",
+            "top_p",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "3",
+        ],
+    ),
     ("UDHR in Chinese, greedy", ["人人生而自由", "--max-length", "40"]),
-    ("UDHR in Hindi, top-p sampling", ["सभी मनुष्यों को", "--max-length", "48", "--sampler", "top_p", "--top-p", "0.9", "--seed", "4"]),
+    (
+        "UDHR in Hindi, top-p sampling",
+        [
+            "सभी मनुष्यों को",
+            "--max-length",
+            "48",
+            "--sampler",
+            "top_p",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "4",
+        ],
+    ),
 ]
 
 # The --data files of the train command below: tinyshakespeare is up-weighted 3x in the mixture.
@@ -93,12 +154,21 @@ def run_sample(model_dir: Path, args):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--run", type=Path, required=True, help="the --out directory of the train run")
     ap.add_argument("--log", type=Path, required=True, help="the console log of the train run")
-    ap.add_argument("--corpus", type=Path, required=True, help="the output directory of tools/prepare_corpus.py")
+    ap.add_argument(
+        "--corpus", type=Path, required=True, help="the output directory of tools/prepare_corpus.py"
+    )
     ap.add_argument("--out", type=Path, required=True, help="weights/<name> to (re)write")
-    ap.add_argument("--dtype", choices=["float32", "float16"], default="float16", help="dtype of the shipped weights")
+    ap.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float16",
+        help="dtype of the shipped weights",
+    )
     args = ap.parse_args(argv)
 
     lm = BloomCausalLM.from_preset(args.run / "model")
@@ -119,10 +189,15 @@ def main(argv=None) -> int:
         shutil.copy(args.run / "loss_curve.png", tmp / "loss_curve.png")
 
         # Held-out bits per byte, in float32 and as shipped (weights widened per layer).
-        shipped = BloomCausalLM.from_preset(tmp, dtype="float16" if args.dtype == "float16" else "float32")
+        shipped = BloomCausalLM.from_preset(
+            tmp, dtype="float16" if args.dtype == "float16" else "float32"
+        )
         scores = {}
         for name in ("heldout_shakespeare.txt", "heldout_udhr.txt"):
-            scores[name] = (evaluate_file(lm, args.corpus / name), evaluate_file(shipped, args.corpus / name))
+            scores[name] = (
+                evaluate_file(lm, args.corpus / name),
+                evaluate_file(shipped, args.corpus / name),
+            )
             print(name, {k: round(v, 4) for k, v in scores[name][1].items()})
         # Training loss: mean of the last 100 steps, in bits per byte at the training mixture's
         # bytes-per-token ratio (the train log counts tokens, not bytes).
@@ -139,8 +214,21 @@ def main(argv=None) -> int:
             samples.append((why, shown, out))
             print(shown, "->", out[:60].replace("\n", " "), "...")
 
-        card = render_card(args, cfg, n_params, steps, tokens_per_step, wall, train_loss, train_bpb,
-                           train_tokens, train_bytes, held, scores, samples)
+        card = render_card(
+            args,
+            cfg,
+            n_params,
+            steps,
+            tokens_per_step,
+            wall,
+            train_loss,
+            train_bpb,
+            train_tokens,
+            train_bytes,
+            held,
+            scores,
+            samples,
+        )
         (tmp / "README.md").write_text(card, encoding="utf-8")
         if args.out.exists():
             shutil.rmtree(args.out)
@@ -161,13 +249,27 @@ def _count_tokens(lm, paths) -> int:
         return len(load_tokens(tokenize_files(paths, lm.tokenizer, cache)))
 
 
-def render_card(args, cfg, n_params, steps, tokens_per_step, wall, train_loss, train_bpb, train_tokens,
-                train_bytes, held, scores, samples) -> str:
+def render_card(
+    args,
+    cfg,
+    n_params,
+    steps,
+    tokens_per_step,
+    wall,
+    train_loss,
+    train_bpb,
+    train_tokens,
+    train_bytes,
+    held,
+    scores,
+    samples,
+) -> str:
     sh32, sh_shipped = scores["heldout_shakespeare.txt"]
     ud32, ud_shipped = scores["heldout_udhr.txt"]
     last_held = held[-1] if held else None
     sample_md = "\n".join(
-        f"{why}:\n\n```console\n$ {shown}\n{out.rstrip(chr(10))}\n```\n" for why, shown, out in samples
+        f"{why}:\n\n```console\n$ {shown}\n{out.rstrip(chr(10))}\n```\n"
+        for why, shown, out in samples
     )
     return f"""# {args.out.name}: a small BLOOM trained by minibloom
 
@@ -195,13 +297,13 @@ better; `python -m minibloom evaluate FILE`), on text held out from training:
 
 | text | float32 | shipped {args.dtype} | loss (nats/token) | tokens scored |
 |---|---|---|---|---|
-| held-out Shakespeare (last 10% of tinyshakespeare, {sh32['bytes']:,} bytes) | **{sh32['bits_per_byte']:.3f}** | {sh_shipped['bits_per_byte']:.3f} | {sh32['loss']:.3f} | {sh32['tokens']:,} |
-| held-out UDHR (last 10% of every translation, {ud32['bytes']:,} bytes) | **{ud32['bits_per_byte']:.3f}** | {ud_shipped['bits_per_byte']:.3f} | {ud32['loss']:.3f} | {ud32['tokens']:,} |
+| held-out Shakespeare (last 10% of tinyshakespeare, {sh32["bytes"]:,} bytes) | **{sh32["bits_per_byte"]:.3f}** | {sh_shipped["bits_per_byte"]:.3f} | {sh32["loss"]:.3f} | {sh32["tokens"]:,} |
+| held-out UDHR (last 10% of every translation, {ud32["bytes"]:,} bytes) | **{ud32["bits_per_byte"]:.3f}** | {ud_shipped["bits_per_byte"]:.3f} | {ud32["loss"]:.3f} | {ud32["tokens"]:,} |
 | training loss (mean of the last 100 steps) | {train_bpb:.3f} | | {train_loss:.3f} | |
 
 The training-loss figure converts nats/token to bits per byte with the training corpus's own ratio
 ({train_bytes:,} bytes / {train_tokens:,} tokens). The `train` command's own held-out split (the
-last 5% of its windows, {last_held[1] if last_held else float('nan'):.3f} nats/token at the end) is not
+last 5% of its windows, {last_held[1] if last_held else float("nan"):.3f} nats/token at the end) is not
 a clean held-out set here: with tinyshakespeare given three times it repeats training text, so
 the table above uses the held-out files instead.
 

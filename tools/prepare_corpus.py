@@ -36,7 +36,9 @@ def split_corpus(data_dir: Path):
     udhr_train, udhr_heldout = [], []
     with lzma.open(data_dir / "udhr.jsonl.xz", "rt", encoding="utf-8") as f:
         for line in f:
-            train, heldout = _split_lines(json.loads(line)["text"].strip() + "\n")  # no blank lines inside
+            train, heldout = _split_lines(
+                json.loads(line)["text"].strip() + "\n"
+            )  # no blank lines inside
             udhr_train.append(train)
             udhr_heldout.append(heldout)
     # A blank line between translations makes each one a document of its own for `train`.
@@ -52,8 +54,12 @@ def main(argv=None) -> int:
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
     train, train_shakespeare, heldout_shakespeare, heldout_udhr = split_corpus(ROOT / "data")
-    files = {"train.txt": train, "train_shakespeare.txt": train_shakespeare,
-             "heldout_shakespeare.txt": heldout_shakespeare, "heldout_udhr.txt": heldout_udhr}
+    files = {
+        "train.txt": train,
+        "train_shakespeare.txt": train_shakespeare,
+        "heldout_shakespeare.txt": heldout_shakespeare,
+        "heldout_udhr.txt": heldout_udhr,
+    }
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
         print(f"{out / name}: {len(text.encode('utf-8')):,} bytes")

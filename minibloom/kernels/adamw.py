@@ -24,7 +24,9 @@ from minibloom.jit import njit
 
 
 @njit
-def _adamw_update_numba(p, g, m, v, decay, one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, step_size):
+def _adamw_update_numba(
+    p, g, m, v, decay, one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, step_size
+):
     # p, g, m, v: (N,) float32, flat views of one parameter tensor and its state; updated in place.
     for i in range(p.shape[0]):
         gi = g[i]

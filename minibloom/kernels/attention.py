@@ -94,7 +94,17 @@ def attention(q, k, v, alibi, visible, inv):
     # waking the worker threads costs on a busy machine (measured ~3 ms per layer), so small
     # calls run on the calling thread.
     kernel = _attention_serial if B * H * T * S * D <= SERIAL_WORK else _attention_numba
-    kernel(q, k, v, np.asarray(alibi, dtype=q.dtype), np.ascontiguousarray(visible), f(inv), f(np.finfo(q.dtype).min), probs, ctx)
+    kernel(
+        q,
+        k,
+        v,
+        np.asarray(alibi, dtype=q.dtype),
+        np.ascontiguousarray(visible),
+        f(inv),
+        f(np.finfo(q.dtype).min),
+        probs,
+        ctx,
+    )
     return probs, ctx
 
 

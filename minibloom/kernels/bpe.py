@@ -33,6 +33,7 @@ from minibloom.errors import TokenizerError
 from minibloom.jit import njit, use_numba
 from minibloom.tokenizer import SPLIT_EXCLUDED, TEXT_SEPARATOR, BpeModel
 
+
 def _excluded_table() -> np.ndarray:
     """bool[65536]: True for the code points in SPLIT_EXCLUDED (all of them are in the BMP)."""
     table = np.zeros(65536, dtype=np.bool_)
@@ -91,9 +92,16 @@ def build_tables(byte_ids, merges: dict) -> BpeTables:
     right = np.array([b for (_, b), _ in pairs], dtype=np.int64)
     rank = np.array([r for _, (r, _) in pairs], dtype=np.int64)
     into = np.array([ab for _, (_, ab) in pairs], dtype=np.int64)
-    largest = max([len(pairs), int(byte_ids.max(initial=0))] + [int(a.max(initial=0)) for a in (left, right, into)])
-    if largest >= 2**31:  # cannot happen for a tokenizer that loaded (ids < 4 x tokens + 1024), but would corrupt
-        raise TokenizerError(f"merge table: ids and merge counts must be below 2^31 to be packed, found {largest}")
+    largest = max(
+        [len(pairs), int(byte_ids.max(initial=0))]
+        + [int(a.max(initial=0)) for a in (left, right, into)]
+    )
+    if (
+        largest >= 2**31
+    ):  # cannot happen for a tokenizer that loaded (ids < 4 x tokens + 1024), but would corrupt
+        raise TokenizerError(
+            f"merge table: ids and merge counts must be below 2^31 to be packed, found {largest}"
+        )
     size = 1 << max(4, int(2 * max(len(merges), 1) - 1).bit_length())
     pair_table = np.full((size, 2), -1, dtype=np.int64)  # (N, 2) rows (key, packed merge)
     fill = _fill_pair_table_numba if use_numba() else _fill_pair_table_plain
@@ -235,7 +243,9 @@ def _heap_pop(keys, pos, size):
             break
         if child + 1 < size:
             right = child + 1
-            if (keys[right] < keys[child]) | ((keys[right] == keys[child]) & (pos[right] < pos[child])):
+            if (keys[right] < keys[child]) | (
+                (keys[right] == keys[child]) & (pos[right] < pos[child])
+            ):
                 child = right
         if (key < keys[child]) | ((key == keys[child]) & (i < pos[child])):
             break
@@ -317,7 +327,9 @@ def _code_point_at(data, p):
     if b < 0xE0:
         return ((b & 0x1F) << 6) | (np.int64(data[p + 1]) & 0x3F), 2
     if b < 0xF0:
-        return ((b & 0x0F) << 12) | ((np.int64(data[p + 1]) & 0x3F) << 6) | (np.int64(data[p + 2]) & 0x3F), 3
+        return ((b & 0x0F) << 12) | ((np.int64(data[p + 1]) & 0x3F) << 6) | (
+            np.int64(data[p + 2]) & 0x3F
+        ), 3
     return (
         ((b & 0x07) << 18)
         | ((np.int64(data[p + 1]) & 0x3F) << 12)
@@ -335,7 +347,9 @@ def _is_word(c, excluded):
     return not excluded[c]
 
 
-PIECE_CACHE_SLOTS = 1 << 14  # x 64 bytes = 1 MB: stays in the L2 cache (2 MB and 4 MB measured slower)
+PIECE_CACHE_SLOTS = (
+    1 << 14
+)  # x 64 bytes = 1 MB: stays in the L2 cache (2 MB and 4 MB measured slower)
 CACHED_BYTES = 24  # pieces up to 24 bytes ...
 CACHED_IDS = 8  # ... that encode to at most 8 ids are cached (98% of occurrences of longer pieces)
 CACHE_PROBES = 4
@@ -360,7 +374,9 @@ def _piece_ids(data, start, stop, tables, out, n_out, scratch, cache):
             out[n_out] = byte_ids[data[start]]
             n_out += 1
         return n_out
-    if (length == 2) & (byte_ids[data[start]] >= 0) & (byte_ids[data[start + 1]] >= 0):  # one lookup
+    if (
+        (length == 2) & (byte_ids[data[start]] >= 0) & (byte_ids[data[start + 1]] >= 0)
+    ):  # one lookup
         merge = byte_pairs[(np.int64(data[start]) << 8) | np.int64(data[start + 1])]
         if merge != NO_MERGE:
             out[n_out] = merge & 0xFFFFFFFF
@@ -370,7 +386,9 @@ def _piece_ids(data, start, stop, tables, out, n_out, scratch, cache):
     if length > LONG_PIECE:
         return _bpe_long_piece_numba(data, start, stop, byte_ids, pair_table, out, n_out)
     if length > CACHED_BYTES:
-        return _bpe_piece_numba(data, start, stop, byte_ids, byte_pairs, pair_table, out, n_out, scratch)
+        return _bpe_piece_numba(
+            data, start, stop, byte_ids, byte_pairs, pair_table, out, n_out, scratch
+        )
     w0, w1, w2 = np.uint64(0), np.uint64(0), np.uint64(0)  # the piece's bytes, 8 per word
     for k in range(length):
         byte = np.uint64(data[start + k]) << np.uint64(8 * (k & 7))
@@ -392,12 +410,19 @@ def _piece_ids(data, start, stop, tables, out, n_out, scratch, cache):
         if meta == 0:
             free = slot
             break
-        if ((meta & 0xFF) == length) & (cache[slot, 1] == i0) & (cache[slot, 2] == i1) & (cache[slot, 3] == i2):
+        if (
+            ((meta & 0xFF) == length)
+            & (cache[slot, 1] == i0)
+            & (cache[slot, 2] == i1)
+            & (cache[slot, 3] == i2)
+        ):
             count = meta >> 8
             for k in range(count):  # two 32-bit ids per word
                 out[n_out + k] = (cache[slot, 4 + (k >> 1)] >> (32 * (k & 1))) & 0xFFFFFFFF
             return n_out + count
-    n_new = _bpe_piece_numba(data, start, stop, byte_ids, byte_pairs, pair_table, out, n_out, scratch)
+    n_new = _bpe_piece_numba(
+        data, start, stop, byte_ids, byte_pairs, pair_table, out, n_out, scratch
+    )
     count = n_new - n_out
     if count <= CACHED_IDS:
         cache[free, 0] = length | (count << 8)
@@ -440,8 +465,6 @@ def _encode_segment(data, start, end, tables, excluded, out, n_out, scratch, cac
     return n_out
 
 
-
-
 @njit
 def _encode_numba(data, fixed, byte_ids, byte_pairs, pair_table, excluded):
     """ids of the texts in data, split and merged in one pass (arguments: see `encode_texts`).
@@ -451,7 +474,9 @@ def _encode_numba(data, fixed, byte_ids, byte_pairs, pair_table, excluded):
     """
     n = data.shape[0]
     out = np.empty(n, dtype=np.int64)  # every byte yields at most one token
-    scratch = np.empty((2, LONG_PIECE), dtype=np.int64)  # _bpe_piece_numba's buffers (longer pieces: a heap)
+    scratch = np.empty(
+        (2, LONG_PIECE), dtype=np.int64
+    )  # _bpe_piece_numba's buffers (longer pieces: a heap)
     size = 256
     while size < min(n // 4, PIECE_CACHE_SLOTS):
         size *= 2
@@ -491,7 +516,9 @@ def encode_texts(data: bytes, fixed: np.ndarray, model: BpeModel) -> list:
         model.fast = build_tables(model.byte_ids, model.merges)
     tables = model.fast
     buffer = np.frombuffer(data, dtype=np.uint8)  # (n,)
-    ids, text_bounds = _encode_numba(buffer, fixed, tables.byte_ids, tables.byte_pairs, tables.pair_table, tables.excluded)
+    ids, text_bounds = _encode_numba(
+        buffer, fixed, tables.byte_ids, tables.byte_pairs, tables.pair_table, tables.excluded
+    )
     ids = ids.tolist()
     if len(text_bounds) == 2:
         return [ids]

@@ -52,7 +52,9 @@ def _widen_row(row, bits, is_bf16):
     specials = np.uint32(0)  # bit 15 ends up set if some half has the all-ones exponent
     for i in range(C):
         h = np.uint32(row[i])
-        bits[i] = ((h & np.uint32(0x8000)) << np.uint32(16)) | ((h & np.uint32(0x7FFF)) << np.uint32(13))
+        bits[i] = ((h & np.uint32(0x8000)) << np.uint32(16)) | (
+            (h & np.uint32(0x7FFF)) << np.uint32(13)
+        )
         specials |= (h & np.uint32(0x7C00)) + np.uint32(0x0400)  # 0x7C00 + 0x400 = 0x8000
     vals = bits.view(np.float32)
     for i in range(C):
@@ -60,8 +62,14 @@ def _widen_row(row, bits, is_bf16):
     if specials & np.uint32(0x8000):
         for i in range(C):
             h = np.uint32(row[i])
-            if (h & np.uint32(0x7C00)) == np.uint32(0x7C00):  # inf / nan: all-ones exponent, same payload
-                bits[i] = ((h & np.uint32(0x8000)) << np.uint32(16)) | np.uint32(0x7F800000) | ((h & np.uint32(0x3FF)) << np.uint32(13))
+            if (h & np.uint32(0x7C00)) == np.uint32(
+                0x7C00
+            ):  # inf / nan: all-ones exponent, same payload
+                bits[i] = (
+                    ((h & np.uint32(0x8000)) << np.uint32(16))
+                    | np.uint32(0x7F800000)
+                    | ((h & np.uint32(0x3FF)) << np.uint32(13))
+                )
 
 
 CHUNK = 64  # output rows per task
@@ -113,7 +121,11 @@ def matvec16_plain(x, w, kind):
 def matvec16(x, w, kind):
     """x (N, C) float32, w (O, C) uint16 holding F16 or BF16 bit patterns -> (N, O) float32."""
     assert x.dtype == np.float32 and x.ndim == 2, (x.dtype, x.shape)
-    assert w.dtype == np.uint16 and w.ndim == 2 and w.shape[1] == x.shape[1], (w.dtype, w.shape, x.shape)
+    assert w.dtype == np.uint16 and w.ndim == 2 and w.shape[1] == x.shape[1], (
+        w.dtype,
+        w.shape,
+        x.shape,
+    )
     if kind not in ("F16", "BF16"):
         raise ValueError(f"kind must be 'F16' or 'BF16', found {kind!r}")
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)

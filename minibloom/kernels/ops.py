@@ -27,7 +27,16 @@ import numpy as np
 from minibloom import ops
 from minibloom.kernels import attention as attention_kernels
 from minibloom.kernels.matvec16 import matvec16
-from minibloom.ops import GELU_C0, GELU_C1, GELU_C2, AttentionCache, DropoutCache, GeluCache, LinearCache, widen
+from minibloom.ops import (
+    GELU_C0,
+    GELU_C1,
+    GELU_C2,
+    AttentionCache,
+    DropoutCache,
+    GeluCache,
+    LinearCache,
+    widen,
+)
 
 # Up to this many rows (B * T: a decode step), a float16 weight is read by the matvec16 kernel.
 MATVEC16_ROWS = 16
@@ -63,7 +72,9 @@ def lm_head_forward(hidden, E):
         return times_weight_t(h, E).reshape(B, T, -1)  # (B*T, V) -> (B, T, V)
     out = np.empty((B * T, E.shape[0]), dtype=hidden.dtype)
     for start in range(0, E.shape[0], HEAD_CHUNK_ROWS):
-        out[:, start : start + HEAD_CHUNK_ROWS] = h @ E[start : start + HEAD_CHUNK_ROWS].astype(hidden.dtype).T
+        out[:, start : start + HEAD_CHUNK_ROWS] = (
+            h @ E[start : start + HEAD_CHUNK_ROWS].astype(hidden.dtype).T
+        )
     return out.reshape(B, T, -1)  # (B*T, V) -> (B, T, V)
 
 
@@ -105,7 +116,9 @@ def attention_forward(q, k, v, alibi, visible, dropout_p=0.0, rng=None):
     if dropout_p > 0.0:
         return ops.attention_forward(q, k, v, alibi, visible, dropout_p, rng)
     inv = 1.0 / math.sqrt(q.shape[-1])
-    probs, ctx = attention_kernels.attention(q, k, v, alibi, visible, inv)  # (B, H, T, S), (B, H, T, D)
+    probs, ctx = attention_kernels.attention(
+        q, k, v, alibi, visible, inv
+    )  # (B, H, T, S), (B, H, T, D)
     return ctx, AttentionCache(q, k, v, probs, DropoutCache(None, 1.0))
 
 

@@ -36,7 +36,9 @@ def _sift_down(heap_v, heap_i, pos, n):
         if child >= n:
             return
         # pick the worse of the two children
-        if child + 1 < n and _better(heap_v[child], heap_i[child], heap_v[child + 1], heap_i[child + 1]):
+        if child + 1 < n and _better(
+            heap_v[child], heap_i[child], heap_v[child + 1], heap_i[child + 1]
+        ):
             child += 1
         if _better(heap_v[child], heap_i[child], heap_v[pos], heap_i[pos]):
             return  # the child ranks before pos: heap order holds
@@ -80,7 +82,11 @@ def _top_k_indices_numba(x, k):
 
 def top_k_indices(x, k):
     """samplers.top_k_indices, one heap pass per row. x: (B, V) float32 or float64, 1 <= k <= V."""
-    assert x.ndim == 2 and x.dtype in (np.float32, np.float64) and 1 <= k <= x.shape[1], (x.shape, x.dtype, k)
+    assert x.ndim == 2 and x.dtype in (np.float32, np.float64) and 1 <= k <= x.shape[1], (
+        x.shape,
+        x.dtype,
+        k,
+    )
     return _top_k_indices_numba(np.ascontiguousarray(x), int(k))
 
 
@@ -112,4 +118,6 @@ def _top_p_numba(x, p, k):
 def top_p_set(x, p, k=None):
     """samplers.top_p_set: rank only the best entries the nucleus needs. x: (V,) float32."""
     assert x.ndim == 1 and x.dtype == np.float32, (x.shape, x.dtype)
-    return _top_p_numba(np.ascontiguousarray(x), float(p), None if k is None else min(int(k), x.shape[0]))
+    return _top_p_numba(
+        np.ascontiguousarray(x), float(p), None if k is None else min(int(k), x.shape[0])
+    )
