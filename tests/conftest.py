@@ -32,7 +32,9 @@ def _have(*modules: str) -> bool:
 requires_tokenizers = pytest.mark.skipif(
     not _have("tokenizers"), reason="HF tokenizers not installed (pip install -e '.[ref]')"
 )
-requires_numba = pytest.mark.skipif(not _have("numba"), reason="numba not installed (the fast tier's own tests)")
+requires_numba = pytest.mark.skipif(
+    not _have("numba"), reason="numba not installed (the fast tier's own tests)"
+)
 requires_transformers = pytest.mark.skipif(
     not _have("torch", "transformers"),
     reason="torch/transformers not installed (pip install -e '.[ref]')",
