@@ -73,8 +73,8 @@ print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb()}))
 
 def write_checkpoint(directory: Path) -> Path:
     """Random bloom-560m-shaped weights stored as F16 (generated in float16, ~1.1 GB)."""
-    from minibloom.checkpoint import save_params
     from minibloom.config import BloomConfig
+    from minibloom.io.checkpoint import save_params
     from minibloom.model import param_shapes
 
     config = BloomConfig(**SHAPE)

@@ -4,12 +4,12 @@ The public names below are the ones other code and outside checks rely on; see R
 tour and docs/ARCHITECTURE.md for the module contract.
 """
 
-from minibloom.bpe_train import train_tokenizer
 from minibloom.causal_lm import BloomCausalLM
-from minibloom.checkpoint import load_params, read_checkpoint, save_params
 from minibloom.config import BloomConfig
-from minibloom.data import TokenWindows
 from minibloom.errors import CheckpointError, ConfigError, MinibloomError, PresetNotFoundError
+from minibloom.io.checkpoint import load_params, read_checkpoint, save_params
+from minibloom.io.presets import PRESETS, Preset, default_model_dir, list_presets
+from minibloom.io.presets import resolve as resolve_preset
 from minibloom.kvcache import KVCache
 from minibloom.model import BloomBackbone
 from minibloom.optim import (
@@ -23,8 +23,6 @@ from minibloom.optim import (
     get_schedule,
 )
 from minibloom.preprocessor import BloomCausalLMPreprocessor
-from minibloom.presets import PRESETS, Preset, default_model_dir, list_presets
-from minibloom.presets import resolve as resolve_preset
 from minibloom.samplers import (
     BeamSampler,
     ContrastiveSampler,
@@ -35,7 +33,9 @@ from minibloom.samplers import (
     TopPSampler,
 )
 from minibloom.tokenizer import BloomTokenizer
-from minibloom.train import ArrayDataset, Trainer
+from minibloom.training.bpe_train import train_tokenizer
+from minibloom.training.data import TokenWindows
+from minibloom.training.train import ArrayDataset, Trainer
 
 __all__ = [
     "BIAS_AND_NORM",

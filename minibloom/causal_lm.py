@@ -61,10 +61,10 @@ class BloomCausalLM:
             dtype: in-memory parameter dtype, "float32" or "float16" (half the memory; the ops
                 widen weights to float32 per use, see checkpoint.py).
         """
-        from minibloom import presets
-        from minibloom.checkpoint import finish_interrupted_save, load_params, stored_dtype
         from minibloom.config import BloomConfig, GenerationConfig
         from minibloom.errors import ArgumentError
+        from minibloom.io import presets
+        from minibloom.io.checkpoint import finish_interrupted_save, load_params, stored_dtype
         from minibloom.model import BloomBackbone
 
         directory = presets.default_model_dir() if preset is None else presets.resolve(preset)
@@ -123,9 +123,9 @@ class BloomCausalLM:
         """
         from pathlib import Path
 
-        from minibloom.checkpoint import commit_files, stale_weight_files, weight_writers
         from minibloom.config import BloomConfig
         from minibloom.errors import ArgumentError, CheckpointError, ConfigError
+        from minibloom.io.checkpoint import commit_files, stale_weight_files, weight_writers
 
         try:
             directory = Path(directory).expanduser()
@@ -300,7 +300,7 @@ class BloomCausalLM:
         verbose=1,
     ):
         """Train on raw strings (with a preprocessor), a token dict plus y (and sample_weight), or
-        a dataset (`minibloom.data.TokenWindows`, `minibloom.train.ArrayDataset`).
+        a dataset (`minibloom.training.data.TokenWindows`, `minibloom.training.train.ArrayDataset`).
 
         Runs `epochs` epochs of shuffled batches (order seeded by (seed, epoch)), evaluating
         `validation_data` (same kinds as x, or an (x, y, sample_weight) tuple) after each epoch.
@@ -308,10 +308,10 @@ class BloomCausalLM:
         on Ctrl-C and at the end); `resume=True` continues from its latest checkpoint.
         Returns a History-like dict: "loss" (per epoch), "val_loss" / "val_accuracy" /
         "val_perplexity" (per epoch, with validation_data), and per step "step", "step_loss",
-        "learning_rate". See minibloom/train.py.
+        "learning_rate". See minibloom/training/train.py.
         """
-        from minibloom import train
         from minibloom.arguments import check_int
+        from minibloom.training import train
 
         epochs = check_int("epochs", epochs, lo=1)
         optimizer, reduction = self._compiled()
@@ -360,7 +360,7 @@ class BloomCausalLM:
     def evaluate(self, x, y=None, sample_weight=None, batch_size=8):
         """{"loss", "accuracy", "perplexity", "tokens"} over the data (same kinds as `fit`); the loss
         uses the compiled reduction, accuracy is the weighted share of argmax hits."""
-        from minibloom import train
+        from minibloom.training import train
 
         _, reduction = self._compiled()
         return train.evaluate(

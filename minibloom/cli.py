@@ -189,7 +189,7 @@ def _add_presets(sub):
 
 
 def _run_presets(args):
-    from minibloom.presets import hf_hub_cache, list_presets, minibloom_home
+    from minibloom.io.presets import hf_hub_cache, list_presets, minibloom_home
 
     for name, description, path in list_presets():
         _emit(f"{name:<20} {str(path) if path else 'not on disk'}")
@@ -382,7 +382,7 @@ def _add_train_tokenizer(sub):
 def _run_train_tokenizer(args):
     import time
 
-    from minibloom.bpe_train import read_training_texts, train_tokenizer
+    from minibloom.training.bpe_train import read_training_texts, train_tokenizer
 
     start = time.perf_counter()
     tok = train_tokenizer(
@@ -522,10 +522,10 @@ def _check_vocab_fits(tokenizer, config, source):
 def _resumed_model(args, ckpt):
     """The model of the run being resumed: the checkpoint's config.json and tokenizer.json, whatever
     --preset / --config / size flags say; any of them (or --tokenizer) that differs is refused."""
-    from minibloom import presets
     from minibloom.config import BloomConfig
+    from minibloom.io import presets
     from minibloom.tokenizer import BloomTokenizer
-    from minibloom.train import config_difference, tokenizer_difference
+    from minibloom.training.train import config_difference, tokenizer_difference
 
     config = BloomConfig.from_json_file(ckpt / "config.json")
     stored = ckpt / "tokenizer.json"
@@ -585,7 +585,7 @@ def _build_train_model(args):
     from minibloom.model import BloomBackbone
     from minibloom.preprocessor import BloomCausalLMPreprocessor
     from minibloom.tokenizer import BloomTokenizer, default_tokenizer_path
-    from minibloom.train import check_out_dir, check_training_fits, latest_checkpoint
+    from minibloom.training.train import check_out_dir, check_training_fits, latest_checkpoint
 
     out = check_out_dir(args.out, args.resume, name="--out")
     ckpt = latest_checkpoint(Path(out) / "checkpoints") if args.resume else None
@@ -643,7 +643,7 @@ def _build_train_model(args):
 
 
 def _run_train(args):
-    from minibloom.train import train_on_files
+    from minibloom.training.train import train_on_files
 
     lm, out = _build_train_model(args)
     train_on_files(
@@ -846,7 +846,7 @@ def _add_evaluate(sub):
 
 def _run_evaluate(args):
     from minibloom.causal_lm import BloomCausalLM
-    from minibloom.evaluation import evaluate_file
+    from minibloom.training.evaluation import evaluate_file
 
     lm = BloomCausalLM.from_preset(args.preset, dtype=args.dtype)
     m = evaluate_file(lm, args.data, sequence_length=args.seq_len, batch_size=args.batch_size)

@@ -25,26 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from minibloom.errors import ConfigError
-
-
-def read_json_file(path, error=ConfigError, what: str = "config"):
-    """Parse a JSON file; any problem raises `error` naming the file: missing, not a regular file
-    (a directory, or a pipe that would block the read), not UTF-8, invalid or absurdly nested JSON."""
-    path = Path(path)
-    try:
-        if path.exists() and not path.is_file():
-            raise error(f"{path}: not a regular file; expected a JSON {what} file")
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error(f"{path}: {what} file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise error(f"{path}: cannot read {what} ({e})") from None
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, or a number with 5000 digits
-        reason = "nested too deeply" if isinstance(e, RecursionError) else e
-        raise error(f"{path}: invalid JSON ({reason})") from None
-
+from minibloom.io.files import read_json_file
 
 # HF config.json spellings -> our field name. The first spelling listed is the one we write.
 _ALIASES = {

@@ -16,7 +16,7 @@ The numbers follow PyTorch, the golden reference:
   learning rate, evaluated at the number of updates already made).
 
 Left out: other optimizers, per-group hyper-parameters beyond "decay or not", AMSGrad, mixed
-precision. The training loop that uses these pieces is `minibloom/train.py`.
+precision. The training loop that uses these pieces is `minibloom/training/train.py`.
 """
 
 import math

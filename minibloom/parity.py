@@ -44,8 +44,8 @@ PAD_SHIFT = 3  # left-padding of the second parity row
 
 def load_model(preset):
     """(directory, BloomCausalLM) for a preset name or model directory, float32 in memory."""
-    from minibloom import presets
     from minibloom.causal_lm import BloomCausalLM
+    from minibloom.io import presets
 
     directory = presets.default_model_dir() if preset is None else presets.resolve(preset)
     return directory, BloomCausalLM.from_preset(directory, preprocessor=None)
@@ -231,7 +231,7 @@ def run_dump(preset, prompt, out_path, ids=None) -> Path:
     """Write every intermediate activation for the prompt (batch of one) to `out_path` (.npz),
     atomically (checkpoint.py's writer); the output path is checked before the model is loaded."""
     from minibloom.arguments import check_output_dir, expand_path
-    from minibloom.checkpoint import _atomic_write
+    from minibloom.io.files import atomic_write
 
     out_path = expand_path("--out", out_path)
     if out_path.suffix != ".npz" or out_path.is_dir():
@@ -242,5 +242,5 @@ def run_dump(preset, prompt, out_path, ids=None) -> Path:
     acts = minibloom_activations(lm, tokens, np.ones(tokens.shape, dtype=bool))
     meta = {"model": str(directory), "prompt": prompt, "config": lm.backbone.config.to_dict()}
     acts["meta"] = np.array(json.dumps(meta))
-    _atomic_write(out_path, lambda f: np.savez(f, **acts))
+    atomic_write(out_path, lambda f: np.savez(f, **acts))
     return out_path

@@ -20,7 +20,7 @@ prompts are LEFT-padded (so every row's last prompt token sits in the last colum
 are appended on the right for all rows at once), no `</s>` is appended, and `<s>` is put in front
 only if `add_start_token` is set.
 
-Left out: tf.data / dataset mapping (see minibloom/data.py for streaming corpora), packing several
+Left out: tf.data / dataset mapping (see minibloom/training/data.py for streaming corpora), packing several
 documents into one row (data.py does that for long texts), and tokenization itself (tokenizer.py).
 """
 

@@ -6,7 +6,7 @@ token matching, encode and decode, and the reference of the two steps that do th
 pre-tokenizer (`split_pieces`, the Split regex) and the BPE merge loop (`bpe_merge`,
 `encode_texts`). Their fast twin, one compiled pass over the bytes of a whole batch, is
 minibloom/kernels/bpe.py (same ids, chosen by minibloom.dispatch); the trainer is
-minibloom/bpe_train.py.
+minibloom/training/bpe_train.py.
 
 Encoding, in HF's order (bloom-spec.md §4):
 
@@ -193,7 +193,7 @@ def _token_bytes(token: str, char_to_byte: dict) -> bytes:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write UTF-8 text to path atomically and durably: checkpoint.py's temp file + fsync + rename."""
-    from minibloom.checkpoint import write_bytes_atomic
+    from minibloom.io.files import write_bytes_atomic
 
     write_bytes_atomic(path, text.encode("utf-8"), error=TokenizerError)
 
@@ -376,10 +376,10 @@ class BloomTokenizer:
     def from_preset(cls, dir_or_name) -> "BloomTokenizer":
         """Load from a directory holding `tokenizer.json`, or keras-hub assets (`vocabulary.json` +
         `merges.txt`, directly or under `assets/tokenizer/`). Anything that is not a directory (a
-        preset name, `hf://org/name`) is resolved to a model directory by `minibloom.presets.resolve`."""
+        preset name, `hf://org/name`) is resolved to a model directory by `minibloom.io.presets.resolve`."""
         path = Path(dir_or_name).expanduser()
         if not path.is_dir():
-            from minibloom.presets import resolve
+            from minibloom.io.presets import resolve
 
             path = Path(resolve(str(dir_or_name)))
         if (path / "tokenizer.json").is_file():
@@ -590,9 +590,9 @@ class BloomTokenizer:
 
 
 def default_tokenizer_path() -> Path:
-    """tokenizer.json of the project's default model (`minibloom.presets.default_model_dir()`, the
+    """tokenizer.json of the project's default model (`minibloom.io.presets.default_model_dir()`, the
     model shipped under weights/). Used by the CLI when no --tokenizer is given."""
-    from minibloom.presets import default_model_dir
+    from minibloom.io.presets import default_model_dir
 
     try:
         directory = default_model_dir()

@@ -6,9 +6,9 @@ import pytest
 from conftest import ROOT, golden_path, requires_tokenizers
 
 from minibloom import cli
-from minibloom.bpe_train import count_pieces, train_tokenizer
 from minibloom.errors import ArgumentError
 from minibloom.tokenizer import BloomTokenizer
+from minibloom.training.bpe_train import count_pieces, train_tokenizer
 
 CORPUS = ROOT / "tests" / "data" / "tokenizer_corpus.json"
 
@@ -99,9 +99,9 @@ def test_cli_tokenize(capsys, monkeypatch):
 
 
 def test_cli_tokenize_without_tokenizer_says_what_to_do(capsys, monkeypatch, tmp_path):
-    import minibloom.presets
+    import minibloom.io.presets
 
-    monkeypatch.setattr(minibloom.presets, "WEIGHTS_DIR", tmp_path)  # an empty weights/
+    monkeypatch.setattr(minibloom.io.presets, "WEIGHTS_DIR", tmp_path)  # an empty weights/
     assert cli.main(["tokenize", "x"]) == 2
     assert "pass --tokenizer PATH" in capsys.readouterr().err
 

@@ -10,19 +10,16 @@ import safetensors.numpy
 from conftest import assert_close, requires_transformers
 
 from minibloom.causal_lm import BloomCausalLM
-from minibloom.checkpoint import (
-    INDEX_FILE,
-    bf16_to_f32,
-    f32_to_bf16,
-    load_params,
-    read_checkpoint,
-    read_header,
-    read_safetensors,
-    save_params,
-    write_safetensors,
-)
 from minibloom.config import BloomConfig
 from minibloom.errors import ArgumentError, CheckpointError
+from minibloom.io.checkpoint import INDEX_FILE, load_params, read_checkpoint, save_params
+from minibloom.io.safetensors import (
+    bf16_to_f32,
+    f32_to_bf16,
+    read_header,
+    read_safetensors,
+    write_safetensors,
+)
 from minibloom.model import BloomBackbone, init_params
 
 TINY = BloomConfig(vocab_size=40, hidden_size=12, n_layer=2, n_head=3)
@@ -361,7 +358,7 @@ def test_preprocessor_auto_and_tokenizer_saved(tmp_path):
 
     from conftest import GOLDEN
 
-    from minibloom.bpe_train import train_tokenizer
+    from minibloom.training.bpe_train import train_tokenizer
 
     shutil.copytree(GOLDEN / "model" / "h6_prefix", tmp_path / "m")
     # the tokenizer's ids must fit in the model's 300 embedding rows (from_preset checks it)
@@ -419,7 +416,7 @@ def test_save_over_the_directory_a_model_was_loaded_from(tmp_path):
 
 
 def test_released_pages_read_back_unchanged(tmp_path):
-    from minibloom.checkpoint import _release_pages
+    from minibloom.io.checkpoint import _release_pages
 
     x = np.random.default_rng(0).standard_normal((3, 5000)).astype(np.float32)
     write_safetensors(tmp_path / "x.safetensors", {"a": x[0], "b": x[1:]})

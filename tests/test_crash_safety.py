@@ -39,13 +39,13 @@ from conftest import ROOT, golden_path
 from test_train import _trainer
 
 from minibloom.causal_lm import BloomCausalLM
-from minibloom.checkpoint import read_safetensors
 from minibloom.errors import CheckpointError, TrainingError
+from minibloom.io.safetensors import read_safetensors
 from minibloom.model import BloomBackbone
 from minibloom.optim import AdamW
 from minibloom.preprocessor import BloomCausalLMPreprocessor
 from minibloom.tokenizer import BloomTokenizer
-from minibloom.train import ArrayDataset, Trainer, latest_checkpoint
+from minibloom.training.train import ArrayDataset, Trainer, latest_checkpoint
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork"), reason="the kill tests fork child processes (POSIX only)"
@@ -459,7 +459,7 @@ def test_sigkill_at_random_moments_of_preset_writes(tmp_path, fork_env):
 
 
 def test_sigkill_at_every_step_of_one_preset_write(tmp_path, fork_env):
-    from minibloom.checkpoint import JOURNAL
+    from minibloom.io.checkpoint import JOURNAL
 
     tokenizer_json = golden_path("tokenizer.json")
     pristine = tmp_path / "pristine" / "model"

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from minibloom.data import TokenWindows, load_tokens, tokenize_files
 from minibloom.errors import ArgumentError
+from minibloom.training.data import TokenWindows, load_tokens, tokenize_files
 
 
 class ByteTokenizer:

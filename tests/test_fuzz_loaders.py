@@ -27,18 +27,13 @@ import safetensors.numpy
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from minibloom.bpe_train import train_tokenizer
-from minibloom.checkpoint import (
-    INDEX_FILE,
-    load_params,
-    read_safetensors,
-    save_params,
-    write_safetensors,
-)
 from minibloom.config import BloomConfig
 from minibloom.errors import MinibloomError
+from minibloom.io.checkpoint import INDEX_FILE, load_params, save_params
+from minibloom.io.safetensors import read_safetensors, write_safetensors
 from minibloom.model import init_params
 from minibloom.tokenizer import BloomTokenizer
+from minibloom.training.bpe_train import train_tokenizer
 
 TINY = BloomConfig(vocab_size=40, hidden_size=12, n_layer=2, n_head=3)
 _MAX_ALLOC = 64 << 20  # no fuzzed file is bigger than a few kB: 64 MB means something was believed

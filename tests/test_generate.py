@@ -464,8 +464,8 @@ def test_cli_bad_arguments_get_one_line(capsys, extra, message):
 
 
 def test_cli_unknown_preset_and_missing_default_model(capsys, monkeypatch):
-    from minibloom import presets
     from minibloom.errors import PresetNotFoundError
+    from minibloom.io import presets
 
     rc, _, err = _cli(["generate", "x", "--preset", "no_such_preset_anywhere"], capsys)
     assert rc == 2 and err.count("\n") == 1 and "no_such_preset_anywhere" in err

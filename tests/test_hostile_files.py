@@ -21,14 +21,6 @@ import pytest
 from conftest import ROOT, golden_path
 
 from minibloom.causal_lm import BloomCausalLM
-from minibloom.checkpoint import (
-    INDEX_FILE,
-    load_params,
-    read_header,
-    read_safetensors,
-    save_params,
-    write_safetensors,
-)
 from minibloom.config import BloomConfig
 from minibloom.errors import (
     ArgumentError,
@@ -37,8 +29,10 @@ from minibloom.errors import (
     PresetNotFoundError,
     TokenizerError,
 )
+from minibloom.io.checkpoint import INDEX_FILE, load_params, save_params
+from minibloom.io.presets import resolve
+from minibloom.io.safetensors import read_header, read_safetensors, write_safetensors
 from minibloom.model import BloomBackbone, init_params
-from minibloom.presets import resolve
 from minibloom.tokenizer import BloomTokenizer
 
 TINY = BloomConfig(vocab_size=40, hidden_size=12, n_layer=2, n_head=3)

@@ -12,7 +12,7 @@ import pytest
 from conftest import GOLDEN, assert_close, golden_path
 
 from minibloom.causal_lm import BloomCausalLM
-from minibloom.checkpoint import read_checkpoint
+from minibloom.io.checkpoint import read_checkpoint
 
 # Tolerances per quantity (float32 compute on both sides; measured max diffs are ~3e-6).
 LOGITS_ATOL, LOGITS_RTOL = 1e-5, 1e-5

@@ -2,10 +2,10 @@
 
 import pytest
 
-from minibloom import presets
 from minibloom.config import BloomConfig
 from minibloom.errors import PresetNotFoundError
-from minibloom.presets import PRESETS, find_preset, resolve
+from minibloom.io import presets
+from minibloom.io.presets import PRESETS, find_preset, resolve
 
 # Parameter counts from keras-hub's bloom_presets.py metadata (tied head, vocabulary 250880).
 KERAS_PARAMS = {

@@ -334,7 +334,7 @@ def tiny_model_dir_cached():
 
 def _trainer(**kw):
     from minibloom.optim import AdamW
-    from minibloom.train import ArrayDataset, Trainer
+    from minibloom.training.train import ArrayDataset, Trainer
 
     ids = np.zeros((4, 4), np.int64)
     return Trainer(_tiny_lm(), AdamW(1e-3), ArrayDataset({"token_ids": ids}, ids), **kw)
@@ -453,26 +453,26 @@ API_CASES = [
 
 
 def _train_on_files(work, **kw):
-    from minibloom.train import train_on_files
+    from minibloom.training.train import train_on_files
 
     args = {**TRAIN_FILES_OK, **kw}
     return train_on_files(_tiny_lm(), [work / "corpus.txt"], work / "run", **args)
 
 
 def _evaluate(work, **kw):
-    from minibloom.evaluation import evaluate_file
+    from minibloom.training.evaluation import evaluate_file
 
     return evaluate_file(_tiny_lm(), work / "corpus.txt", **kw)
 
 
 def _windows(seq):
-    from minibloom.data import TokenWindows
+    from minibloom.training.data import TokenWindows
 
     return TokenWindows(np.arange(100), seq)
 
 
 def _train_tok(vocab_size=300, min_frequency=2):
-    from minibloom.bpe_train import train_tokenizer
+    from minibloom.training.bpe_train import train_tokenizer
 
     return train_tokenizer(["some text"], vocab_size, min_frequency=min_frequency)
 

@@ -1,7 +1,7 @@
 """One corpus reader for every command: plain text, JSON lines, .xz / .gz of either; one boundary rule.
 
 Finding 4 of issue 10: `train` and `evaluate` read a .jsonl corpus as raw JSON text, while
-`train-tokenizer` read its "text" fields. Now all three go through `minibloom.data.iter_documents`:
+`train-tokenizer` read its "text" fields. Now all three go through `minibloom.training.data.iter_documents`:
 plain text documents are separated by blank lines; a JSON line is one document (its "text").
 Bad input is one ArgumentError naming the file and the line (or byte offset).
 """
@@ -15,9 +15,9 @@ import pytest
 from conftest import golden_path
 from test_reliability_arguments import assert_one_error_line, cli, tiny_model_dir, tree_hash
 
-from minibloom.data import iter_documents, load_tokens, tokenize_files
 from minibloom.errors import ArgumentError
 from minibloom.tokenizer import BloomTokenizer
+from minibloom.training.data import iter_documents, load_tokens, tokenize_files
 
 DOCS = ["first doc\nits second line", "second doc", "héllo wörld 你好", "  indented\n\ttabbed"]
 
@@ -127,7 +127,7 @@ def model(tmp_path_factory):
 def test_train_evaluate_and_train_tokenizer_read_jsonl_alike(tmp_path, model, capsys):
     """The regression of finding 4: the same documents as .jsonl.xz and as .txt give the same tokens,
     the same evaluation and the same trained tokenizer."""
-    from minibloom.bpe_train import read_training_texts
+    from minibloom.training.bpe_train import read_training_texts
 
     docs = [f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(40)]
     txt, jsonl = (

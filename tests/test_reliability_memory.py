@@ -160,7 +160,7 @@ def test_generate_max_length_huge_is_one_line(model, capsys):
 
 def test_api_train_on_files_checks_memory_first(work, model, monkeypatch):
     from minibloom.causal_lm import BloomCausalLM
-    from minibloom.train import train_on_files
+    from minibloom.training.train import train_on_files
 
     lm = BloomCausalLM.from_preset(str(model))
     _little_memory(monkeypatch)

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, golden_path
 from test_reliability_arguments import CORPUS, assert_one_error_line, cli, tiny_model_dir, tree_hash
 
-from minibloom.train import latest_checkpoint
+from minibloom.training.train import latest_checkpoint
 
 TRAIN = [
     "--tokenizer",
@@ -114,17 +114,17 @@ def test_disk_full_at_the_end_of_a_run_keeps_the_checkpoints(work, monkeypatch, 
 
 
 def test_loss_curve_uses_the_atomic_writer(tmp_path, monkeypatch):
-    """write_loss_curve goes through checkpoint.write_bytes_atomic: flushed, renamed, nothing half-written."""
-    import minibloom.checkpoint
+    """write_loss_curve goes through io/files.write_bytes_atomic: flushed, renamed, nothing half-written."""
+    import minibloom.io.files
     from minibloom.errors import TrainingError
-    from minibloom.train import write_loss_curve
+    from minibloom.training.train import write_loss_curve
 
     history = {"step": [1, 2], "step_loss": [3.0, 2.5], "learning_rate": [1e-3, 1e-3]}
     (tmp_path / "loss_curve.csv").write_text("old curve\n")
     calls = []
-    real = minibloom.checkpoint.write_bytes_atomic
+    real = minibloom.io.files.write_bytes_atomic
     monkeypatch.setattr(
-        minibloom.checkpoint,
+        minibloom.io.files,
         "write_bytes_atomic",
         lambda *a, **k: calls.append(a[0]) or real(*a, **k),
     )

@@ -17,10 +17,10 @@ from conftest import golden_path
 from test_reliability_arguments import CORPUS, assert_one_error_line, cli, tiny_model_dir, tree_hash
 
 from minibloom.causal_lm import BloomCausalLM
-from minibloom.checkpoint import read_safetensors
 from minibloom.errors import TrainingError
+from minibloom.io.safetensors import read_safetensors
 from minibloom.tokenizer import BloomTokenizer, default_tokenizer_path
-from minibloom.train import latest_checkpoint
+from minibloom.training.train import latest_checkpoint
 
 RUN = [
     "--seq-len",
@@ -275,7 +275,7 @@ def test_an_out_dir_with_only_the_users_files_is_used_and_they_are_kept(work, ca
 
 def test_api_resume_with_another_tokenizer_is_refused(work, capsys):
     from minibloom.preprocessor import BloomCausalLMPreprocessor
-    from minibloom.train import train_on_files
+    from minibloom.training.train import train_on_files
 
     out = _first_run(work, capsys)
     lm = BloomCausalLM.from_preset(str(latest_checkpoint(out / "checkpoints")))

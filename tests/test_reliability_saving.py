@@ -15,9 +15,9 @@ import pytest
 from conftest import ROOT, requires_transformers, tree_digest
 
 from minibloom.causal_lm import BloomCausalLM
-from minibloom.checkpoint import INDEX_FILE, JOURNAL, read_checkpoint
 from minibloom.config import BloomConfig
 from minibloom.errors import ArgumentError, CheckpointError
+from minibloom.io.checkpoint import INDEX_FILE, JOURNAL, read_checkpoint
 from minibloom.model import BloomBackbone
 
 SHIPPED = ROOT / "weights" / "tinybloom-5m"

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, assert_close, requires_tokenizers, requires_transformers
 
 from minibloom import BloomCausalLM
-from minibloom.presets import default_model_dir, list_presets
+from minibloom.io.presets import default_model_dir, list_presets
 
 # A sample in the card: ```console / $ python -m minibloom generate ... / output lines / ```
 CARD_SAMPLE = re.compile(r"```console\n\$ (python -m minibloom generate [^\n]*)\n(.*?)\n```", re.S)

@@ -18,7 +18,7 @@ from minibloom.errors import ArgumentError, TrainingError
 from minibloom.model import BloomBackbone
 from minibloom.optim import BIAS_AND_NORM, AdamW, WarmupCosineSchedule
 from minibloom.preprocessor import BloomCausalLMPreprocessor
-from minibloom.train import ArrayDataset, Trainer, evaluate, latest_checkpoint
+from minibloom.training.train import ArrayDataset, Trainer, evaluate, latest_checkpoint
 
 # float32 forward/backward vs torch over 10 steps. Measured (golden): losses 7.8e-7, grad norms
 # 1.6e-6 relative, parameters 1.7e-6 (qkv bias); the tolerances leave ~5x headroom.
@@ -317,7 +317,7 @@ def test_cli_train_writes_checkpoints_curve_and_model_then_resumes(tmp_path, mon
     assert len((out / "loss_curve.csv").read_text().splitlines()) == 7  # history carried over
     lm = BloomCausalLM.from_preset(str(out / "model"))
     assert lm.backbone.config.n_layer == 1 and lm.tokenizer is not None
-    from minibloom.checkpoint import read_safetensors
+    from minibloom.io.safetensors import read_safetensors
 
     saved = read_safetensors(out / "checkpoints" / "step-00000006" / "model.safetensors")
     for k, p in lm.params.items():

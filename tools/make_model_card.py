@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from minibloom.causal_lm import BloomCausalLM  # noqa: E402
-from minibloom.evaluation import evaluate_file  # noqa: E402
+from minibloom.training.evaluation import evaluate_file  # noqa: E402
 
 # The sample generations of the card: (why, CLI arguments after `python -m minibloom generate`).
 # tests/test_shipped_model.py re-runs every one: greedy and contrastive search are deterministic,
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
 
 def _count_tokens(lm, paths) -> int:
     """Tokens of corpus files as the train command counts them (documents + </s>)."""
-    from minibloom.data import load_tokens, tokenize_files
+    from minibloom.training.data import load_tokens, tokenize_files
 
     with tempfile.TemporaryDirectory() as cache:
         return len(load_tokens(tokenize_files(paths, lm.tokenizer, cache)))

@@ -237,7 +237,7 @@ def tokenize_files(paths, tokenizer, cache_dir) -> Path:
     largest id fits, else uint32. A cache that cannot be written raises CheckpointError naming it.
     """
     from minibloom.arguments import check_input_file
-    from minibloom.checkpoint import _atomic_write, write_bytes_atomic
+    from minibloom.io.files import atomic_write, write_bytes_atomic
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -266,7 +266,7 @@ def tokenize_files(paths, tokenizer, cache_dir) -> Path:
                 f.write(ids.astype(dtype).tobytes())
                 n += len(ids)
 
-    _atomic_write(out, write)
+    atomic_write(out, write)
     meta = {
         "dtype": np.dtype(dtype).name,
         "num_tokens": n,

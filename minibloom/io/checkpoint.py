@@ -1,29 +1,18 @@
-"""Reading and writing HF safetensors checkpoints of BLOOM, by hand.
+"""An HF model directory of BLOOM: which files hold the weights, what the tensors are called,
+loading them as checked parameters, and saving a model as only the files it owns.
 
 Covers:
-  * the safetensors container: 8-byte little-endian header length N, N bytes of JSON
-    `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`, then the raw
-    little-endian tensor bytes (offsets are relative to the end of the header);
-  * dtypes F32, F16 and BF16. NumPy has no bfloat16, so BF16 is read as raw uint16 words and widened
-    by hand (a bfloat16 is the top 16 bits of a float32), and written with round-to-nearest-even;
-  * memory mapping: a file is mapped once (`mmap`, private copy-on-write) and every tensor is a view
-    into the mapping, so nothing is read until it is used and a 3B checkpoint never sits in RAM
-    twice. The only real copy is the conversion to the in-memory dtype. (A mapped array stays
-    valid when its file is replaced with os.replace, as our writer does, but not if another
-    program truncates the file in place.)
-  * sharded checkpoints (`model.safetensors.index.json` + `model-0000k-of-0000n.safetensors`);
+  * single-file and sharded checkpoints (`model.safetensors.index.json` +
+    `model-0000k-of-0000n.safetensors`), shard names from the index kept inside the directory;
   * HF key mapping: keys with or without the `transformer.` prefix (BloomForCausalLM vs
     BloomModel), and `lm_head.weight` present or absent (minibloom always ties the head to
     `word_embeddings.weight`, so a present head must equal the embedding);
-  * validation against a `BloomConfig`: missing, unexpected or mis-shaped tensors raise
-    `CheckpointError` naming the tensor, the expected and the found shape; NaN/inf weights are
-    refused, warned about or ignored (`load_params(..., nonfinite=...)`);
-  * hostile files: every header number is checked against the file size (Python ints, before
-    any allocation or mapping), shard names in an index cannot leave the checkpoint directory,
-    and pipes / devices are refused before a read could block (docs/RELIABILITY.md);
-  * writing: F32/F16/BF16, optionally sharded by size, each file written to a temporary name,
-    flushed to disk (fsync) and moved into place with `os.replace`, so a crash never leaves a
-    half-written file.
+  * validation against a `BloomConfig` (config.param_shapes): missing, unexpected or mis-shaped
+    tensors raise `CheckpointError` naming the tensor, the expected and the found shape; NaN/inf
+    weights are refused, warned about or ignored (`load_params(..., nonfinite=...)`);
+  * saving: `weight_writers` (F32/F16/BF16, optionally sharded by size) and `commit_files`, which
+    replaces a model's files all at once (hidden temporaries, a journal as the commit point) and
+    never touches any other file in the directory.
 
 The in-memory dtype (`load_params(..., dtype=...)`), agreed with model.py:
   * "float32" (default): every tensor converted to a C-contiguous float32 array. An F32 file
@@ -32,17 +21,14 @@ The in-memory dtype (`load_params(..., dtype=...)`), agreed with model.py:
     (zero-copy views); BF16 and F32 tensors are rounded to float16. model.py's ops widen a
     float16 weight to float32 per use, so all arithmetic still happens in float32.
 
-Leaves out: PyTorch `.bin` files (never unpickled: unpickling runs arbitrary code; see
-`_pytorch_bin_message` for how to convert), integer/quantized dtypes, and big-endian machines.
+Leaves out: the container format itself (io/safetensors.py), PyTorch `.bin` files (never
+unpickled: unpickling runs arbitrary code; `_PYTORCH_BIN_HINT` says how to convert).
 """
 
 import json
-import math
 import mmap
 import os
 import re
-import stat
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -50,324 +36,16 @@ import numpy as np
 
 from minibloom.config import BloomConfig, param_shapes
 from minibloom.errors import ArgumentError, CheckpointError
+from minibloom.io.files import atomic_write, fsync_directory, json_error, write_temp
+from minibloom.io.safetensors import STORED, bf16_to_f32, read_safetensors, safetensors_writer
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PREFIX = "transformer."  # what BloomForCausalLM puts in front of BloomModel's keys
 HEAD_KEY = "lm_head.weight"
-
-# safetensors dtype name -> (numpy dtype of the stored words, bytes per element).
-# BF16 is stored as uint16 words: numpy has no bfloat16, we widen them by hand.
-_STORED = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 _SAVE_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _LOAD_DTYPES = ("float32", "float16")
-_MAX_HEADER = 100 * 1024 * 1024  # the reference implementation refuses headers above 100 MB
-_MAX_NDIM = 32  # numpy allows 64 dimensions; no real checkpoint comes near either
-_MAX_DIM = 1 << 48  # a larger dimension cannot describe bytes in any file (and keeps reshape safe)
 _NONFINITE = ("error", "warn", "ignore")
-
-
-# ------------------------------------------------------------------------------------------------
-# bfloat16 by hand
-# ------------------------------------------------------------------------------------------------
-
-
-def bf16_to_f32(words: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """uint16 bfloat16 words -> float32: the word becomes the top half of a float32 bit pattern."""
-    out = np.empty(words.shape, dtype=np.float32) if out is None else out
-    bits = out.view(np.uint32)
-    bits[...] = words  # zero-extend each 16-bit word into the 32-bit slot ...
-    bits <<= 16  # ... and move it to the top: sign, 8 exponent bits, 7 mantissa bits
-    return out
-
-
-def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> uint16 bfloat16 words, rounding to nearest, ties to even (as torch does).
-
-    Adding 0x7FFF plus the lowest kept bit to the 32-bit pattern and dropping the low 16 bits
-    rounds the mantissa to nearest-even; a carry out of the mantissa correctly bumps the exponent
-    (up to infinity). NaN is kept a (quiet) NaN instead of being rounded into infinity.
-    """
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    lsb = (bits >> 16) & 1
-    rounded = ((bits + np.uint32(0x7FFF) + lsb) >> 16).astype(np.uint16)
-    nan = np.isnan(x)
-    if nan.any():
-        rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
-    return rounded
-
-
-# ------------------------------------------------------------------------------------------------
-# one .safetensors file
-# ------------------------------------------------------------------------------------------------
-
-
-def _json_error(e: Exception) -> str:
-    """A short reason for a json.loads failure (bad syntax, absurd nesting, an enormous number)."""
-    if isinstance(e, RecursionError):
-        return "nested too deeply"
-    return str(e)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def read_header(path) -> tuple[dict, int]:
-    """Parse and validate a safetensors header.
-
-    Returns ({name: {"dtype", "shape", "data_offsets"}}, data_start) where data_start is the file
-    offset of the first tensor byte. Raises CheckpointError naming the file and the tensor.
-
-    Everything is checked against the file size before anything is allocated or mapped: the
-    header length (at most 100 MB, like the reference reader), each tensor's dtype, shape (at
-    most _MAX_NDIM non-negative dimensions) and data_offsets (inside the data section, matching
-    shape * itemsize, no two tensors overlapping). A header claiming a 2**40-element tensor is
-    rejected by arithmetic on Python ints, never by trying to allocate it.
-    """
-    path = Path(path)
-    try:
-        st = path.stat()
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError
-        if not stat.S_ISREG(st.st_mode):  # reading a pipe or a device could block forever
-            raise CheckpointError(
-                f"{path}: not a regular file (a pipe or a device?); expected a .safetensors file"
-            )
-        size = st.st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(
-                    f"{path}: {size} bytes is too short for a safetensors file (needs an 8-byte header length)"
-                )
-            n = int.from_bytes(head, "little")
-            if n > _MAX_HEADER or 8 + n > size:
-                raise CheckpointError(
-                    f"{path}: header length {n} does not fit in a {size}-byte file (not a safetensors file, or truncated)"
-                )
-            raw = f.read(n)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: weights file not found") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, expected a .safetensors file") from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read weights file ({e.strerror or e})") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (
-        UnicodeDecodeError,
-        ValueError,
-        RecursionError,
-    ) as e:  # ValueError covers JSONDecodeError
-        raise CheckpointError(
-            f"{path}: safetensors header is not valid JSON ({_json_error(e)})"
-        ) from None
-    if not isinstance(header, dict):
-        raise CheckpointError(
-            f"{path}: safetensors header must be a JSON object, found {type(header).__name__}"
-        )
-    metadata = header.pop("__metadata__", None)
-    if metadata is not None and not isinstance(metadata, dict):
-        raise CheckpointError(
-            f"{path}: __metadata__ must be a JSON object of strings, found {type(metadata).__name__}"
-        )
-    data_start = 8 + n
-    data_size = size - data_start
-    spans = []  # (begin, end, name) of every non-empty tensor, to find overlaps
-    for name, info in header.items():
-        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-            raise CheckpointError(
-                f"{path}: tensor {name!r} header entry needs dtype, shape and data_offsets, found {info!r:.200}"
-            )
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in _STORED:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has dtype {dtype!r:.50}; minibloom reads {sorted(_STORED)}"
-            )
-        if not (
-            isinstance(shape, list)
-            and len(shape) <= _MAX_NDIM
-            and all(_is_int(d) and 0 <= d <= _MAX_DIM for d in shape)
-        ):
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has an invalid shape {shape!r:.200}; expected a list of at most {_MAX_NDIM} "
-                f"integers in [0, 2**48]"
-            )
-        if not (
-            isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
-        ):
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has data_offsets {offsets!r:.200}; expected [begin, end] integers"
-            )
-        begin, end = offsets
-        nbytes = (
-            math.prod(shape) * _STORED[dtype].itemsize
-        )  # Python ints: no overflow, no allocation
-        if not (0 <= begin <= end <= data_size) or end - begin != nbytes:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes, but data_offsets {offsets} "
-                f"give {end - begin} within a {data_size}-byte data section (file truncated or corrupt?)"
-            )
-        if end > begin:
-            spans.append((begin, end, name))
-    spans.sort()
-    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
-        if begin_b < end_a:
-            raise CheckpointError(
-                f"{path}: tensors {a!r} and {b!r} overlap in the data section (bytes {begin_b}..{end_a})"
-            )
-    return header, data_start
-
-
-def read_safetensors(path) -> dict[str, tuple[str, np.ndarray]]:
-    """Map a safetensors file; returns {name: (dtype_name, stored_words)} without reading any data.
-
-    Each array is a copy-on-write view of the file mapping (writable; pages are copied only if
-    written), holding the stored words: float32, float16, or uint16 for BF16.
-    """
-    header, data_start = read_header(path)
-    if not header:
-        return {}
-    size = Path(path).stat().st_size
-    if size == data_start:  # only empty tensors: nothing to map
-        return {
-            name: (info["dtype"], np.zeros(info["shape"], _STORED[info["dtype"]]))
-            for name, info in header.items()
-        }
-    with open(path, "rb") as f:  # the mapping stays valid after the file is closed
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private, copy-on-write
-    data = np.frombuffer(mapping, dtype=np.uint8, offset=data_start)  # (bytes,) the data section
-    tensors = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        arr = (
-            data[begin:end].view(_STORED[info["dtype"]]).reshape(info["shape"])
-        )  # as in the header
-        tensors[name] = (info["dtype"], arr)
-    return tensors
-
-
-def fsync_directory(directory) -> None:
-    """Flush a directory's entries (the names created or renamed in it) to disk.
-
-    A rename is durable only once its directory is flushed. Windows cannot open a directory
-    for this; there the call does nothing.
-    """
-    if os.name == "nt":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_temp(path: Path, write, error=CheckpointError) -> Path:
-    """Call write(file) on a new hidden temporary file next to `path`, flush it to disk (fsync) and
-    give it the mode a new file gets; returns its path. `path` itself is not touched. An OSError
-    becomes an `error` naming `path`, with the temporary file removed."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise error(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, new_file_mode())
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise error(f"{path}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def _atomic_write(path: Path, write, error=CheckpointError) -> None:
-    """Call write(file) on a temporary file next to `path`, then move it into place.
-
-    The order is what makes a crash (even a power cut) harmless: write the temporary file,
-    flush it to disk (fsync), rename it over `path`, flush the directory. Before the rename the
-    old `path` is untouched; after it `path` has the complete new bytes, never an empty or
-    partial file. An OSError (disk full, no permission) becomes an `error` (a MinibloomError class,
-    CheckpointError by default) naming `path`; whatever was at `path` before is then unchanged.
-    """
-    tmp = _write_temp(path, write, error)
-    try:
-        os.replace(tmp, path)
-        fsync_directory(path.parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise error(f"{path}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def new_file_mode(base: int = 0o666) -> int:
-    """`base` less the process umask: the mode `open()` gives a new file (or 0o777: a directory).
-
-    Temporary files and directories are created owner-only (0600 / 0700); files renamed into
-    place get this mode instead, so a saved model is as readable as any file the user writes.
-    """
-    umask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(umask)
-    return base & ~umask
-
-
-def write_bytes_atomic(path, data: bytes, error=CheckpointError) -> None:
-    """Write `data` to `path` atomically and durably (see `_atomic_write`); failures raise `error`."""
-    _atomic_write(Path(path), lambda f: f.write(data), error)
-
-
-def _encode(name: str, x: np.ndarray, dtype: str) -> np.ndarray:
-    """An array -> its stored words in safetensors dtype `dtype` (little-endian, C order)."""
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        raise CheckpointError(
-            f"tensor {name!r}: expected a floating-point array, found dtype {x.dtype}"
-        )
-    if dtype == "BF16":
-        return f32_to_bf16(x.astype(np.float32, copy=False))
-    return np.ascontiguousarray(x, dtype=_STORED[dtype])
-
-
-def write_safetensors(
-    path, tensors: dict, dtype: str = "F32", metadata: dict | None = None
-) -> None:
-    """Write {name: array} as one safetensors file in `dtype` ("F32", "F16" or "BF16"), atomically."""
-    _atomic_write(Path(path), safetensors_writer(tensors, dtype, metadata))
-
-
-def safetensors_writer(tensors: dict, dtype: str = "F32", metadata: dict | None = None):
-    """A function write(file) that writes {name: array} as safetensors bytes in `dtype`."""
-    if dtype not in _STORED:
-        raise ArgumentError(f"dtype: expected one of {sorted(_STORED)}, found {dtype!r}")
-    words = {name: _encode(name, x, dtype) for name, x in sorted(tensors.items())}
-    header, offset = {}, 0
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    for name, w in words.items():
-        header[name] = {
-            "dtype": dtype,
-            "shape": list(w.shape),
-            "data_offsets": [offset, offset + w.nbytes],
-        }
-        offset += w.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # pad so the data section starts 8-byte aligned
-
-    def write(f):
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for w in words.values():
-            f.write(w.tobytes() if w.ndim == 0 else memoryview(w.reshape(-1)).cast("B"))
-
-    return write
 
 
 # ------------------------------------------------------------------------------------------------
@@ -411,7 +89,7 @@ def checkpoint_files(directory) -> list[Path]:
             spec = json.loads(index.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
             raise CheckpointError(
-                f"{index}: not a valid safetensors index, expected JSON ({_json_error(e)})"
+                f"{index}: not a valid safetensors index, expected JSON ({json_error(e)})"
             ) from None
         weight_map = spec.get("weight_map") if isinstance(spec, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
@@ -643,7 +321,7 @@ _OWNED_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 JOURNAL = ".minibloom-save.json"  # present only between a save's commit point and its end
 _TEMP = re.compile(
     r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$"
-)  # what _write_temp creates: .NAME.<random>.tmp
+)  # what files.write_temp creates: .NAME.<random>.tmp
 
 
 def is_owned_file(name: str) -> bool:
@@ -738,13 +416,13 @@ def commit_files(directory, writers: dict, remove=(), error=CheckpointError) -> 
     temps = []
     try:
         for name in names:
-            temps.append(_write_temp(directory / name, writers[name], error))
+            temps.append(write_temp(directory / name, writers[name], error))
         spec = {
             "format": "minibloom-save",
             "rename": [[t.name, n] for t, n in zip(temps, names)],
             "remove": list(remove),
         }
-        _atomic_write(
+        atomic_write(
             directory / JOURNAL,
             lambda f: f.write(json.dumps(spec, indent=1).encode("utf-8")),
             error,
@@ -805,7 +483,7 @@ def weight_writers(
                 {prefix + n: params[n] for n in names}, st_dtype, {"format": "pt"}
             )
         }
-    itemsize = _STORED[st_dtype].itemsize
+    itemsize = STORED[st_dtype].itemsize
     shards, current, current_bytes = [], [], 0
     for n in names:
         nbytes = int(np.asarray(params[n]).size) * itemsize

@@ -37,7 +37,7 @@ good checkpoint.
 
 Data: anything with `batches(batch_size, shuffle, seed, epoch, start_batch)` and
 `num_batches(batch_size)`: `ArrayDataset` (in-memory arrays, e.g. preprocessed strings) or
-`minibloom.data.TokenWindows` (a streamed corpus). The order of every epoch depends only on
+`minibloom.training.data.TokenWindows` (a streamed corpus). The order of every epoch depends only on
 (seed, epoch), which is what makes the data position resumable.
 
 Left out: multiple processes, mixed precision, early stopping, learning-rate finders.
@@ -405,12 +405,9 @@ class Trainer:
         A disk-full or permission error raises TrainingError naming the path; LATEST and the
         checkpoint it names are then unchanged.
         """
-        from minibloom.checkpoint import (
-            fsync_directory,
-            save_params,
-            write_bytes_atomic,
-            write_safetensors,
-        )
+        from minibloom.io.checkpoint import save_params
+        from minibloom.io.files import fsync_directory, write_bytes_atomic
+        from minibloom.io.safetensors import write_safetensors
 
         if self.checkpoint_dir is None:
             raise ArgumentError("save_checkpoint: this Trainer has no checkpoint_dir")
@@ -510,7 +507,7 @@ class Trainer:
         Refuses (TrainingError, nothing changed) a checkpoint whose data settings, config.json or
         tokenizer.json differ from this trainer's and its model's: a resumed run continues the
         same run. Reads model.safetensors, or params.safetensors of older checkpoints."""
-        from minibloom.checkpoint import read_safetensors
+        from minibloom.io.safetensors import read_safetensors
 
         path = Path(path) if path is not None else latest_checkpoint(self.checkpoint_dir)
         if path is None:
@@ -729,7 +726,7 @@ def write_loss_curve(history, evals, out_dir, log=print):
     history: a Trainer history (per-step "step", "step_loss", "learning_rate");
     evals: list of (step, held-out loss). Returns the paths written.
     """
-    from minibloom.checkpoint import write_bytes_atomic
+    from minibloom.io.files import write_bytes_atomic
 
     out_dir = Path(out_dir)
     held = dict(evals)
@@ -796,8 +793,8 @@ def train_on_files(
     `check_out_dir`), and with `resume` the model must have the checkpoint's config and
     tokenizer. `clip` 0 or None: no clipping. Returns the Trainer.
     """
-    from minibloom.data import TokenWindows
     from minibloom.optim import BIAS_AND_NORM, AdamW, get_schedule
+    from minibloom.training.data import TokenWindows
 
     if lm.tokenizer is None:
         raise ArgumentError("train: the model has no tokenizer; pass --tokenizer tokenizer.json")

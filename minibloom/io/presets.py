@@ -31,7 +31,7 @@ from types import MappingProxyType
 from minibloom.config import BloomConfig
 from minibloom.errors import PresetNotFoundError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # minibloom/io/presets.py -> the repository
 WEIGHTS_DIR = REPO_ROOT / "weights"
 
 

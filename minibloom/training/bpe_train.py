@@ -29,11 +29,11 @@ from minibloom.tokenizer import SPECIAL_TOKENS, BloomTokenizer, bytes_to_unicode
 
 
 def read_training_texts(paths) -> list:
-    """The documents of corpus files, read as `train` reads them (`minibloom.data.iter_documents`:
+    """The documents of corpus files, read as `train` reads them (`minibloom.training.data.iter_documents`:
     plain text split at blank lines, the "text" field of each JSON line, .xz / .gz of either).
     Each document is pre-tokenized on its own, so no piece spans two documents."""
     from minibloom.arguments import check_input_file
-    from minibloom.data import iter_documents
+    from minibloom.training.data import iter_documents
 
     if isinstance(paths, (str, bytes)) or not hasattr(paths, "__iter__"):
         paths = [paths]

@@ -3,7 +3,7 @@
 Bits per byte (bpb) compares models with different tokenizers: the total negative log-likelihood
 of a text, in bits, divided by the text's UTF-8 byte count (for plain text the whole decompressed file;
 for JSON lines the "text" fields plus one byte per document). The file is read and tokenized exactly
-as the `train` command reads training data (`minibloom.data.iter_documents`: plain text with
+as the `train` command reads training data (`minibloom.training.data.iter_documents`: plain text with
 blank lines between documents, JSON lines with a "text" field, or .xz / .gz of either; each
 document ended by `</s>`, which stands in for the blank line), the token stream is cut into consecutive
 windows of up to T + 1 tokens overlapping by one, and every token after the first is predicted
@@ -23,14 +23,14 @@ import numpy as np
 
 from minibloom import losses
 from minibloom.arguments import check_input_file, check_int
-from minibloom.data import encode_documents, iter_documents
 from minibloom.errors import ArgumentError
 from minibloom.memory import check_fits
+from minibloom.training.data import encode_documents, iter_documents
 
 
 def corpus_tokens(path, tokenizer) -> tuple[np.ndarray, int]:
     """(token ids (N,) int64, UTF-8 bytes of the text) of a corpus file, read as `train` reads it:
-    `minibloom.data.iter_documents`, each document followed by `</s>`."""
+    `minibloom.training.data.iter_documents`, each document followed by `</s>`."""
     counts, chunks = {}, []
     for ids in encode_documents(tokenizer, iter_documents(path, counts)):
         chunks.append(np.asarray(list(ids) + [tokenizer.end_token_id], dtype=np.int64))
