@@ -106,90 +106,68 @@ def block_forward(x, p, alibi, visible, config, kv=None, layer=0, training=False
     p: this block's params keyed by BLOCK_KEYS. alibi (B, H, S), visible (B, T, S).
     kv: a KVCache to write this block's new keys/values into (and read the past from), or None.
     """
-    H, eps, post_ln = (
-        config.n_head,
-        config.layer_norm_epsilon,
-        config.apply_residual_connection_post_layernorm,
-    )
+    H, eps = config.n_head, config.layer_norm_epsilon
+    post_ln = config.apply_residual_connection_post_layernorm
     p_hidden = config.hidden_dropout if training else 0.0
     p_attn = config.attention_dropout if training else 0.0
+
+    def wb(name):  # a sub-layer's (weight, bias), by its checkpoint name
+        return p[f"{name}.weight"], p[f"{name}.bias"]
+
     # attention half
-    ln1, c_ln1 = ops.layernorm_forward(
-        x, p["input_layernorm.weight"], p["input_layernorm.bias"], eps
-    )
+    ln1, c_ln1 = ops.layernorm_forward(x, *wb("input_layernorm"), eps)
     res1 = ln1 if post_ln else x
-    fused, c_qkv = ops.linear_forward(
-        ln1, p["self_attention.query_key_value.weight"], p["self_attention.query_key_value.bias"]
-    )  # (B, T, 3C)
+    fused, c_qkv = ops.linear_forward(ln1, *wb("self_attention.query_key_value"))  # (B, T, 3C)
     q, k, v = ops.split_heads(fused, H)  # each (B, H, T, D)
     if kv is not None:
         k, v = kv.write(layer, k, v)  # (B, H, S, D): past + new
     ctx, c_attn = ops.attention_forward(q, k, v, alibi, visible, p_attn, rng)  # (B, H, T, D)
-    a, c_dense = ops.linear_forward(
-        ops.merge_heads(ctx), p["self_attention.dense.weight"], p["self_attention.dense.bias"]
-    )
+    a, c_dense = ops.linear_forward(ops.merge_heads(ctx), *wb("self_attention.dense"))
     a, c_drop1 = ops.dropout_forward(a, p_hidden, rng)
     x1 = a + res1
     # MLP half
-    ln2, c_ln2 = ops.layernorm_forward(
-        x1, p["post_attention_layernorm.weight"], p["post_attention_layernorm.bias"], eps
-    )
+    ln2, c_ln2 = ops.layernorm_forward(x1, *wb("post_attention_layernorm"), eps)
     res2 = ln2 if post_ln else x1
-    h, c_fc1 = ops.linear_forward(
-        ln2, p["mlp.dense_h_to_4h.weight"], p["mlp.dense_h_to_4h.bias"]
-    )  # (B, T, F)
+    h, c_fc1 = ops.linear_forward(ln2, *wb("mlp.dense_h_to_4h"))  # (B, T, F)
     g, c_gelu = ops.gelu_forward(h)
-    m, c_fc2 = ops.linear_forward(
-        g, p["mlp.dense_4h_to_h.weight"], p["mlp.dense_4h_to_h.bias"]
-    )  # (B, T, C)
+    m, c_fc2 = ops.linear_forward(g, *wb("mlp.dense_4h_to_h"))  # (B, T, C)
     m, c_drop2 = ops.dropout_forward(m, p_hidden, rng)
     x2 = m + res2
-    cache = (
-        BlockCache(c_ln1, c_qkv, c_attn, c_dense, c_drop1, c_ln2, c_fc1, c_gelu, c_fc2, c_drop2)
-        if training
-        else None
+    if not training:
+        return x2, None
+    return x2, BlockCache(
+        c_ln1, c_qkv, c_attn, c_dense, c_drop1, c_ln2, c_fc1, c_gelu, c_fc2, c_drop2
     )
-    return x2, cache
 
 
 def block_backward(dx2, cache, post_ln):
     """Reverse of block_forward: dx2 (B, T, C) -> dx (B, T, C), grads dict keyed by BLOCK_KEYS."""
-    g = {}
+    g = {}  # sub-layer name -> (d weight, d bias)
     # MLP half, from `x2 = m + res2` back
     dm = ops.dropout_backward(dx2, cache.drop2)
-    dg, g["mlp.dense_4h_to_h.weight"], g["mlp.dense_4h_to_h.bias"] = ops.linear_backward(
-        dm, cache.fc2
-    )
+    dg, *g["mlp.dense_4h_to_h"] = ops.linear_backward(dm, cache.fc2)
     dh = ops.gelu_backward(dg, cache.gelu)
-    dln2, g["mlp.dense_h_to_4h.weight"], g["mlp.dense_h_to_4h.bias"] = ops.linear_backward(
-        dh, cache.fc1
-    )
+    dln2, *g["mlp.dense_h_to_4h"] = ops.linear_backward(dh, cache.fc1)
     if post_ln:
         dln2 = dln2 + dx2  # residual: res2 = ln2
-    dx1, g["post_attention_layernorm.weight"], g["post_attention_layernorm.bias"] = (
-        ops.layernorm_backward(dln2, cache.ln2)
-    )
+    dx1, *g["post_attention_layernorm"] = ops.layernorm_backward(dln2, cache.ln2)
     if not post_ln:
         dx1 = dx1 + dx2  # residual: res2 = x1
     # attention half, from `x1 = a + res1` back
     da = ops.dropout_backward(dx1, cache.drop1)
-    dmerged, g["self_attention.dense.weight"], g["self_attention.dense.bias"] = ops.linear_backward(
-        da, cache.dense
-    )
+    dmerged, *g["self_attention.dense"] = ops.linear_backward(da, cache.dense)
     H = cache.attn.q.shape[1]
     dq, dk, dv = ops.attention_backward(ops.split_merged_grad(dmerged, H), cache.attn)
     dfused = ops.merge_qkv_grads(dq, dk, dv)  # (B, T, 3C), head-interleaved like the weights
-    dln1, g["self_attention.query_key_value.weight"], g["self_attention.query_key_value.bias"] = (
-        ops.linear_backward(dfused, cache.qkv)
-    )
+    dln1, *g["self_attention.query_key_value"] = ops.linear_backward(dfused, cache.qkv)
     if post_ln:
         dln1 = dln1 + dx1  # residual: res1 = ln1
-    dx, g["input_layernorm.weight"], g["input_layernorm.bias"] = ops.layernorm_backward(
-        dln1, cache.ln1
-    )
+    dx, *g["input_layernorm"] = ops.layernorm_backward(dln1, cache.ln1)
     if not post_ln:
         dx = dx + dx1  # residual: res1 = x
-    return dx, g
+    return dx, {
+        f"{name}.{kind}": d for name, pair in g.items() for kind, d in zip(("weight", "bias"), pair)
+    }
 
 
 # ------------------------------------------------------------------------------------------------
