@@ -21,6 +21,7 @@ from minibloom.arguments import (
     expand_path,
 )
 from minibloom.errors import ArgumentError, MinibloomError
+from minibloom.samplers import NAMES as SAMPLER_NAMES
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -697,7 +698,7 @@ def _add_generate(sub):
     p.add_argument("--max-length", type=POSITIVE, default=128, help="prompt + completion tokens")
     p.add_argument(
         "--sampler",
-        choices=["greedy", "top_k", "top_p", "random", "beam", "contrastive"],
+        choices=SAMPLER_NAMES,
         default="greedy",
         help="how the next token is chosen",
     )
@@ -755,22 +756,17 @@ def _run_generate(args):
 
     if sys.stdout is None:
         raise _StdoutError("standard output is closed; nothing to write the generated text to")
-    k = 5 if args.top_k is None else args.top_k
-    make = {
-        "greedy": lambda: samplers.GreedySampler(temperature=args.temperature),
-        "top_k": lambda: samplers.TopKSampler(k=k, seed=args.seed, temperature=args.temperature),
-        "top_p": lambda: samplers.TopPSampler(
-            p=args.top_p, k=args.top_k, seed=args.seed, temperature=args.temperature
-        ),
-        "random": lambda: samplers.RandomSampler(seed=args.seed, temperature=args.temperature),
-        "beam": lambda: samplers.BeamSampler(
-            num_beams=args.num_beams, temperature=args.temperature
-        ),
-        "contrastive": lambda: samplers.ContrastiveSampler(
-            k=k, alpha=args.alpha, temperature=args.temperature
-        ),
-    }
-    sampler = make[args.sampler]()  # checks k, p, temperature, ... before the model loads
+    # the one registry (samplers.get): each sampler takes the options it knows; checked here,
+    # before the model loads
+    sampler = samplers.get(
+        args.sampler,
+        temperature=args.temperature,
+        k=args.top_k,
+        p=args.top_p,
+        seed=args.seed,
+        num_beams=args.num_beams,
+        alpha=args.alpha,
+    )
     prompt = _read_text_arg(args.prompt, "PROMPT")
     if args.prompt == "-":
         prompt = prompt.removesuffix("\n")  # the newline that ends piped or typed input

@@ -8,6 +8,11 @@
     stop:     a row stops at its first stop id (kept) and is padded with <pad> afterwards;
               the loop ends when every row stopped or the sequence reaches max_length.
 
+The loops themselves belong to the samplers (samplers.py: `Sampler.search` is the token-by-token
+loop every token sampler shares; beam and contrastive search bring their own): they drive a
+`Decoder`, the model and its KV cache seen as prefill / step / reorder (keras-hub's `next`
+callback seam). This module builds the Decoder, checks the inputs and turns ids into text.
+
 `max_length` counts prompt plus completion tokens, as in keras-hub and HF. The logits are only
 computed for the last position (the tied LM head, V x C, is the largest matmul of the model).
 The cache is allocated once for `max_length` positions: nothing is reallocated per token except
@@ -46,7 +51,7 @@ people porting BLOOM, and HF is the oracle the numbers are checked against):
 - Memory: the KV cache (with beam search's beams and contrastive search's candidate copies) is
   sized before anything is allocated: `generate`, `generate_ids` and `stream` all pass
   `_checked_inputs` first, which refuses a cache that would not fit (minibloom.memory.check_fits;
-  `KVCache` itself runs the same check for callers of decode_steps / beam_search).
+  `KVCache` itself runs the same check for callers of decode_steps).
 - Beam search: HF's algorithm (length penalty, finished-hypothesis pool of num_beams per prompt,
   `early_stopping` True / False / "never", 2 * num_beams candidates per step), so sequences and
   scores equal `transformers` `generate(num_beams=...)`. keras-hub's BeamSampler has no length
@@ -77,29 +82,13 @@ import numpy as np
 
 from minibloom import memory, samplers
 from minibloom.arguments import check_int
-from minibloom.dispatch import fast_or_reference
 from minibloom.errors import ArgumentError
 from minibloom.kvcache import KVCache
-from minibloom.samplers import BeamSampler, ContrastiveSampler, GreedySampler, top_k_indices
-
-NEG = np.float32(-1.0e9)  # HF's "impossible" beam score
-
+from minibloom.samplers import GreedySampler
 
 # -----------------------------------------------------------------------------------------------
-# model calls
+# the model as a search sees it
 # -----------------------------------------------------------------------------------------------
-
-
-def _last_logits(backbone, hidden, blocked_ids=None):
-    """Final hidden states (B, T, C) -> logits of the last position (B, V) float32.
-
-    blocked_ids: (N,) ids that must never be chosen (text generation: the ids the tokenizer cannot
-    decode); their logits are set to -inf here, the one place every search reads logits from.
-    """
-    logits = backbone.logits(hidden[:, -1:])[:, 0]
-    if blocked_ids is not None and len(blocked_ids):
-        logits[:, blocked_ids] = -np.inf
-    return logits
 
 
 def left_align(token_ids, padding_mask):
@@ -110,21 +99,73 @@ def left_align(token_ids, padding_mask):
     columns first and keeps the real tokens' order; left-padded rows come back unchanged.
     """
     order = np.argsort(padding_mask, axis=1, kind="stable")  # (B, P)
-    return np.take_along_axis(token_ids, order, axis=1), np.take_along_axis(
-        padding_mask, order, axis=1
-    )
+    aligned_ids = np.take_along_axis(token_ids, order, axis=1)
+    return aligned_ids, np.take_along_axis(padding_mask, order, axis=1)
 
 
-def _log_softmax(x):
-    """(B, V) float32 -> log-probabilities, float32 (as torch's log_softmax on float32 logits)."""
-    m = x.max(axis=-1, keepdims=True)
-    shifted = x - m
-    return (shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))).astype(np.float32)
+class Decoder:
+    """The model and its KV cache, as the samplers' search loops drive them (see samplers.py).
+
+    prefill(ids, mask) -> logits (B, V) of the last prompt position; step(next_ids (R,)) ->
+    logits (R, V) after appending one column; `hidden` holds the final hidden states (R, T, C) of
+    the last call. repeat(n) gives every cache row n copies (beams), reorder(rows) keeps the given
+    rows (beam bookkeeping, contrastive winners), fork(n) is a copy with every row n times
+    (contrastive candidates) and adopt(other) takes over such a copy's cache. blocked_ids: ids
+    whose logits are set to -inf before any sampler sees them (text generation: the ids the
+    tokenizer cannot decode): this is the one place every search reads logits from.
+    """
+
+    def __init__(self, backbone, max_length, blocked_ids=None):
+        self.backbone, self.max_length = backbone, max_length
+        self.blocked_ids = blocked_ids if blocked_ids is not None and len(blocked_ids) else None
+        self.cache = self.mask = self.hidden = None
+
+    def _logits(self, hidden):
+        self.hidden = hidden
+        logits = self.backbone.logits(hidden[:, -1:])[:, 0]  # (R, V): the last position only
+        if self.blocked_ids is not None:
+            logits[:, self.blocked_ids] = -np.inf
+        return logits
+
+    def prefill(self, token_ids, padding_mask):
+        B, P = token_ids.shape
+        self.cache = KVCache.for_config(self.backbone.config, B, self.max_length)
+        self.mask = np.ones((B, self.max_length), dtype=bool)  # (B, S): prompt mask, then all new
+        self.mask[:, :P] = padding_mask
+        return self._logits(self.backbone.forward(token_ids, padding_mask, cache=self.cache).hidden)
+
+    def step(self, next_ids):
+        t = self.cache.length + 1
+        out = self.backbone.forward(next_ids[:, None], self.mask[:, :t], cache=self.cache)
+        return self._logits(out.hidden)
+
+    def repeat(self, n):
+        self.cache = self.cache.repeat(n)
+        self.mask = np.repeat(self.mask, n, axis=0)
+
+    def reorder(self, rows):
+        rows = np.asarray(rows)
+        in_place = len(rows) == self.mask.shape[0]  # same row count: no new cache (beam search)
+        self.cache = self.cache.reorder(rows, in_place=in_place)
+        self.mask = self.mask[rows]
+
+    def fork(self, n):
+        other = Decoder(self.backbone, self.max_length, self.blocked_ids)
+        other.cache, other.mask = self.cache.repeat(n), np.repeat(self.mask, n, axis=0)
+        return other
+
+    def adopt(self, other):
+        self.cache, self.mask, self.hidden = other.cache, other.mask, other.hidden
 
 
-# -----------------------------------------------------------------------------------------------
-# token-by-token decoding (greedy, top-k, top-p, random, contrastive)
-# -----------------------------------------------------------------------------------------------
+def _run(search):
+    """Drive a sampler's search: (list of its (t, next_ids, alive) steps, its return value)."""
+    steps = []
+    while True:
+        try:
+            steps.append(next(search))
+        except StopIteration as done:
+            return steps, done.value
 
 
 def decode_steps(
@@ -137,89 +178,17 @@ def decode_steps(
     pad_token_id=3,
     blocked_ids=None,
 ):
-    """Generate one position per step; a generator yielding (t, next_ids (B,), alive (B,) bool).
+    """The steps of a token-by-token search, as they happen: (t, next_ids (B,), alive (B,) bool).
 
     token_ids, padding_mask: (B, P) prompts (any padding layout: they are left-aligned first).
-    `alive` marks the rows that emitted next_ids[b] as a real token (rows that stopped earlier get
-    pad_token_id and alive False). Stops after position max_length - 1 or when every row has
-    emitted a stop id. blocked_ids: ids never chosen (see _last_logits). The low-level loop: it
-    checks no arguments; generate_ids and stream_text check them first (_checked_inputs).
+    The low-level loop (sampler.search on a fresh Decoder): it checks no arguments; generate_ids
+    and stream_text check them first (_checked_inputs). Beam search yields no steps here.
     """
-    cfg = backbone.config
     token_ids, padding_mask = left_align(token_ids, padding_mask)
-    B, P = token_ids.shape
-    stop = np.asarray(sorted(stop_token_ids), dtype=np.int64)
-    contrastive = isinstance(sampler, ContrastiveSampler) and not sampler.is_greedy
-    if sampler.is_greedy and not isinstance(sampler, GreedySampler):
-        sampler = GreedySampler()  # temperature 0 means greedy, whatever the sampler
-    cache = KVCache.for_config(cfg, B, max_length)
-    mask = np.ones(
-        (B, max_length), dtype=bool
-    )  # (B, S): prompt mask, then every new column visible
-    mask[:, :P] = padding_mask
-    out = backbone.forward(token_ids, mask[:, :P], cache=cache)  # prefill
-    logits = _last_logits(backbone, out.hidden, blocked_ids)
-    past_hidden = None
-    if contrastive:
-        past_hidden = np.zeros((B, max_length, cfg.hidden_size), dtype=np.float32)  # (B, S, C)
-        past_hidden[:, :P] = out.hidden
-    rng = sampler.make_rng()
-    alive = np.ones(B, dtype=bool)
-    for t in range(P, max_length):
-        if contrastive:
-            nxt, cache, next_logits, h = _contrastive_step(
-                backbone, cache, logits, past_hidden[:, :t], mask[:, :t], sampler, blocked_ids
-            )
-        else:
-            nxt = sampler.choose(logits, rng)
-        nxt = np.where(alive, nxt, pad_token_id).astype(np.int64)
-        yield t, nxt, alive.copy()
-        alive &= ~np.isin(nxt, stop)
-        if t + 1 == max_length or not alive.any():
-            return
-        if contrastive:
-            logits, past_hidden[:, t] = next_logits, h
-        else:
-            out = backbone.forward(nxt[:, None], mask[:, : t + 1], cache=cache)
-            logits = _last_logits(backbone, out.hidden, blocked_ids)
-
-
-def _contrastive_step(backbone, cache, logits, past_hidden, past_mask, sampler, blocked_ids=None):
-    """One contrastive-search step. Runs the k candidates of every row through the model (B*K rows)
-    and keeps the winner's cache row, logits and hidden state for the next step. A candidate of
-    probability 0 (an impossible or blocked id, or any but the best at a tiny temperature) is never
-    chosen, whatever its similarity; the best candidate always has probability > 0.
-
-    Returns (next_ids (B,), cache, next_logits (B, V), next_hidden (B, C)).
-    """
-    B, V = logits.shape
-    K = min(sampler.k, V)
-    x = sampler.scaled(logits)
-    cand = fast_or_reference(top_k_indices)(x, K)  # (B, K) best first
-    top = np.take_along_axis(x, cand, axis=1).astype(np.float64)
-    logz = np.log(
-        np.exp(x.astype(np.float64) - x.max(-1, keepdims=True)).sum(-1, keepdims=True)
-    ) + x.max(-1, keepdims=True)
-    probs = np.exp(top - logz)  # (B, K) softmax probabilities of the candidates
-    big = cache.repeat(K)  # (B*K rows), row b*K + j is candidate j of row b
-    assert past_mask.shape[1] == cache.length, (past_mask.shape, cache.length)
-    mask = np.concatenate(
-        [np.repeat(past_mask, K, axis=0), np.ones((B * K, 1), dtype=bool)], axis=1
-    )  # (B*K, S+1)
-    out = backbone.forward(cand.reshape(B * K, 1), mask, cache=big)
-    h = out.hidden[:, 0].reshape(B, K, -1)  # (B, K, C)
-    # cosine similarity of each candidate with every previous real position, max over positions
-    hn = h / np.maximum(np.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
-    pn = past_hidden / np.maximum(
-        np.linalg.norm(past_hidden, axis=-1, keepdims=True), 1e-12
-    )  # (B, S, C)
-    sim = np.einsum("bkc,bsc->bks", hn, pn)  # (B, K, S)
-    sim = np.where(past_mask[:, None, :], sim, -np.inf).max(axis=-1)  # (B, K)
-    score = np.where(probs > 0.0, (1.0 - sampler.alpha) * probs - sampler.alpha * sim, -np.inf)
-    j = np.argmax(score, axis=-1)  # (B,)
-    rows = np.arange(B) * K + j
-    cand_logits = _last_logits(backbone, out.hidden, blocked_ids)  # (B*K, V)
-    return cand[np.arange(B), j], big.reorder(rows), cand_logits[rows], h[np.arange(B), j]
+    decoder = Decoder(backbone, max_length, blocked_ids)
+    return sampler.search(
+        decoder, token_ids, padding_mask, max_length, stop_token_ids, pad_token_id
+    )
 
 
 def generate_ids(
@@ -238,46 +207,28 @@ def generate_ids(
     from its own real tokens, as if it were alone. The result holds the prompts LEFT-aligned (each
     row's real tokens moved to the right end of its P columns, in order; see left_align), then the
     N new tokens (N <= max_length - P). padding_mask is True on real prompt tokens and on generated
-    tokens up to and including each row's stop id. Beam search adds "scores".
-    blocked_ids: (N,) ids never generated (text generation passes the undecodable ids).
+    tokens up to and including each row's stop id. Beam search returns its own dict, with
+    "scores" (and a beam axis with return_all_beams). blocked_ids: (N,) ids never generated (text
+    generation passes the undecodable ids).
     """
     sampler = GreedySampler() if sampler is None else sampler
     token_ids, padding_mask = _checked_inputs(
         backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id
     )
-    if (
-        isinstance(sampler, BeamSampler)
-        and not sampler.is_greedy
-        and token_ids.shape[1] < max_length
-    ):
-        return beam_search(
-            backbone,
-            token_ids,
-            padding_mask,
-            max_length,
-            sampler,
-            stop_token_ids,
-            pad_token_id,
-            blocked_ids,
-        )
+    decoder = Decoder(backbone, max_length, blocked_ids)
+    search = sampler.search(
+        decoder, token_ids, padding_mask, max_length, stop_token_ids, pad_token_id
+    )
+    steps, result = _run(search)
+    if result is not None:
+        return result
     B, P = token_ids.shape
     ids = np.full((B, max_length), pad_token_id, dtype=np.int64)  # (B, S)
     keep = np.zeros((B, max_length), dtype=bool)  # (B, S)
     ids[:, :P], keep[:, :P] = token_ids, padding_mask
-    end = P
-    if P < max_length:
-        steps = decode_steps(
-            backbone,
-            token_ids,
-            padding_mask,
-            max_length,
-            sampler,
-            stop_token_ids,
-            pad_token_id,
-            blocked_ids,
-        )
-        for t, nxt, alive in steps:
-            ids[:, t], keep[:, t], end = nxt, alive, t + 1
+    for t, nxt, alive in steps:
+        ids[:, t], keep[:, t] = nxt, alive
+    end = P + len(steps)
     return {"token_ids": ids[:, :end], "padding_mask": keep[:, :end]}
 
 
@@ -291,9 +242,7 @@ def _checked_inputs(
     V = backbone.config.vocab_size
     _check_token_ids("stop_token_ids", stop_token_ids, V)
     _check_token_ids("pad_token_id", (pad_token_id,), V)
-    _check_cache_fits(
-        backbone.config, token_ids.shape[0] * _cache_rows_per_prompt(sampler), max_length
-    )
+    _check_cache_fits(backbone.config, token_ids.shape[0] * sampler.rows_per_prompt, max_length)
     return left_align(token_ids, padding_mask)
 
 
@@ -304,15 +253,6 @@ def _check_token_ids(name, ids, vocab_size):
             raise ArgumentError(
                 f"{name}: {int(i)} is outside the model's vocabulary [0, {vocab_size})"
             )
-
-
-def _cache_rows_per_prompt(sampler):
-    """KV-cache rows one prompt needs: one, one per beam, or one per contrastive candidate."""
-    if isinstance(sampler, BeamSampler):
-        return sampler.num_beams
-    if isinstance(sampler, ContrastiveSampler):
-        return sampler.k + 1
-    return 1
 
 
 def _check_cache_fits(config, rows, max_length):
@@ -353,133 +293,6 @@ def _check_prompt_arrays(token_ids, padding_mask, max_length):
             f"max_length {max_length} counts prompt + new tokens, but the prompt already has {token_ids.shape[1]} tokens"
         )
     return token_ids.astype(np.int64), padding_mask
-
-
-# -----------------------------------------------------------------------------------------------
-# beam search (HF transformers' algorithm)
-# -----------------------------------------------------------------------------------------------
-
-
-def beam_search(
-    backbone,
-    token_ids,
-    padding_mask,
-    max_length,
-    sampler,
-    stop_token_ids=(),
-    pad_token_id=3,
-    blocked_ids=None,
-):
-    """HF beam search. Returns {"token_ids": (B, R, P + N), "padding_mask", "scores": (B, R)} with
-    R = num_beams if sampler.return_all_beams else 1 (then the beam axis is dropped: (B, P + N)).
-    The prompts are left-aligned first (left_align), as in generate_ids; blocked_ids are never
-    generated (their log-probabilities are -inf).
-
-    Per prompt it keeps `num_beams` running beams and a pool of `num_beams` finished ones. Each
-    step takes the 2 * num_beams (more with several stop ids) best continuations over all
-    beams x vocabulary by accumulated log-probability; those ending in a stop id (or reaching
-    max_length) that rank among the first num_beams enter the pool with score
-    sum(log p) / generated_length ** length_penalty; the best num_beams others keep running.
-    All score arithmetic is float32 with -1e9 for "impossible", as in transformers, so ties and
-    roundings match.
-    """
-    nb, lp, early = sampler.num_beams, sampler.length_penalty, sampler.early_stopping
-    token_ids, padding_mask = left_align(token_ids, padding_mask)
-    B, P = token_ids.shape
-    V = backbone.config.vocab_size
-    stop = np.asarray(sorted(stop_token_ids), dtype=np.int64)
-    K = max(2, 1 + len(stop)) * nb  # candidates kept per step
-    top_nb = np.arange(K) < nb  # (K,) only these may enter the finished pool
-    fill = pad_token_id
-
-    running = np.full((B, nb, max_length), fill, dtype=np.int64)  # (B, nb, S)
-    running[:, :, :P] = token_ids[:, None, :]
-    running_scores = np.zeros((B, nb), dtype=np.float32)
-    running_scores[:, 1:] = NEG  # only beam 0 is live at first, so the beams do not start identical
-    finished = running.copy()  # (B, nb, S) the pool of finished hypotheses
-    finished_scores = np.full((B, nb), NEG, dtype=np.float32)
-    finished_len = np.zeros((B, nb), dtype=np.int64)  # generated tokens of each pooled hypothesis
-    is_finished = np.zeros((B, nb), dtype=bool)
-    may_improve = np.ones((B, 1), dtype=bool)  # HF's is_early_stop_heuristic_unsatisfied
-
-    # prefill the B prompts once, then copy each row into its num_beams beams
-    cache = KVCache.for_config(backbone.config, B, max_length)
-    out = backbone.forward(token_ids, padding_mask, cache=cache)
-    logits = np.repeat(_last_logits(backbone, out.hidden, blocked_ids), nb, axis=0)  # (B*nb, V)
-    cache = cache.repeat(nb)
-    mask = np.ones((B * nb, max_length), dtype=bool)  # (B*nb, S)
-    mask[:, :P] = np.repeat(padding_mask, nb, axis=0)
-
-    cur = P
-    while True:
-        logp = _log_softmax(sampler.scaled(logits)).reshape(B, nb, V) + running_scores[:, :, None]
-        logp = logp.reshape(B, nb * V)  # (B, nb*V) accumulated score of every continuation
-        idx = fast_or_reference(top_k_indices)(logp, K)  # (B, K) best first
-        cand_scores = np.take_along_axis(logp, idx, axis=1)  # (B, K) float32
-        src_beam, tok = idx // V, idx % V
-        cand = np.take_along_axis(running, src_beam[:, :, None], axis=1)  # (B, K, S)
-        cand[:, :, cur] = tok
-        hits = np.isin(tok, stop) | (cur + 1 >= max_length)  # (B, K) this candidate ends here
-
-        # the best num_beams candidates that did not end keep running
-        live_scores = cand_scores + hits.astype(np.float32) * NEG
-        keep = fast_or_reference(top_k_indices)(live_scores, nb)  # (B, nb)
-        running = np.take_along_axis(cand, keep[:, :, None], axis=1)
-        running_scores = np.take_along_axis(live_scores, keep, axis=1)
-        beam_rows = (
-            np.take_along_axis(src_beam, keep, axis=1) + np.arange(B)[:, None] * nb
-        )  # (B, nb)
-
-        # candidates that ended enter the pool if they beat its worst member
-        just_done = hits & top_nb[None, :]
-        pool_scores = (cand_scores / np.float32((cur + 1 - P) ** lp)).astype(np.float32)
-        pool_full = is_finished.all(axis=1, keepdims=True) & (early is True)
-        pool_scores = pool_scores + pool_full.astype(np.float32) * NEG
-        pool_scores = pool_scores + (~may_improve).astype(np.float32) * NEG
-        pool_scores = pool_scores + (~just_done).astype(np.float32) * NEG
-        merged_scores = np.concatenate([finished_scores, pool_scores], axis=1)  # (B, nb + K)
-        best = fast_or_reference(top_k_indices)(merged_scores, nb)  # (B, nb)
-        finished = np.take_along_axis(
-            np.concatenate([finished, cand], axis=1), best[:, :, None], axis=1
-        )
-        finished_scores = np.take_along_axis(merged_scores, best, axis=1)
-        new_len = np.broadcast_to(np.int64(cur + 1 - P), (B, K))
-        finished_len = np.take_along_axis(
-            np.concatenate([finished_len, new_len], axis=1), best, axis=1
-        )
-        is_finished = np.take_along_axis(
-            np.concatenate([is_finished, just_done], axis=1), best, axis=1
-        )
-
-        cur += 1
-        # HF's stopping heuristic: can the best running beam still beat the pool's worst?
-        if early == "never" and lp > 0.0:
-            best_len = max_length - P
-        else:
-            best_len = cur - P
-        best_running = running_scores[:, :1] / np.float32(best_len**lp)
-        worst_done = np.where(is_finished, finished_scores.min(axis=1, keepdims=True), NEG)
-        may_improve = may_improve & (best_running > worst_done).any(axis=-1, keepdims=True)
-        open_beams = not (is_finished.all() and early is True)
-        if not (may_improve.any() and open_beams and not hits.all()):
-            break
-        # follow the surviving beams: reorder the cache rows, then feed each beam's new token
-        cache.reorder(beam_rows.reshape(-1), in_place=True)  # (B*nb) rows, no new cache
-        out = backbone.forward(
-            running[:, :, cur - 1].reshape(B * nb, 1), mask[:, :cur], cache=cache
-        )
-        logits = _last_logits(backbone, out.hidden, blocked_ids)
-
-    R = nb if sampler.return_all_beams else 1
-    n = int(finished_len[:, :R].max())
-    ids = finished[:, :R, : P + n]  # (B, R, P + N)
-    keep_mask = np.zeros(ids.shape, dtype=bool)
-    keep_mask[:, :, :P] = padding_mask[:, None, :]
-    keep_mask[:, :, P:] = np.arange(n)[None, None, :] < finished_len[:, :R, None]
-    result = {"token_ids": ids, "padding_mask": keep_mask, "scores": finished_scores[:, :R]}
-    if not sampler.return_all_beams:
-        result = {k: v[:, 0] for k, v in result.items()}
-    return result
 
 
 # -----------------------------------------------------------------------------------------------
@@ -708,26 +521,29 @@ def stream_text(
     if not strip_prompt:
         yield from filter(None, [pieces.push(ids[0][mask[0]])])
     start = time.perf_counter()
-    if isinstance(sampler, BeamSampler) and not sampler.is_greedy:
-        out = generate_ids(lm.backbone, ids, mask, max_length, sampler, stops, pad, blocked)
-        P = ids.shape[1]
-        new = out["token_ids"][0, P:][out["padding_mask"][0, P:]]
-        stats.update(new_tokens=len(new), prefill_seconds=time.perf_counter() - start)
-        stats["total_seconds"] = stats["prefill_seconds"]
-        yield from filter(None, [pieces.push(new), pieces.flush()])
-        return
-    if ids.shape[1] < max_length:
-        for _, nxt, alive in decode_steps(
-            lm.backbone, ids, mask, max_length, sampler, stops, pad, blocked
-        ):
-            if not alive[0]:
-                break
-            stats["new_tokens"] += 1
-            if stats["new_tokens"] == 1:
-                stats["prefill_seconds"] = time.perf_counter() - start
-            piece = pieces.push(nxt[:1])
-            if piece:
-                yield piece
+    search = sampler.search(
+        Decoder(lm.backbone, max_length, blocked), ids, mask, max_length, stops, pad
+    )
+    while True:
+        try:
+            _, nxt, alive = next(search)
+        except StopIteration as done:  # beam search knows its best beam only now: one piece
+            if done.value is not None:
+                P = ids.shape[1]
+                new = done.value["token_ids"][0, P:][done.value["padding_mask"][0, P:]]
+                stats.update(new_tokens=len(new), prefill_seconds=time.perf_counter() - start)
+                piece = pieces.push(new)
+                if piece:
+                    yield piece
+            break
+        if not alive[0]:
+            break
+        stats["new_tokens"] += 1
+        if stats["new_tokens"] == 1:
+            stats["prefill_seconds"] = time.perf_counter() - start
+        piece = pieces.push(nxt[:1])
+        if piece:
+            yield piece
     stats["total_seconds"] = time.perf_counter() - start
     stats["decode_seconds"] = stats["total_seconds"] - stats["prefill_seconds"]
     tail = pieces.flush()
@@ -736,9 +552,9 @@ def stream_text(
 
 
 __all__ = [
+    "Decoder",
     "generate",
     "generate_ids",
-    "beam_search",
     "decode_steps",
     "stream_text",
     "left_align",

@@ -44,6 +44,8 @@ Leaves out: repetition penalties, min-length and other HF logits processors.
 Shape legend: B batch rows, V vocabulary, K kept candidates.
 """
 
+import inspect
+
 import numpy as np
 
 from minibloom.arguments import check_choice, check_float, check_int
@@ -139,8 +141,19 @@ def _draw(ids, probs, u):
     return int(ids[min(j, len(ids) - 1)])
 
 
+NEG = np.float32(-1.0e9)  # HF's "impossible" beam score
+
+
+def log_softmax(x):
+    """(B, V) float32 -> log-probabilities, float32 (as torch's log_softmax on float32 logits)."""
+    m = x.max(axis=-1, keepdims=True)
+    shifted = x - m
+    return (shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))).astype(np.float32)
+
+
 class Sampler:
-    """Base class: holds the temperature; subclasses say how a token is chosen."""
+    """Base class: holds the temperature and the token-by-token loop (`search`); subclasses say
+    how a token is chosen (`choose`), or run a loop of their own (beam and contrastive search)."""
 
     def __init__(self, temperature=1.0):
         self.temperature = check_float("temperature", temperature, lo=0.0)  # 0 means greedy
@@ -170,8 +183,46 @@ class Sampler:
             ).astype(np.float32)
 
     def choose(self, logits, rng=None):
-        """logits: (B, V) float32 -> next token ids (B,) int64."""
-        raise NotImplementedError(f"{type(self).__name__} runs its own search loop in generate.py")
+        """logits: (B, V) float32 -> next token ids (B,) int64. The base class only knows the
+        greedy choice (temperature 0 means greedy for every sampler)."""
+        if not self.is_greedy:
+            raise NotImplementedError(f"{type(self).__name__} chooses inside its own search()")
+        return np.argmax(checked_logits(logits), axis=-1).astype(np.int64)
+
+    # --- the decoding loop ------------------------------------------------------------------
+    # A search drives a `decoder` (generate.Decoder: the model and its KV cache), keras-hub's
+    # `next` callback seam:
+    #     decoder.prefill(ids, mask) -> logits (B, V)   the left-aligned prompts
+    #     decoder.step(next_ids (R,)) -> logits (R, V)  one new column for every cache row
+    #     decoder.hidden                                 (R, T, C) final hidden states of that call
+    #     decoder.repeat(n), decoder.reorder(rows)       cache rows for beams / candidates
+    #     decoder.fork(n)                                a copy with every row n times
+
+    rows_per_prompt = 1  # KV-cache rows one prompt needs (checked against memory first)
+
+    def search(self, decoder, token_ids, padding_mask, max_length, stop_ids=(), pad_id=3):
+        """Generate one position per step: yields (t, next_ids (B,), alive (B,) bool).
+
+        token_ids, padding_mask: (B, P) left-aligned prompts. `alive` marks the rows that emitted
+        next_ids[b] as a real token (rows that stopped earlier get pad_id and alive False). Ends
+        after position max_length - 1 or when every row has emitted a stop id. A search may
+        return a finished result instead of yielding steps (beam search returns its dict).
+        """
+        B, P = token_ids.shape
+        if P >= max_length:
+            return None
+        stop = np.asarray(sorted(stop_ids), dtype=np.int64)
+        logits = decoder.prefill(token_ids, padding_mask)
+        rng = self.make_rng()
+        alive = np.ones(B, dtype=bool)
+        for t in range(P, max_length):
+            nxt = np.where(alive, self.choose(logits, rng), pad_id).astype(np.int64)
+            yield t, nxt, alive.copy()
+            alive &= ~np.isin(nxt, stop)
+            if t + 1 == max_length or not alive.any():
+                return None
+            logits = decoder.step(nxt)
+        return None
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -289,6 +340,114 @@ class BeamSampler(Sampler):
         early_stopping = check_choice("early_stopping", early_stopping, (True, False, "never"))
         self.early_stopping = early_stopping if early_stopping == "never" else bool(early_stopping)
 
+    @property
+    def rows_per_prompt(self):
+        return self.num_beams
+
+    def search(self, decoder, token_ids, padding_mask, max_length, stop_ids=(), pad_id=3):
+        """HF beam search. Returns (as the generator's return value; it yields no steps)
+        {"token_ids": (B, R, P + N), "padding_mask", "scores": (B, R)} with R = num_beams if
+        return_all_beams else 1 (then the beam axis is dropped: (B, P + N)).
+
+        Per prompt it keeps `num_beams` running beams and a pool of `num_beams` finished ones. Each
+        step takes the 2 * num_beams (more with several stop ids) best continuations over all
+        beams x vocabulary by accumulated log-probability; those ending in a stop id (or reaching
+        max_length) that rank among the first num_beams enter the pool with score
+        sum(log p) / generated_length ** length_penalty; the best num_beams others keep running.
+        All score arithmetic is float32 with -1e9 for "impossible", as in transformers, so ties
+        and roundings match. At temperature 0 this is greedy search.
+        """
+        B, P = token_ids.shape
+        if self.is_greedy or P >= max_length:
+            return (
+                yield from super().search(
+                    decoder, token_ids, padding_mask, max_length, stop_ids, pad_id
+                )
+            )
+        nb, lp, early = self.num_beams, self.length_penalty, self.early_stopping
+        stop = np.asarray(sorted(stop_ids), dtype=np.int64)
+        K = max(2, 1 + len(stop)) * nb  # candidates kept per step
+        top_nb = np.arange(K) < nb  # (K,) only these may enter the finished pool
+        top_k = fast_or_reference(top_k_indices)
+
+        running = np.full((B, nb, max_length), pad_id, dtype=np.int64)  # (B, nb, S)
+        running[:, :, :P] = token_ids[:, None, :]
+        running_scores = np.zeros((B, nb), dtype=np.float32)
+        running_scores[:, 1:] = (
+            NEG  # only beam 0 is live at first: the beams do not start identical
+        )
+        finished = running.copy()  # (B, nb, S) the pool of finished hypotheses
+        finished_scores = np.full((B, nb), NEG, dtype=np.float32)
+        finished_len = np.zeros((B, nb), dtype=np.int64)  # generated tokens of each pooled one
+        is_finished = np.zeros((B, nb), dtype=bool)
+        may_improve = np.ones((B, 1), dtype=bool)  # HF's is_early_stop_heuristic_unsatisfied
+
+        # prefill the B prompts once, then copy each row into its num_beams beams
+        logits = np.repeat(decoder.prefill(token_ids, padding_mask), nb, axis=0)  # (B*nb, V)
+        V = logits.shape[1]
+        decoder.repeat(nb)
+        cur = P
+        while True:
+            logp = log_softmax(self.scaled(logits)).reshape(B, nb, V) + running_scores[:, :, None]
+            logp = logp.reshape(B, nb * V)  # (B, nb*V) accumulated score of every continuation
+            idx = top_k(logp, K)  # (B, K) best first
+            cand_scores = np.take_along_axis(logp, idx, axis=1)  # (B, K) float32
+            src_beam, tok = idx // V, idx % V
+            cand = np.take_along_axis(running, src_beam[:, :, None], axis=1)  # (B, K, S)
+            cand[:, :, cur] = tok
+            hits = np.isin(tok, stop) | (cur + 1 >= max_length)  # (B, K) this candidate ends here
+
+            # the best num_beams candidates that did not end keep running
+            live_scores = cand_scores + hits.astype(np.float32) * NEG
+            keep = top_k(live_scores, nb)  # (B, nb)
+            running = np.take_along_axis(cand, keep[:, :, None], axis=1)
+            running_scores = np.take_along_axis(live_scores, keep, axis=1)
+            beam_rows = np.take_along_axis(src_beam, keep, axis=1) + np.arange(B)[:, None] * nb
+
+            # candidates that ended enter the pool if they beat its worst member
+            just_done = hits & top_nb[None, :]
+            pool_scores = (cand_scores / np.float32((cur + 1 - P) ** lp)).astype(np.float32)
+            pool_full = is_finished.all(axis=1, keepdims=True) & (early is True)
+            pool_scores = pool_scores + pool_full.astype(np.float32) * NEG
+            pool_scores = pool_scores + (~may_improve).astype(np.float32) * NEG
+            pool_scores = pool_scores + (~just_done).astype(np.float32) * NEG
+            merged_scores = np.concatenate([finished_scores, pool_scores], axis=1)  # (B, nb + K)
+            best = top_k(merged_scores, nb)  # (B, nb)
+            pool = np.concatenate([finished, cand], axis=1)  # (B, nb + K, S)
+            finished = np.take_along_axis(pool, best[:, :, None], axis=1)
+            finished_scores = np.take_along_axis(merged_scores, best, axis=1)
+            new_len = np.broadcast_to(np.int64(cur + 1 - P), (B, K))
+            finished_len = np.take_along_axis(
+                np.concatenate([finished_len, new_len], axis=1), best, axis=1
+            )
+            is_finished = np.take_along_axis(
+                np.concatenate([is_finished, just_done], axis=1), best, axis=1
+            )
+
+            cur += 1
+            # HF's stopping heuristic: can the best running beam still beat the pool's worst?
+            best_len = max_length - P if early == "never" and lp > 0.0 else cur - P
+            best_running = running_scores[:, :1] / np.float32(best_len**lp)
+            worst_done = np.where(is_finished, finished_scores.min(axis=1, keepdims=True), NEG)
+            may_improve = may_improve & (best_running > worst_done).any(axis=-1, keepdims=True)
+            open_beams = not (is_finished.all() and early is True)
+            if not (may_improve.any() and open_beams and not hits.all()):
+                break
+            # follow the surviving beams: reorder the cache rows, then feed each beam's new token
+            decoder.reorder(beam_rows.reshape(-1))
+            logits = decoder.step(running[:, :, cur - 1].reshape(B * nb))
+
+        R = nb if self.return_all_beams else 1
+        n = int(finished_len[:, :R].max())
+        ids = finished[:, :R, : P + n]  # (B, R, P + N)
+        keep_mask = np.zeros(ids.shape, dtype=bool)
+        keep_mask[:, :, :P] = padding_mask[:, None, :]
+        keep_mask[:, :, P:] = np.arange(n)[None, None, :] < finished_len[:, :R, None]
+        result = {"token_ids": ids, "padding_mask": keep_mask, "scores": finished_scores[:, :R]}
+        if not self.return_all_beams:
+            result = {k: v[:, 0] for k, v in result.items()}
+        return result
+
 
 class ContrastiveSampler(Sampler):
     """Contrastive search (Su et al. 2022), keras-hub's formulation: among the k most likely tokens
@@ -298,6 +457,61 @@ class ContrastiveSampler(Sampler):
         super().__init__(temperature)
         self.k = check_int("k", k, lo=1)
         self.alpha = check_float("alpha", alpha, 0.0, 1.0)
+
+    @property
+    def rows_per_prompt(self):
+        return self.k + 1  # the cache, and the k candidates' copy of it
+
+    def search(self, decoder, token_ids, padding_mask, max_length, stop_ids=(), pad_id=3):
+        """Contrastive search: the token loop of Sampler.search, where each step runs the k best
+        candidates of every row through the model (B*K rows, `decoder.fork(K)`) and keeps the
+        winner's cache row, logits and hidden state. A candidate of probability 0 (an impossible or
+        blocked id, or any but the best at a tiny temperature) is never chosen, whatever its
+        similarity; the best candidate always has probability > 0. At temperature 0: greedy."""
+        B, P = token_ids.shape
+        if self.is_greedy or P >= max_length:
+            return (
+                yield from super().search(
+                    decoder, token_ids, padding_mask, max_length, stop_ids, pad_id
+                )
+            )
+        stop = np.asarray(sorted(stop_ids), dtype=np.int64)
+        logits = decoder.prefill(token_ids, padding_mask)
+        past_hidden = np.zeros(
+            (B, max_length, decoder.hidden.shape[-1]), dtype=np.float32
+        )  # (B, S, C)
+        past_hidden[:, :P] = decoder.hidden
+        past_mask = np.ones((B, max_length), dtype=bool)  # (B, S) real positions
+        past_mask[:, :P] = padding_mask
+        alive = np.ones(B, dtype=bool)
+        for t in range(P, max_length):
+            x = self.scaled(logits)
+            K = min(self.k, x.shape[1])
+            cand = fast_or_reference(top_k_indices)(x, K)  # (B, K) best first
+            m = x.max(-1, keepdims=True).astype(np.float64)
+            logz = np.log(np.exp(x.astype(np.float64) - m).sum(-1, keepdims=True)) + m
+            probs = np.exp(np.take_along_axis(x, cand, axis=1).astype(np.float64) - logz)  # (B, K)
+            candidates = decoder.fork(K)  # row b*K + j is candidate j of row b
+            cand_logits = candidates.step(cand.reshape(B * K))  # (B*K, V)
+            h = candidates.hidden[:, 0].reshape(B, K, -1)  # (B, K, C)
+            # cosine similarity of each candidate with every previous real position, max over them
+            hn = h / np.maximum(np.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
+            past = past_hidden[:, :t]  # (B, t, C)
+            pn = past / np.maximum(np.linalg.norm(past, axis=-1, keepdims=True), 1e-12)
+            sim = np.einsum("bkc,bsc->bks", hn, pn)  # (B, K, t)
+            sim = np.where(past_mask[:, None, :t], sim, -np.inf).max(axis=-1)  # (B, K)
+            score = np.where(probs > 0.0, (1.0 - self.alpha) * probs - self.alpha * sim, -np.inf)
+            j = np.argmax(score, axis=-1)  # (B,)
+            rows = np.arange(B) * K + j
+            nxt = np.where(alive, cand[np.arange(B), j], pad_id).astype(np.int64)
+            yield t, nxt, alive.copy()
+            alive &= ~np.isin(nxt, stop)
+            if t + 1 == max_length or not alive.any():
+                return None
+            candidates.reorder(rows)  # the winners' cache rows become the cache
+            decoder.adopt(candidates)
+            logits, past_hidden[:, t] = cand_logits[rows], h[np.arange(B), j]
+        return None
 
 
 _BY_NAME = {
@@ -310,16 +524,22 @@ _BY_NAME = {
 }
 
 
-def get(identifier):
+NAMES = tuple(_BY_NAME)  # what `compile(sampler=...)` and `generate --sampler` accept
+
+
+def get(identifier, **options):
     """A sampler from a name ("greedy", "top_k", "top_p", "random", "beam", "contrastive", with
     keras-hub's default arguments), a Sampler (returned as is), or None (greedy: our default, see
-    BloomCausalLM.generate)."""
+    BloomCausalLM.generate). `options` (e.g. from the CLI: temperature, k, p, seed, num_beams,
+    alpha) are passed to the named sampler's constructor; those it does not take are left out."""
     if identifier is None:
         return GreedySampler()
     if isinstance(identifier, Sampler):
         return identifier
     if isinstance(identifier, str) and identifier in _BY_NAME:
-        return _BY_NAME[identifier]()
+        cls = _BY_NAME[identifier]
+        accepted = inspect.signature(cls.__init__).parameters
+        return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})
     raise ArgumentError(
         f"sampler must be one of {sorted(_BY_NAME)} or a Sampler object, found {identifier!r}"
     )

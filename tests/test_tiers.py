@@ -63,6 +63,7 @@ STDLIB_OK = {
     "argparse",
     "stat",
     "tempfile",
+    "inspect",
 }
 
 
