@@ -38,6 +38,7 @@ import regex
 
 from minibloom.dispatch import fast_or_reference
 from minibloom.errors import ArgumentError, PresetNotFoundError, TokenizerError
+from minibloom.io.files import read_json_file
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # BLOOM's ids 0, 1, 2, 3
 _MAX_ID_SPREAD = 4  # ids may leave holes, but the largest id stays below 4 x tokens + 1024
@@ -318,21 +319,7 @@ class BloomTokenizer:
     def from_file(cls, path) -> "BloomTokenizer":
         """Load an HF `tokenizer.json`, checking that it describes BLOOM's pipeline."""
         path = Path(path)
-        if path.exists() and not path.is_file():  # a directory, or a pipe that would block the read
-            raise TokenizerError(f"{path}: not a regular file; expected a tokenizer.json")
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TokenizerError(f"{path}: no such tokenizer file") from None
-        except (
-            OSError,
-            UnicodeDecodeError,
-            ValueError,
-            RecursionError,
-        ) as e:  # ValueError: bad JSON
-            raise TokenizerError(
-                f"{path}: not a readable JSON tokenizer file ({_reason(e)})"
-            ) from None
+        spec = read_json_file(path, TokenizerError, "tokenizer")
         vocab, merges, added = _parse_tokenizer_json(spec, path)
         return cls(vocab, merges, added, source=path)
 
@@ -344,17 +331,11 @@ class BloomTokenizer:
         BLOOM specials present in the vocabulary, so that the ids equal HF's (HF matches `<unk>` too).
         """
         vocabulary_path, merges_path = Path(vocabulary_path), Path(merges_path)
-        for p in (vocabulary_path, merges_path):
-            if p.exists() and not p.is_file():  # a directory, or a pipe that would block the read
-                raise TokenizerError(
-                    f"{p}: not a regular file; expected keras-hub tokenizer assets"
-                )
-        try:
-            vocab = json.loads(vocabulary_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        if merges_path.exists() and not merges_path.is_file():  # a pipe would block the read
             raise TokenizerError(
-                f"{vocabulary_path}: not a readable vocabulary JSON file ({_reason(e)})"
-            ) from None
+                f"{merges_path}: not a regular file; expected keras-hub's merges.txt"
+            )
+        vocab = read_json_file(vocabulary_path, TokenizerError, "keras-hub vocabulary")
         _check_vocab(vocab, vocabulary_path)
         try:
             lines = merges_path.read_text(encoding="utf-8").split("\n")
@@ -611,10 +592,6 @@ def default_tokenizer_path() -> Path:
 # ------------------------------------------------------------------------------------------------
 # tokenizer.json validation
 # ------------------------------------------------------------------------------------------------
-
-
-def _reason(e: Exception) -> str:
-    return "nested too deeply" if isinstance(e, RecursionError) else str(e)
 
 
 def _check_vocab(vocab, path) -> None:

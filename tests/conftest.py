@@ -41,6 +41,13 @@ requires_transformers = pytest.mark.skipif(
 )
 
 
+# The CLI flags of a tiny `train` run (1 block, hidden 24, the golden tokenizer): seconds, not minutes.
+TINY_TRAIN = [
+    "--tokenizer", str(GOLDEN / "tokenizer.json"), "--layers", "1", "--hidden", "24", "--heads", "3",
+    "--seq-len", "16", "--batch-size", "4",
+]  # fmt: skip
+
+
 def golden_path(name: str) -> Path:
     """Path of a golden file; fails (not skips) with the regeneration hint if it is missing."""
     path = GOLDEN / name

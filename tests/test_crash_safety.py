@@ -35,7 +35,7 @@ import traceback
 
 import numpy as np
 import pytest
-from conftest import ROOT, golden_path
+from conftest import ROOT, TINY_TRAIN, golden_path
 from test_train import _trainer
 
 from minibloom.causal_lm import BloomCausalLM
@@ -589,18 +589,7 @@ def test_cli_train_killed_then_resumed_matches_uninterrupted(tmp_path):
         "train",
         "--data",
         str(corpus),
-        "--tokenizer",
-        str(golden_path("tokenizer.json")),
-        "--layers",
-        "1",
-        "--hidden",
-        "24",
-        "--heads",
-        "3",
-        "--seq-len",
-        "16",
-        "--batch-size",
-        "4",
+        *TINY_TRAIN,
         "--lr",
         "1e-2",
         "--steps",
@@ -753,18 +742,7 @@ def test_cli_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoin
         str(corpus),
         "--out",
         str(out),
-        "--tokenizer",
-        str(golden_path("tokenizer.json")),
-        "--layers",
-        "1",
-        "--hidden",
-        "24",
-        "--heads",
-        "3",
-        "--seq-len",
-        "16",
-        "--batch-size",
-        "4",
+        *TINY_TRAIN,
         "--lr",
         "1e30",
         "--eval-every",

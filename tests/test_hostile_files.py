@@ -208,7 +208,7 @@ def _sharded(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("{not json", "not a valid safetensors index, expected JSON"),
+        ("{not json", "index.json: invalid JSON"),
         ("[" * 50_000, "nested too deeply"),
         ("[1, 2]", "non-empty 'weight_map'"),
         ('{"metadata": {}}', "non-empty 'weight_map'"),
@@ -326,9 +326,9 @@ def _edit(fn):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: "{not json", "not a readable JSON tokenizer file"),
+        (lambda: "{not json", "tokenizer.json: invalid JSON"),
         (lambda: "[" * 50_000, "nested too deeply"),
-        (lambda: '{"model": ' + "1" * 5000 + "}", "not a readable JSON tokenizer file"),
+        (lambda: '{"model": ' + "1" * 5000 + "}", "tokenizer.json: invalid JSON"),
         (lambda: [], "no 'model' key"),
         (_edit(lambda s: s.pop("model")), "no 'model' key"),
         (_edit(lambda s: s.pop("decoder")), "decoder should be ByteLevel"),
@@ -386,7 +386,7 @@ def test_bad_tokenizer_json(tmp_path, make, message):
 
 
 def test_tokenizer_file_missing_or_a_directory(tmp_path):
-    with pytest.raises(TokenizerError, match="no such tokenizer file"):
+    with pytest.raises(TokenizerError, match="tokenizer file not found"):
         BloomTokenizer.from_file(tmp_path / "nope.json")
     with pytest.raises(TokenizerError, match="not a regular file"):
         BloomTokenizer.from_file(tmp_path)
@@ -423,7 +423,7 @@ def _keras_assets(tmp_path):
 @pytest.mark.parametrize(
     "vocab_text, merges_text, message",
     [
-        ("{oops", None, "vocabulary.json: not a readable vocabulary JSON file"),
+        ("{oops", None, "vocabulary.json: invalid JSON"),
         ("[1, 2, 3]", None, "vocabulary.json: vocab must be an object"),
         ('{"a": 1, "b": 1}', None, "same id 1"),
         (None, "Ġ t\nthree parts here\n", r"merges.txt, line 2: expected two tokens"),

@@ -56,7 +56,7 @@ CASES = [
         ["latin1.txt: not UTF-8 text"],
     ),
     (_train("--config", "{w}/latin1.json"), ["latin1.json", "config"]),
-    (_train("--tokenizer", "{w}/latin1.txt"), ["latin1.txt", "not a readable JSON tokenizer file"]),
+    (_train("--tokenizer", "{w}/latin1.txt"), ["latin1.txt", "cannot read tokenizer"]),
     # a directory where a file is expected
     (
         _train()[:2] + ["{w}/empty_dir"] + _train()[3:],
@@ -123,7 +123,7 @@ CASES = [
     (_train("--tokenizer", "{w}/missing.json"), ["missing.json"]),
     (
         _train("--tokenizer", "{w}/broken_tokenizer.json"),
-        ["broken_tokenizer.json", "not a readable JSON tokenizer"],
+        ["broken_tokenizer.json", "broken_tokenizer.json: invalid JSON"],
     ),
     (["tokenize", "x", "--tokenizer", "{w}/broken_tokenizer.json"], ["broken_tokenizer.json"]),
     (

@@ -13,24 +13,13 @@ import sys
 import tempfile
 
 import pytest
-from conftest import ROOT, golden_path
+from conftest import ROOT, TINY_TRAIN
 from test_reliability_arguments import CORPUS, assert_one_error_line, cli, tiny_model_dir, tree_hash
 
 from minibloom.training.train import latest_checkpoint
 
 TRAIN = [
-    "--tokenizer",
-    str(golden_path("tokenizer.json")),
-    "--layers",
-    "1",
-    "--hidden",
-    "24",
-    "--heads",
-    "3",
-    "--seq-len",
-    "16",
-    "--batch-size",
-    "4",
+    *TINY_TRAIN,
     "--steps",
     "2",
     "--eval-every",

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, ROOT, assert_close, golden_path, requires_transformers
+from conftest import GOLDEN, ROOT, TINY_TRAIN, assert_close, golden_path, requires_transformers
 
 from minibloom.causal_lm import BloomCausalLM
 from minibloom.errors import ArgumentError, TrainingError
@@ -281,18 +281,7 @@ def test_cli_train_writes_checkpoints_curve_and_model_then_resumes(tmp_path, mon
         str(corpus),
         "--out",
         str(out),
-        "--tokenizer",
-        str(golden_path("tokenizer.json")),
-        "--layers",
-        "1",
-        "--hidden",
-        "24",
-        "--heads",
-        "3",
-        "--seq-len",
-        "16",
-        "--batch-size",
-        "4",
+        *TINY_TRAIN,
         "--lr",
         "1e-2",
         "--eval-every",

@@ -36,7 +36,7 @@ import numpy as np
 
 from minibloom.config import BloomConfig, param_shapes
 from minibloom.errors import ArgumentError, CheckpointError
-from minibloom.io.files import atomic_write, fsync_directory, json_error, write_temp
+from minibloom.io.files import atomic_write, fsync_directory, read_json_file, write_temp
 from minibloom.io.safetensors import STORED, bf16_to_f32, read_safetensors, safetensors_writer
 
 SINGLE_FILE = "model.safetensors"
@@ -83,14 +83,7 @@ def checkpoint_files(directory) -> list[Path]:
     directory = Path(directory)
     index = directory / INDEX_FILE
     if index.exists():
-        if not index.is_file():  # a pipe would block the read below
-            raise CheckpointError(f"{index}: not a regular file; expected a JSON safetensors index")
-        try:
-            spec = json.loads(index.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise CheckpointError(
-                f"{index}: not a valid safetensors index, expected JSON ({json_error(e)})"
-            ) from None
+        spec = read_json_file(index, CheckpointError, "safetensors index")
         weight_map = spec.get("weight_map") if isinstance(spec, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(

@@ -58,6 +58,7 @@ import numpy as np
 
 from minibloom.arguments import check_choice, check_float, check_int, check_output_dir
 from minibloom.errors import ArgumentError, MinibloomError, TrainingError, describe_error
+from minibloom.io.files import read_json_file
 from minibloom.optim import GradientAccumulator, global_norm
 
 STATE_FORMAT = "minibloom-train-state"
@@ -514,12 +515,7 @@ class Trainer:
             raise TrainingError(
                 f"no checkpoint to resume from in {self.checkpoint_dir} (no LATEST file)"
             )
-        try:
-            state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as e:
-            raise TrainingError(
-                f"{path / 'state.json'}: unreadable training state ({describe_error(e)})"
-            ) from None
+        state = read_json_file(path / "state.json", TrainingError, "training state")
         if (
             not isinstance(state, dict)
             or state.get("format") != STATE_FORMAT
