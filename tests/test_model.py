@@ -303,3 +303,20 @@ def test_random_init_like_hf():
         BloomBackbone(50, 2, 4, 16, seed=3).params["h.1.self_attention.dense.weight"],
         p["h.1.self_attention.dense.weight"],
     )
+
+
+def test_backward_from_dhidden_is_the_seam_for_a_head_of_ones_own():
+    """keras' BloomBackbone outputs hidden states; a user with their own head backpropagates from
+    dhidden. Through the tied head: backward(dlogits, hidden) == backward(dhidden = dlogits @ E)
+    plus the head's dE = dlogits^T @ hidden on the embedding."""
+    bb = tiny()
+    ids, mask, _, _ = batch()
+    out = bb.forward(ids, mask, training=True)
+    dlogits = np.random.default_rng(3).standard_normal((*ids.shape, 23)).astype(np.float32)
+    E = bb.params["word_embeddings.weight"]
+    via_head = bb.backward(out.saved, dlogits=dlogits, hidden=out.hidden)
+    via_hidden = bb.backward(out.saved, dhidden=dlogits @ E)
+    head_dE = dlogits.reshape(-1, 23).T @ out.hidden.reshape(-1, out.hidden.shape[-1])
+    for k in via_head:
+        extra = head_dE if k == "word_embeddings.weight" else 0.0
+        assert_close(k, via_head[k], via_hidden[k] + extra, 1e-5, 1e-5)

@@ -19,8 +19,13 @@ allows reassociation (fastmath "reassoc") so that they vectorise, hence it agree
 twin to float32 rounding (~1e-6 relative), not bit for bit. Chunks of output rows are split over
 threads, except for small matrices (`SERIAL_WORK`), where waking the threads costs more.
 
+Which kinds run today: F16, for models loaded with dtype="float16" (kernels/ops.py calls this for
+decode steps). The loader widens BF16 checkpoints to float32 or rounds them to float16, so the
+BF16 path is exercised only by its tests until BF16 weights are kept as stored (the
+`dtype="auto"` of the performance work); it is exact and ready for that.
+
 Leaves out: how the model stores 16-bit parameters and when a layer uses this kernel (model.py /
-ops.py own that); large N (prefill and training use BLAS on float32 instead).
+kernels/ops.py own that); large N (prefill and training use BLAS on float32 instead).
 
 Shape legend: N rows of x (batch x new tokens, small), C inputs, O outputs.
 """
