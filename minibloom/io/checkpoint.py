@@ -230,6 +230,13 @@ def _first_nonfinite(x: np.ndarray):
     return tuple(int(i) for i in idx), float(x[idx])
 
 
+def _check_load_args(dtype, nonfinite) -> None:
+    if dtype not in _LOAD_DTYPES:
+        raise ArgumentError(f"dtype: expected one of {_LOAD_DTYPES}, found {dtype!r}")
+    if nonfinite not in _NONFINITE:
+        raise ArgumentError(f"nonfinite: expected one of {_NONFINITE}, found {nonfinite!r}")
+
+
 def load_params(
     path, config: BloomConfig, dtype: str = "float32", nonfinite: str = "error"
 ) -> dict[str, np.ndarray]:
@@ -245,10 +252,7 @@ def load_params(
     means corruption), "warn" (a RuntimeWarning, then load anyway) or "ignore" (no check; skips a
     min+max pass over every tensor, which also reads every page of a memory-mapped F32 file).
     """
-    if dtype not in _LOAD_DTYPES:
-        raise ArgumentError(f"dtype: expected one of {_LOAD_DTYPES}, found {dtype!r}")
-    if nonfinite not in _NONFINITE:
-        raise ArgumentError(f"nonfinite: expected one of {_NONFINITE}, found {nonfinite!r}")
+    _check_load_args(dtype, nonfinite)
     stored = read_checkpoint(path)
     tensors = {}
     for key, value in stored.items():
@@ -258,7 +262,26 @@ def load_params(
                 f"{path}: tensor {name!r} is stored both with and without the {PREFIX!r} prefix"
             )
         tensors[name] = value
+    return params_from_tensors(tensors, config, dtype, nonfinite, source=path)
 
+
+def params_from_tensors(
+    tensors: dict,
+    config: BloomConfig,
+    dtype: str = "float32",
+    nonfinite: str = "error",
+    source="<tensors>",
+) -> dict[str, np.ndarray]:
+    """The weights layer every format shares: stored tensors -> checked BLOOM parameters.
+
+    tensors: {HF name without `transformer.`: (stored dtype "F32" | "F16" | "BF16", words)},
+    `lm_head.weight` optional, as the safetensors reader and the keras-hub reader (io/keras.py)
+    produce them. Checks the names and shapes against `config`, the tied head and non-finite
+    values (see `load_params`), converts to the in-memory `dtype`; errors name `source`.
+    """
+    _check_load_args(dtype, nonfinite)
+    path = source
+    tensors = dict(tensors)
     expected = param_shapes(config)
     head = tensors.pop(HEAD_KEY, None)
     missing = expected.keys() - tensors.keys()
@@ -305,7 +328,7 @@ def load_params(
             )
             if nonfinite == "error":
                 raise CheckpointError(msg + "; pass nonfinite='warn' or 'ignore' to load it anyway")
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
     return params
 
 
