@@ -338,9 +338,22 @@ def params_from_tensors(
 
 # The files a saved model consists of. A save writes some of these, removes the stale ones of the
 # same kinds, and never touches anything else in the directory (a model card, a user's notes,
-# sub-directories).
+# sub-directories). The HF files first; then those of a keras-hub preset (io/keras.py), which
+# shares config.json and tokenizer.json (in keras' own JSON) and keeps its tokenizer under assets/.
 OWNED_FILES = ("config.json", "generation_config.json", "tokenizer.json", SINGLE_FILE, INDEX_FILE)
+KERAS_OWNED_FILES = (
+    "model.weights.h5",
+    "model.weights.json",
+    "metadata.json",
+    "preprocessor.json",
+    "task.json",
+    "assets/tokenizer/vocabulary.json",
+    "assets/tokenizer/merges.txt",
+)
 _OWNED_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+# keras' weight shards (named by model.weights.json)
+KERAS_SHARD = re.compile(r"^model_\d{5}\.weights\.h5$")
+_OWNED_DIRS = ("", "assets/tokenizer")  # the only folders (relative to the model) a save writes in
 JOURNAL = ".minibloom-save.json"  # present only between a save's commit point and its end
 _TEMP = re.compile(
     r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$"
@@ -348,8 +361,27 @@ _TEMP = re.compile(
 
 
 def is_owned_file(name: str) -> bool:
-    """True for the file names a model save may write or remove."""
-    return name in OWNED_FILES or bool(_OWNED_SHARD.fullmatch(name))
+    """True for the file names (relative to the model directory, `/`-separated) a model save may
+    write or remove."""
+    return (
+        name in OWNED_FILES
+        or name in KERAS_OWNED_FILES
+        or bool(_OWNED_SHARD.fullmatch(name) or KERAS_SHARD.fullmatch(name))
+    )
+
+
+def _sibling(name: str, base: str) -> str:
+    """The relative name of the file `base` in the folder of the relative name `name`."""
+    folder = name.rpartition("/")[0]
+    return f"{folder}/{base}" if folder else base
+
+
+def _is_temp_of(tmp: str, name: str) -> bool:
+    """True if `tmp` is a write_temp name of `name` (same folder, `.NAME.<random>.tmp`)."""
+    folder, _, base = name.rpartition("/")
+    tmp_folder, _, tmp_base = tmp.rpartition("/")
+    m = _TEMP.fullmatch(tmp_base)
+    return folder == tmp_folder and m is not None and m["name"] == base
 
 
 def _read_journal(directory: Path) -> dict:
@@ -362,8 +394,7 @@ def _read_journal(directory: Path) -> dict:
             and len(pair) == 2
             and all(isinstance(n, str) for n in pair)
             and is_owned_file(pair[1])
-            and (m := _TEMP.fullmatch(pair[0])) is not None
-            and m["name"] == pair[1]
+            and _is_temp_of(pair[0], pair[1])
             for pair in renames
         ) and all(isinstance(n, str) and is_owned_file(n) for n in removes)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
@@ -407,10 +438,12 @@ def finish_interrupted_save(directory) -> bool:
 
 def _remove_leftover_temps(directory: Path) -> None:
     """Delete the hidden temporary files of a save that died before its commit point."""
-    for p in directory.glob(".*.tmp"):
-        m = _TEMP.fullmatch(p.name)
-        if m and (is_owned_file(m["name"]) or m["name"] == JOURNAL) and p.is_file():
-            p.unlink(missing_ok=True)
+    for folder in _OWNED_DIRS:
+        for p in (directory / folder).glob(".*.tmp"):
+            m = _TEMP.fullmatch(p.name)
+            name = m and _sibling(f"{folder}/x" if folder else "x", m["name"])
+            if m and (is_owned_file(name) or name == JOURNAL) and p.is_file():
+                p.unlink(missing_ok=True)
 
 
 def commit_files(directory, writers: dict, remove=(), error=CheckpointError) -> list[Path]:
@@ -428,7 +461,7 @@ def commit_files(directory, writers: dict, remove=(), error=CheckpointError) -> 
     for name in [*names, *remove]:
         if not is_owned_file(name):
             raise ArgumentError(
-                f"commit_files: {name!r} is not a model file name ({', '.join(OWNED_FILES)}, shards)"
+                f"commit_files: {name!r} is not a model file name ({', '.join(OWNED_FILES + KERAS_OWNED_FILES)}, shards)"
             )
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -442,7 +475,7 @@ def commit_files(directory, writers: dict, remove=(), error=CheckpointError) -> 
             temps.append(write_temp(directory / name, writers[name], error))
         spec = {
             "format": "minibloom-save",
-            "rename": [[t.name, n] for t, n in zip(temps, names)],
+            "rename": [[_sibling(n, t.name), n] for t, n in zip(temps, names)],
             "remove": list(remove),
         }
         atomic_write(
