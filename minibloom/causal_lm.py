@@ -461,7 +461,11 @@ class BloomCausalLM:
                 padded on either side (right as keras-hub packs them, left as HF does, or with
                 holes): each row continues its own real tokens, exactly as if it were alone.
             max_length: prompt + completion tokens (keras-hub and HF count the same way); default
-                the preprocessor's sequence_length. Required for dict inputs without a preprocessor.
+                the preprocessor's sequence_length. For dict inputs without a preprocessor it may
+                be omitted, as in keras-hub: the inputs are padded to the length wanted (their
+                width) and the trailing padded positions are filled (rows of different prompt
+                lengths still get the same number of new tokens, as in HF; keras-hub fills each
+                row's own padding). Given, it counts as in HF (the input width included).
             stop_token_ids: "auto" (HF's rule: the generation config's eos ids, else the
                 tokenizer's `</s>`, else none), None (run to max_length) or a tuple of ids. A row
                 that stops is filled after its stop id with the generation config's pad id, else
