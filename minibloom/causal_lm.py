@@ -121,7 +121,8 @@ class BloomCausalLM:
     def _from_keras_preset(cls, directory, load_weights, preprocessor, dtype):
         """from_preset of a keras-hub preset directory (io/keras.py): the config from its keras
         config.json, the special-token ids from its tokenizer assets, the preprocessor as
-        keras-hub builds it (preprocessor.json, else keras' defaults: `<s>` added, length 1024)."""
+        keras-hub builds it (preprocessor.json, else keras' defaults: `<s>` added, length 1024;
+        prompts right-padded)."""
         from minibloom.config import GenerationConfig
         from minibloom.io import keras
         from minibloom.model import BloomBackbone
@@ -136,7 +137,7 @@ class BloomCausalLM:
                 None
                 if tokenizer is None
                 else BloomCausalLMPreprocessor(
-                    tokenizer, **keras.read_preprocessor_settings(directory)
+                    tokenizer, **keras.read_preprocessor_settings(directory), padding_side="right"
                 )
             )
         config = keras.read_config(directory, getattr(preprocessor, "tokenizer", tokenizer))
