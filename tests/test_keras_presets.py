@@ -499,7 +499,10 @@ def test_live_we_load_what_keras_hub_writes(tmp_path, cases):
     )
     task.save_to_preset(str(tmp_path / "task"))
     backbone.save_to_preset(str(tmp_path / "backbone"))
-    for d in ("task", "backbone"):
+    backbone.save_to_preset(str(tmp_path / "sharded"), max_shard_size=5e-6)  # GB: ~5 KB shards
+    shards = sorted(p.name for p in (tmp_path / "sharded").glob("model_*.weights.h5"))
+    assert len(shards) > 2 and not (tmp_path / "sharded" / "model.weights.h5").exists()
+    for d in ("task", "backbone", "sharded"):
         lm = BloomCausalLM.from_preset(tmp_path / d)
         assert_close(
             f"our logits on keras-hub's {d} preset",
