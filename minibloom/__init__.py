@@ -4,6 +4,7 @@ The public names below are the ones other code and outside checks rely on; see R
 tour and docs/ARCHITECTURE.md for the module contract.
 """
 
+from minibloom import models  # keras-hub's names: minibloom.models.BloomCausalLM, ...
 from minibloom.causal_lm import BloomCausalLM
 from minibloom.config import BloomConfig
 from minibloom.errors import CheckpointError, ConfigError, MinibloomError, PresetNotFoundError
@@ -14,6 +15,7 @@ from minibloom.kvcache import KVCache
 from minibloom.model import BloomBackbone
 from minibloom.optim import (
     BIAS_AND_NORM,
+    Adam,
     AdamW,
     ConstantSchedule,
     GradientAccumulator,
@@ -40,6 +42,7 @@ from minibloom.training.train import ArrayDataset, Trainer
 __all__ = [
     "BIAS_AND_NORM",
     "PRESETS",
+    "Adam",
     "AdamW",
     "ArrayDataset",
     "BeamSampler",
@@ -71,6 +74,7 @@ __all__ = [
     "get_schedule",
     "list_presets",
     "load_params",
+    "models",
     "read_checkpoint",
     "resolve_preset",
     "save_params",

@@ -13,6 +13,27 @@ The LM head is tied: logits = final hidden states @ word_embeddings.weight.T, no
 import numpy as np
 
 
+def _check_auto(preprocessor):
+    from minibloom.errors import ArgumentError
+
+    if preprocessor != "auto":
+        raise ArgumentError(
+            f"preprocessor: expected 'auto', None or a preprocessor, found {preprocessor!r}"
+        )
+
+
+def _check_vocab_fits(directory, config, preprocessor):
+    """An id past the embedding's last row would have no vector: refuse the pair up front."""
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    if tokenizer is not None and tokenizer.vocabulary_size() > config.vocab_size:
+        from minibloom.errors import ConfigError
+
+        raise ConfigError(
+            f"{directory / 'config.json'}: vocab_size {config.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocabulary_size()} ids; expected vocab_size >= the tokenizer's size"
+        )
+
+
 class BloomCausalLM:
     """A BLOOM language model with its (optional) preprocessor.
 
@@ -53,16 +74,18 @@ class BloomCausalLM:
 
         Args:
             preset: None for the small model shipped in weights/, a directory holding config.json
-                + safetensors (+ tokenizer.json), a preset name such as "bloom_560m_multi" found in
-                $MINIBLOOM_HOME or the HF hub cache, or "hf://org/name".
+                + safetensors (+ tokenizer.json), a keras-hub preset directory (config.json +
+                model.weights.h5 + assets; needs h5py), a preset name such as "bloom_560m_multi"
+                found in $MINIBLOOM_HOME, the HF hub cache or the kagglehub cache, "hf://org/name"
+                or "kaggle://keras/bloom/keras/<preset>[/<version>]".
             load_weights: False builds the architecture with a seeded random init instead.
             preprocessor: "auto" builds a BloomCausalLMPreprocessor from the directory's
-                tokenizer.json when there is one; None for none; or a preprocessor object.
+                tokenizer.json when there is one (from a keras-hub preset: its tokenizer assets
+                and preprocessor.json, packing as keras-hub does); None for none; or an object.
             dtype: in-memory parameter dtype, "float32" or "float16" (half the memory; the ops
                 widen weights to float32 per use, see checkpoint.py).
         """
         from minibloom.config import BloomConfig, GenerationConfig
-        from minibloom.errors import ArgumentError
         from minibloom.io import presets
         from minibloom.io.checkpoint import finish_interrupted_save, load_params, stored_dtype
         from minibloom.model import BloomBackbone
@@ -71,15 +94,16 @@ class BloomCausalLM:
         finish_interrupted_save(
             directory
         )  # a save killed after its commit point: complete it first
+        from minibloom.io import keras
+
+        if keras.is_keras_preset(directory):  # before the HF reader, which would refuse it
+            return cls._from_keras_preset(directory, load_weights, preprocessor, dtype)
         config = BloomConfig.from_json_file(directory / "config.json")
         generation_config = GenerationConfig.from_model_dir(directory, config)
         params = load_params(directory, config, dtype=dtype) if load_weights else None
         backbone = BloomBackbone.from_config(config, params)
         if isinstance(preprocessor, str):
-            if preprocessor != "auto":
-                raise ArgumentError(
-                    f"preprocessor: expected 'auto', None or a preprocessor, found {preprocessor!r}"
-                )
+            _check_auto(preprocessor)
             preprocessor = None
             if (directory / "tokenizer.json").is_file():
                 from minibloom.preprocessor import BloomCausalLMPreprocessor
@@ -88,45 +112,88 @@ class BloomCausalLM:
                 preprocessor = BloomCausalLMPreprocessor(
                     BloomTokenizer.from_file(directory / "tokenizer.json")
                 )
-        tokenizer = getattr(preprocessor, "tokenizer", None)
-        if tokenizer is not None and tokenizer.vocabulary_size() > config.vocab_size:
-            from minibloom.errors import ConfigError
-
-            # an id past the embedding's last row would have no vector: refuse the pair up front
-            raise ConfigError(
-                f"{directory / 'config.json'}: vocab_size {config.vocab_size} is smaller than the tokenizer's "
-                f"{tokenizer.vocabulary_size()} ids; expected vocab_size >= the tokenizer's size"
-            )
+        _check_vocab_fits(directory, config, preprocessor)
         lm = cls(backbone, preprocessor, generation_config)
         lm.checkpoint_dtype = stored_dtype(directory) if load_weights else None
         return lm
 
-    def save_to_preset(self, directory, dtype=None, max_shard_bytes=None):
-        """Write the model into `directory` as an HF model directory; returns its path.
+    @classmethod
+    def _from_keras_preset(cls, directory, load_weights, preprocessor, dtype):
+        """from_preset of a keras-hub preset directory (io/keras.py): the config from its keras
+        config.json, the special-token ids from its tokenizer assets, the preprocessor as
+        keras-hub builds it (preprocessor.json, else keras' defaults: `<s>` added, length 1024;
+        prompts right-padded)."""
+        from minibloom.config import GenerationConfig
+        from minibloom.io import keras
+        from minibloom.model import BloomBackbone
+        from minibloom.preprocessor import BloomCausalLMPreprocessor
+        from minibloom.tokenizer import BloomTokenizer
 
-        Writes config.json, generation_config.json, model.safetensors (or shards + index) and,
-        with a tokenizer, tokenizer.json: the files a model consists of, and only those. Every
-        other file in the directory (a model card, notes, sub-directories) is kept; the stale
-        weight files of an earlier save (model.safetensors, the old index and the shards it names)
-        are removed. A directory whose config.json is not a BLOOM config is refused with nothing
-        touched (it is somebody else's project, not a model to replace).
+        has_assets = (directory / keras.VOCABULARY_FILE).is_file()
+        tokenizer = BloomTokenizer.from_preset(directory) if has_assets else None
+        if isinstance(preprocessor, str):
+            _check_auto(preprocessor)
+            preprocessor = (
+                None
+                if tokenizer is None
+                else BloomCausalLMPreprocessor(
+                    tokenizer, **keras.read_preprocessor_settings(directory), padding_side="right"
+                )
+            )
+        config = keras.read_config(directory, getattr(preprocessor, "tokenizer", tokenizer))
+        params, stored = (
+            keras.load_params(directory, config, dtype) if load_weights else (None, None)
+        )
+        _check_vocab_fits(directory, config, preprocessor)
+        lm = cls(
+            BloomBackbone.from_config(config, params),
+            preprocessor,
+            GenerationConfig.from_config(config),
+        )
+        lm.checkpoint_dtype = stored
+        return lm
+
+    def save_to_preset(self, directory, dtype=None, max_shard_bytes=None, format="hf"):
+        """Write the model into `directory` as an HF model directory (or a keras-hub preset);
+        returns its path.
+
+        format="hf" (default) writes config.json, generation_config.json, model.safetensors (or
+        shards + index) and, with a tokenizer, tokenizer.json; transformers'
+        `BloomForCausalLM.from_pretrained(directory)` loads the result.
+        format="keras" writes a keras-hub preset (io/keras.py): config.json, model.weights.h5,
+        metadata.json, task.json and, with a preprocessor, tokenizer.json, preprocessor.json and
+        assets/tokenizer/{vocabulary.json, merges.txt}; `keras_hub.models.BloomCausalLM.from_preset`
+        and `BloomBackbone.from_preset` load it (h5py needed: `pip install 'minibloom[keras]'`).
+
+        Only the files a model consists of are written; every other file in the directory (a
+        model card, notes, sub-directories) is kept. The stale files of an earlier save are
+        removed: old weight files (model.safetensors, the old index and the shards it names), and
+        the other format's files when the format changes. A directory whose config.json is not a
+        BLOOM config (HF or keras-hub) is refused with nothing touched (it is somebody else's
+        project, not a model to replace).
 
         The files change all at once (checkpoint.commit_files): a crash, even SIGKILL or a power
         cut, leaves either the old model or the new one, never a mix. A disk-full or permission
         error raises CheckpointError naming the path, with the directory unchanged.
-        transformers' `BloomForCausalLM.from_pretrained(directory)` loads the result.
 
         dtype: the stored dtype ("float32", "float16" or "bfloat16"); None keeps the dtype the
             weights were loaded from (an F16 checkpoint stays F16, as transformers' dtype="auto"
             does), else the in-memory dtype of the parameters.
-        max_shard_bytes: shard the weights into files of at most this many bytes.
+        max_shard_bytes: shard the weights into files of at most this many bytes (format="hf").
         """
         from pathlib import Path
 
         from minibloom.config import BloomConfig
         from minibloom.errors import ArgumentError, CheckpointError, ConfigError
+        from minibloom.io import keras
         from minibloom.io.checkpoint import commit_files, stale_weight_files, weight_writers
 
+        if format not in ("hf", "keras"):
+            raise ArgumentError(f"format: expected 'hf' or 'keras', found {format!r}")
+        if format == "keras" and max_shard_bytes is not None:
+            raise ArgumentError(
+                "max_shard_bytes: only for format='hf' (keras presets are one .h5 file)"
+            )
         try:
             directory = Path(directory).expanduser()
         except RuntimeError as e:  # "~nosuchuser/x"
@@ -135,9 +202,14 @@ class BloomCausalLM:
             raise ArgumentError(
                 f"{directory}: exists and is not a directory; expected a model directory to save into"
             )
+        old_format = None
         if (directory / "config.json").exists():
+            old_format = "keras" if keras.is_keras_preset(directory) else "hf"
             try:
-                BloomConfig.from_json_file(directory / "config.json")
+                if old_format == "keras":
+                    keras.read_config(directory)
+                else:
+                    BloomConfig.from_json_file(directory / "config.json")
             except ConfigError as e:
                 raise ArgumentError(
                     f"{directory}: its config.json is not a BLOOM model config ({e}); refusing to save a model "
@@ -146,19 +218,26 @@ class BloomCausalLM:
         if dtype is None:
             emb = self.backbone.params["word_embeddings.weight"]
             dtype = self.checkpoint_dtype or ("float16" if emb.dtype == np.float16 else "float32")
-        writers = weight_writers(self.backbone.params, dtype=dtype, max_shard_bytes=max_shard_bytes)
-        config_bytes = self.backbone.config.to_json_string().encode("utf-8")
-        generation_bytes = self.generation_config.to_json_string().encode("utf-8")
-        writers["config.json"] = lambda f: f.write(config_bytes)
-        writers["generation_config.json"] = lambda f: f.write(generation_bytes)
-        if self.tokenizer is not None:
-            tokenizer_bytes = self.tokenizer.to_json_string().encode("utf-8")
-            writers["tokenizer.json"] = lambda f: f.write(tokenizer_bytes)
-        stale = (
-            [n for n in stale_weight_files(directory) if n not in writers]
-            if directory.is_dir()
-            else []
-        )
+        if format == "keras":
+            writers = keras.preset_writers(self, dtype)
+        else:
+            writers = weight_writers(
+                self.backbone.params, dtype=dtype, max_shard_bytes=max_shard_bytes
+            )
+            config_bytes = self.backbone.config.to_json_string().encode("utf-8")
+            generation_bytes = self.generation_config.to_json_string().encode("utf-8")
+            writers["config.json"] = lambda f: f.write(config_bytes)
+            writers["generation_config.json"] = lambda f: f.write(generation_bytes)
+            if self.tokenizer is not None:
+                tokenizer_bytes = self.tokenizer.to_json_string().encode("utf-8")
+                writers["tokenizer.json"] = lambda f: f.write(tokenizer_bytes)
+        stale = []
+        if directory.is_dir():
+            weights = {"hf": stale_weight_files, "keras": keras.stale_weight_files}
+            stale = weights[format](directory)
+            if old_format is not None and old_format != format:  # the other format's files go too
+                stale += weights[old_format](directory) + keras.format_files(directory, old_format)
+            stale = sorted({n for n in stale if n not in writers})
         try:
             commit_files(directory, writers, stale)
         except CheckpointError as e:
@@ -251,24 +330,27 @@ class BloomCausalLM:
     def compile(self, optimizer="auto", loss="auto", sampler="greedy"):
         """Choose the optimizer, the loss reduction and the generation sampler (keras-hub style).
 
-        optimizer: "auto" = AdamW(2e-5, weight_decay=0), i.e. keras-hub's Adam(2e-5); "adamw" =
-            AdamW(1e-3) with torch's defaults; or a `minibloom.AdamW` instance.
+        optimizer: "auto" = keras-hub's default, keras' `Adam(2e-5)` (epsilon 1e-7 added to the
+            raw sqrt(v), keras' bias correction: `minibloom.optim.Adam`, equal to
+            `keras.optimizers.Adam` step for step); "adamw" = `AdamW(1e-3)` with torch's
+            defaults (torch.optim.AdamW); or an optimizer instance (`Adam`, `AdamW`).
         loss: "auto" or "mean" = HF's mean over target tokens; "sum_over_batch_size" = keras'
-            reduction (sum / (B * T), see losses.py).
+            reduction (sum / (B * T), see losses.py; what keras-hub's default loss computes).
         sampler: stored as given in `self.sampler` for `generate` (generate.py interprets it).
         """
         from minibloom.errors import ArgumentError
-        from minibloom.optim import AdamW
+        from minibloom.optim import Adam, AdamW
 
         if isinstance(optimizer, str):
             if optimizer not in ("auto", "adamw"):
                 raise ArgumentError(
-                    f"optimizer: expected 'auto', 'adamw' or an AdamW, found {optimizer!r}"
+                    f"optimizer: expected 'auto', 'adamw' or an optimizer, found {optimizer!r}"
                 )
-            optimizer = AdamW(2e-5, weight_decay=0.0) if optimizer == "auto" else AdamW(1e-3)
+            optimizer = Adam(2e-5) if optimizer == "auto" else AdamW(1e-3)
         elif not hasattr(optimizer, "apply") or not hasattr(optimizer, "state_dict"):
             raise ArgumentError(
-                f"optimizer: expected 'auto', 'adamw' or an AdamW, found {type(optimizer).__name__}"
+                f"optimizer: expected 'auto', 'adamw' or an optimizer (Adam, AdamW), found "
+                f"{type(optimizer).__name__}"
             )
         if loss not in ("auto", "mean", "sum_over_batch_size"):
             raise ArgumentError(
@@ -380,7 +462,11 @@ class BloomCausalLM:
                 padded on either side (right as keras-hub packs them, left as HF does, or with
                 holes): each row continues its own real tokens, exactly as if it were alone.
             max_length: prompt + completion tokens (keras-hub and HF count the same way); default
-                the preprocessor's sequence_length. Required for dict inputs without a preprocessor.
+                the preprocessor's sequence_length. For dict inputs without a preprocessor it may
+                be omitted, as in keras-hub: the inputs are padded to the length wanted (their
+                width) and the trailing padded positions are filled (rows of different prompt
+                lengths still get the same number of new tokens, as in HF; keras-hub fills each
+                row's own padding). Given, it counts as in HF (the input width included).
             stop_token_ids: "auto" (HF's rule: the generation config's eos ids, else the
                 tokenizer's `</s>`, else none), None (run to max_length) or a tuple of ids. A row
                 that stops is filled after its stop id with the generation config's pad id, else

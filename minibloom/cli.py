@@ -183,19 +183,32 @@ def _add_presets(sub):
         "presets",
         help="list the model presets and which are on disk",
         description="List the shipped default model (first, when present) and the BLOOM presets, with the\n"
-        "directory each resolves to, or 'not on disk'.",
+        "directory each resolves to, or 'not on disk', then the keras-hub downloads in the kagglehub cache.",
         formatter_class=_Formatter,
     )
     p.set_defaults(run=_run_presets)
 
 
 def _run_presets(args):
-    from minibloom.io.presets import hf_hub_cache, list_presets, minibloom_home
+    from minibloom.io.presets import (
+        hf_hub_cache,
+        kaggle_downloads,
+        kagglehub_cache,
+        list_presets,
+        minibloom_home,
+    )
 
     for name, description, path in list_presets():
         _emit(f"{name:<20} {str(path) if path else 'not on disk'}")
         _emit(f"{'':<20} {description}")
-    _emit(f"searched: {minibloom_home()} (MINIBLOOM_HOME) and {hf_hub_cache()} (HF hub cache)")
+    downloads = kaggle_downloads()
+    _emit(f"keras-hub downloads ({len(downloads)}):" if downloads else "keras-hub downloads: none")
+    for handle, path in downloads:
+        _emit(f"  {handle:<48} {path}")
+    _emit(
+        f"searched: {minibloom_home()} (MINIBLOOM_HOME), {hf_hub_cache()} (HF hub cache) and "
+        f"{kagglehub_cache()} (kagglehub cache, KAGGLEHUB_CACHE)"
+    )
 
 
 def _add_parity(sub):

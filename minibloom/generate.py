@@ -377,9 +377,13 @@ def _prepare(lm, inputs, max_length):
         ids = np.atleast_2d(np.asarray(inputs["token_ids"]))
         mask = np.atleast_2d(np.asarray(inputs.get("padding_mask", np.ones(ids.shape, dtype=bool))))
         if max_length is None:
-            raise ArgumentError(
-                "max_length: required for token inputs (it counts prompt + new tokens)"
-            )
+            # keras-hub: the inputs are padded to the length wanted and the padded positions are
+            # filled; so the width is max_length and trailing all-pad columns are room to generate
+            max_length = ids.shape[-1]
+            if mask.shape == ids.shape and ids.ndim == 2:
+                real = np.flatnonzero(np.asarray(mask, dtype=bool).any(axis=0))
+                width = int(real[-1]) + 1 if real.size else 0
+                ids, mask = ids[:, :width], mask[:, :width]
         return ids, mask, max_length, False
     if isinstance(inputs, dict):
         ids = np.atleast_2d(np.asarray(inputs["token_ids"]))

@@ -1,4 +1,4 @@
-"""AdamW, learning-rate schedules, global-norm gradient clipping and gradient accumulation.
+"""AdamW, keras' Adam, learning-rate schedules, global-norm gradient clipping and gradient accumulation.
 
 Everything here works on flat parameter dicts (`{name: float32 array}`, the keys of
 `BloomCausalLM.params`); gradients and the optimizer moments are dicts with the same keys.
@@ -9,14 +9,20 @@ The numbers follow PyTorch, the golden reference:
   moment update). `adamw_update` below is that arithmetic on whole arrays; its fast twin, one
   fused numba loop (`minibloom/kernels/adamw.py`, the same statements per element), is chosen
   by `minibloom.dispatch.fast_or_reference`.
+- `Adam.apply` equals `keras.optimizers.Adam` step for step (keras-hub's default optimizer,
+  `Adam(2e-5)`): epsilon (default 1e-7) is added to the square root of the UN-corrected second
+  moment and the bias correction is folded into the step size, alpha = lr sqrt(1 - beta_2^t) /
+  (1 - beta_1^t); every scalar is a float32, as keras computes it in the variable's dtype.
+  `adam_update` is that arithmetic (reference tier only: no fast twin).
 - `clip_grad_norm` equals `torch.nn.utils.clip_grad_norm_` (the norm of all gradients together,
   scale by `max_norm / (norm + 1e-6)` when that is below 1).
 - The schedules equal transformers' `get_constant_schedule_with_warmup`,
   `get_linear_schedule_with_warmup` and `get_cosine_schedule_with_warmup` (a multiplier on the peak
   learning rate, evaluated at the number of updates already made).
 
-Left out: other optimizers, per-group hyper-parameters beyond "decay or not", AMSGrad, mixed
-precision. The training loop that uses these pieces is `minibloom/training/train.py`.
+Left out: other optimizers, per-group hyper-parameters beyond "decay or not", AMSGrad, keras
+Adam's weight decay and clipping options, mixed precision. The training loop that uses these
+pieces is `minibloom/training/train.py`.
 """
 
 import math
@@ -52,6 +58,17 @@ def adamw_update(p, g, m, v, *, decay, one_minus_b1, b2, one_minus_b2, bc2_sqrt,
     v += one_minus_b2 * g * g  # v = beta_2 v + (1 - beta_2) g^2
     denom = np.sqrt(v) / bc2_sqrt + eps  # eps after the square root and the bias correction
     p -= step_size * m / denom
+
+
+def adam_update(p, g, m, v, *, one_minus_b1, one_minus_b2, alpha, eps):
+    """One keras Adam step on one tensor, in place on `p`, `m` and `v` (keras' `Adam.update_step`).
+
+    p, g, m, v: float32 arrays of one shape. The scalars are np.float32 (computed once per step by
+    `Adam.apply`): alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t).
+    """
+    m += (g - m) * one_minus_b1  # keras: m.assign_add((g - m) * (1 - beta_1))
+    v += (g * g - v) * one_minus_b2  # keras: v.assign_add((g^2 - v) * (1 - beta_2))
+    p -= (m * alpha) / (np.sqrt(v) + eps)  # eps on the raw sqrt(v): keras' "epsilon hat"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,11 +196,71 @@ class GradientAccumulator:
 
 
 # ------------------------------------------------------------------------------------------------
-# AdamW
+# AdamW and Adam
 # ------------------------------------------------------------------------------------------------
 
 
-class AdamW:
+class _Moments:
+    """What AdamW and Adam share: the learning rate (float or schedule), the step counter, the
+    moments `m`, `v` (dicts like params, zeros on the first `apply`) and their checkpointing."""
+
+    def _init_moments(self, learning_rate, beta_1, beta_2, epsilon):
+        if not callable(learning_rate):
+            learning_rate = check_float("learning_rate", learning_rate, lo=0)
+        self.learning_rate = learning_rate
+        self.beta_1 = check_float("beta_1", beta_1, lo=0, hi=1, hi_open=True)
+        self.beta_2 = check_float("beta_2", beta_2, lo=0, hi=1, hi_open=True)
+        self.epsilon = check_float("epsilon", epsilon, lo=0, lo_open=True)
+        self.step = 0
+        self.m = {}
+        self.v = {}
+
+    def current_learning_rate(self) -> float:
+        """The learning rate the next `apply` will use."""
+        lr = self.learning_rate
+        return float(lr(self.step)) if callable(lr) else float(lr)
+
+    def _checked(self, params, grads):
+        """The (name, param, contiguous grad) triples of one step, moments created as needed."""
+        missing = sorted(set(params) - set(grads))
+        if missing:
+            raise ArgumentError(
+                f"grads: missing gradients for {missing[:5]} ({len(missing)} tensors)"
+            )
+        out = []
+        for name, p in params.items():
+            g = grads[name]
+            if p.dtype != np.float32 or g.dtype != np.float32 or g.shape != p.shape:
+                raise ArgumentError(
+                    f"{type(self).__name__}: {name}: expected float32 param and grad of one shape, "
+                    f"found {p.dtype}{p.shape} and {g.dtype}{g.shape}"
+                )
+            if name not in self.m:
+                self.m[name] = np.zeros_like(p)
+                self.v[name] = np.zeros_like(p)
+            out.append((name, p, np.ascontiguousarray(g)))
+        return out
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """{"step": int, "m": {name: array}, "v": {name: array}} (arrays are the live state)."""
+        return {"step": self.step, "m": self.m, "v": self.v}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict()` returned (arrays are copied to float32)."""
+        m, v = state["m"], state["v"]
+        if set(m) != set(v):
+            raise TrainingError(
+                f"optimizer state: first and second moments have different keys: "
+                f"{sorted(set(m) ^ set(v))[:5]}"
+            )
+        self.step = int(state["step"])
+        self.m = {k: np.array(a, dtype=np.float32) for k, a in m.items()}
+        self.v = {k: np.array(a, dtype=np.float32) for k, a in v.items()}
+
+
+class AdamW(_Moments):
     """Adam with decoupled weight decay, numerically `torch.optim.AdamW`.
 
     Args:
@@ -212,25 +289,12 @@ class AdamW:
         exclude_from_weight_decay=(),
         global_clipnorm=None,
     ):
-        if not callable(learning_rate):
-            learning_rate = check_float("learning_rate", learning_rate, lo=0)
-        self.learning_rate = learning_rate
-        self.beta_1 = check_float("beta_1", beta_1, lo=0, hi=1, hi_open=True)
-        self.beta_2 = check_float("beta_2", beta_2, lo=0, hi=1, hi_open=True)
-        self.epsilon = check_float("epsilon", epsilon, lo=0, lo_open=True)
+        self._init_moments(learning_rate, beta_1, beta_2, epsilon)
         self.weight_decay = check_float("weight_decay", weight_decay, lo=0)
         if global_clipnorm is not None:
             global_clipnorm = check_float("global_clipnorm", global_clipnorm, lo=0, lo_open=True)
         self.exclude_from_weight_decay = tuple(exclude_from_weight_decay)
         self.global_clipnorm = global_clipnorm
-        self.step = 0
-        self.m = {}
-        self.v = {}
-
-    def current_learning_rate(self) -> float:
-        """The learning rate the next `apply` will use."""
-        lr = self.learning_rate
-        return float(lr(self.step)) if callable(lr) else float(lr)
 
     def decays(self, name: str) -> bool:
         """Whether parameter `name` gets weight decay."""
@@ -239,13 +303,9 @@ class AdamW:
     def apply(self, params: dict, grads: dict) -> float:
         """One update of every parameter in `params` (in place) from `grads`; returns the learning
         rate used. If `global_clipnorm` is set, `grads` are clipped in place first."""
-        missing = sorted(set(params) - set(grads))
-        if missing:
-            raise ArgumentError(
-                f"grads: missing gradients for {missing[:5]} ({len(missing)} tensors)"
-            )
-        if self.global_clipnorm is not None:
+        if self.global_clipnorm is not None and set(params) <= set(grads):  # else _checked raises
             clip_grad_norm({k: grads[k] for k in params}, self.global_clipnorm)
+        triples = self._checked(params, grads)
         lr = self.current_learning_rate()
         self.step += 1
         t = self.step
@@ -253,21 +313,12 @@ class AdamW:
         step_size = lr / (1.0 - self.beta_1**t)
         bc2_sqrt = (1.0 - self.beta_2**t) ** 0.5
         update = fast_or_reference(adamw_update)
-        for name, p in params.items():
-            g = grads[name]
-            if p.dtype != np.float32 or g.dtype != np.float32 or g.shape != p.shape:
-                raise ArgumentError(
-                    f"AdamW: {name}: expected float32 param and grad of one shape, found "
-                    f"{p.dtype}{p.shape} and {g.dtype}{g.shape}"
-                )
-            if name not in self.m:
-                self.m[name] = np.zeros_like(p)
-                self.v[name] = np.zeros_like(p)
+        f32 = np.float32
+        for name, p, g in triples:
             wd = self.weight_decay if self.decays(name) else 0.0
-            f32 = np.float32
             update(
                 p,
-                np.ascontiguousarray(g),
+                g,
                 self.m[name],
                 self.v[name],
                 decay=f32(1.0 - lr * wd),
@@ -280,20 +331,44 @@ class AdamW:
             )
         return lr
 
-    # --- checkpoints ----------------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
-        """{"step": int, "m": {name: array}, "v": {name: array}} (arrays are the live state)."""
-        return {"step": self.step, "m": self.m, "v": self.v}
+class Adam(_Moments):
+    """Adam as keras defines it (`keras.optimizers.Adam`), step for step.
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what `state_dict()` returned (arrays are copied to float32)."""
-        m, v = state["m"], state["v"]
-        if set(m) != set(v):
-            raise TrainingError(
-                f"optimizer state: first and second moments have different keys: "
-                f"{sorted(set(m) ^ set(v))[:5]}"
+    `BloomCausalLM.compile(optimizer="auto")` uses `Adam(2e-5)`, keras-hub's default. It differs
+    from torch's Adam (= `AdamW(weight_decay=0)`) in where epsilon goes: keras adds it to
+    sqrt(v) before the bias correction, torch to sqrt(v_hat) after it (the same update only if
+    eps_torch = eps / sqrt(1 - beta_2**t)), and keras' default epsilon is 1e-7, torch's 1e-8.
+
+    Args:
+        learning_rate: a float, or a schedule (callable step -> float).
+        beta_1, beta_2, epsilon: keras' names and defaults (0.9, 0.999, 1e-7).
+
+    State and checkpoints as `AdamW` (`step`, `m`, `v`, `state_dict`, `load_state_dict`).
+    """
+
+    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        self._init_moments(learning_rate, beta_1, beta_2, epsilon)
+
+    def apply(self, params: dict, grads: dict) -> float:
+        """One update of every parameter in `params` (in place) from `grads`; returns the learning
+        rate used."""
+        triples = self._checked(params, grads)
+        lr = self.current_learning_rate()
+        self.step += 1
+        f32 = np.float32
+        # keras casts everything to the variable's dtype first: float32 scalars throughout
+        t = f32(self.step)
+        alpha = f32(lr) * np.sqrt(f32(1) - f32(self.beta_2) ** t) / (f32(1) - f32(self.beta_1) ** t)
+        for name, p, g in triples:
+            adam_update(
+                p,
+                g,
+                self.m[name],
+                self.v[name],
+                one_minus_b1=f32(1 - self.beta_1),
+                one_minus_b2=f32(1 - self.beta_2),
+                alpha=f32(alpha),
+                eps=f32(self.epsilon),
             )
-        self.step = int(state["step"])
-        self.m = {k: np.array(a, dtype=np.float32) for k, a in m.items()}
-        self.v = {k: np.array(a, dtype=np.float32) for k, a in v.items()}
+        return lr

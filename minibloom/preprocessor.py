@@ -15,10 +15,14 @@ Defaults follow BLOOM's pretraining convention, not keras-hub's: documents were 
 `add_end_token=True`. `add_start_token=True` reproduces keras-hub's `BloomCausalLMPreprocessor`
 (which prepends `<s>` by default). HF's BLOOM tokenizer adds neither token.
 
-Generation (`generate_preprocess` / `generate_postprocess`) follows HF instead of keras-hub:
-prompts are LEFT-padded (so every row's last prompt token sits in the last column and new tokens
-are appended on the right for all rows at once), no `</s>` is appended, and `<s>` is put in front
-only if `add_start_token` is set.
+Generation (`generate_preprocess` / `generate_postprocess`) follows HF by default: prompts are
+LEFT-padded (so every row's last prompt token sits in the last column and new tokens are appended
+on the right for all rows at once), no `</s>` is appended, and `<s>` is put in front only if
+`add_start_token` is set. `padding_side="right"` packs prompts as keras-hub does (generate
+continues each row's own tokens either way).
+
+Packing exactly like keras-hub's `BloomCausalLMPreprocessor`: `add_start_token=True,
+padding_side="right"` (what from_preset builds for a keras-hub preset, with its preprocessor.json).
 
 Left out: tf.data / dataset mapping (see minibloom/training/data.py for streaming corpora), packing several
 documents into one row (data.py does that for long texts), and tokenization itself (tokenizer.py).
@@ -47,11 +51,23 @@ class BloomCausalLMPreprocessor:
         sequence_length: T, the length of `x["token_ids"]` for training.
         add_start_token: put `<s>` in front of every string (keras-hub's default; not BLOOM's).
         add_end_token: append `</s>` after every string when training (BLOOM's end of document).
+        padding_side: where `generate_preprocess` pads prompts: "left" (HF) or "right" (keras-hub).
+            Training batches are always right-padded, as both libraries do.
     """
 
-    def __init__(self, tokenizer, sequence_length=1024, add_start_token=False, add_end_token=True):
+    def __init__(
+        self,
+        tokenizer,
+        sequence_length=1024,
+        add_start_token=False,
+        add_end_token=True,
+        padding_side="left",
+    ):
         if not isinstance(sequence_length, (int, np.integer)) or sequence_length < 1:
             raise ArgumentError(f"sequence_length: expected an int >= 1, found {sequence_length!r}")
+        if padding_side not in ("left", "right"):
+            raise ArgumentError(f"padding_side: expected 'left' or 'right', found {padding_side!r}")
+        self.padding_side = padding_side
         self.tokenizer = tokenizer
         self.sequence_length = int(sequence_length)
         self.add_start_token = bool(add_start_token)
@@ -62,6 +78,7 @@ class BloomCausalLMPreprocessor:
             "sequence_length": self.sequence_length,
             "add_start_token": self.add_start_token,
             "add_end_token": self.add_end_token,
+            "padding_side": self.padding_side,
         }
 
     # --- packing --------------------------------------------------------------------------------
@@ -106,7 +123,8 @@ class BloomCausalLMPreprocessor:
         return x_out, ids[:, 1:].copy(), mask[:, 1:].astype(np.float32)
 
     def generate_preprocess(self, x, sequence_length=None):
-        """Prompts -> {"token_ids": (B, T) int64, "padding_mask": (B, T) bool}, LEFT-padded, no `</s>`.
+        """Prompts -> {"token_ids": (B, T) int64, "padding_mask": (B, T) bool}, no `</s>`, padded on
+        `padding_side` (LEFT by default).
 
         T is `sequence_length` if given (longer prompts are truncated keeping their beginning),
         else the longest prompt of the batch.
@@ -115,7 +133,12 @@ class BloomCausalLMPreprocessor:
         ids_list = [self.tokenizer.encode(t) for t in texts]
         if sequence_length is None:
             sequence_length = max(len(r) for r in ids_list) + int(self.add_start_token)
-        ids, mask = self._pack(ids_list, max(int(sequence_length), 1), add_end=False, left=True)
+        ids, mask = self._pack(
+            ids_list,
+            max(int(sequence_length), 1),
+            add_end=False,
+            left=self.padding_side == "left",
+        )
         return {"token_ids": ids, "padding_mask": mask}
 
     def generate_postprocess(self, x):

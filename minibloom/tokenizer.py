@@ -41,6 +41,7 @@ from minibloom.errors import ArgumentError, PresetNotFoundError, TokenizerError
 from minibloom.io.files import read_json_file
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # BLOOM's ids 0, 1, 2, 3
+KERAS_REQUIRED = ("<s>", "</s>", "<pad>")  # keras-hub's BloomTokenizer: start, end and pad token
 _MAX_ID_SPREAD = 4  # ids may leave holes, but the largest id stays below 4 x tokens + 1024
 
 
@@ -207,19 +208,55 @@ def _write_atomic(path: Path, text: str) -> None:
 class BloomTokenizer:
     """BLOOM's tokenizer. Build it with `from_file`, `from_preset`, `from_keras_assets`, or directly.
 
-    Args:
-        vocab: dict {token string: id} of the BPE model (byte-level strings, e.g. "Ġworld").
-        merges: list of (left, right) token-string pairs, highest priority first.
+    Args (keras-hub's `BloomTokenizer(vocabulary=..., merges=...)`, plus two of our own):
+        vocabulary: dict {token string: id} of the BPE model (byte-level strings, e.g. "Ġworld"),
+            or the path of a keras-hub `vocabulary.json`.
+        merges: list of merges, highest priority first: "a b" strings (keras-hub), (a, b) pairs,
+            or the path of a `merges.txt`.
         added_tokens: list of dicts with at least "content" and "id", optionally "special"
             (default True) and "normalized" (default: not special), as in tokenizer.json.
-            Default: the four BLOOM specials that are present in `vocab`.
+            Default (None): the four BLOOM specials present in the vocabulary; then, as in
+            keras-hub, `<s>`, `</s>` and `<pad>` must all be there (else TokenizerError, a
+            ValueError, naming the missing ones).
         source: a name for error messages (usually the file the tokenizer came from).
 
     Attributes: `unk_token_id`, `start_token_id` (= `bos_token_id`), `end_token_id`
     (= `eos_token_id`), `pad_token_id`: the ids of `<unk> <s> </s> <pad>`, or None if absent.
     """
 
-    def __init__(self, vocab: dict, merges: list, added_tokens=None, source: str = "<in memory>"):
+    def __init__(
+        self, vocabulary=None, merges=None, added_tokens=None, source: str = "<in memory>"
+    ):
+        if isinstance(vocabulary, (str, Path)):
+            source = source if source != "<in memory>" else Path(vocabulary).parent
+            vocabulary = _read_vocabulary(Path(vocabulary))
+        elif not isinstance(vocabulary, dict):
+            raise ArgumentError(
+                f"vocabulary: expected a dict {{token: id}} or a vocabulary.json path, found "
+                f"{type(vocabulary).__name__}"
+            )
+        else:
+            _check_vocab(vocabulary, source)
+        if isinstance(merges, (str, Path)):
+            merges = _read_merges(Path(merges))
+        elif isinstance(merges, (list, tuple)):
+            merges = [
+                _merge_pair(m, f"merges[{n}]") if isinstance(m, str) else m
+                for n, m in enumerate(merges)
+            ]
+        else:
+            raise ArgumentError(
+                f"merges: expected a list of 'a b' strings or a merges.txt path, found "
+                f"{type(merges).__name__}"
+            )
+        vocab = vocabulary
+        if added_tokens is None:
+            absent = [t for t in KERAS_REQUIRED if t not in vocab]
+            if absent:
+                raise TokenizerError(
+                    f"{source}: the vocabulary has no {', '.join(absent)}; BloomTokenizer needs its "
+                    f"start, end and pad tokens <s>, </s> and <pad> (as keras-hub's does)"
+                )
         self.source = str(source)
         self._vocab = dict(vocab)
         self._merges = [tuple(m) for m in merges]
@@ -331,26 +368,8 @@ class BloomTokenizer:
         BLOOM specials present in the vocabulary, so that the ids equal HF's (HF matches `<unk>` too).
         """
         vocabulary_path, merges_path = Path(vocabulary_path), Path(merges_path)
-        if merges_path.exists() and not merges_path.is_file():  # a pipe would block the read
-            raise TokenizerError(
-                f"{merges_path}: not a regular file; expected keras-hub's merges.txt"
-            )
-        vocab = read_json_file(vocabulary_path, TokenizerError, "keras-hub vocabulary")
-        _check_vocab(vocab, vocabulary_path)
-        try:
-            lines = merges_path.read_text(encoding="utf-8").split("\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise TokenizerError(f"{merges_path}: not a readable merges file ({e})") from None
-        merges = []
-        for n, line in enumerate(lines, 1):
-            if not line or line.startswith("#version"):
-                continue
-            parts = line.split(" ")
-            if len(parts) != 2 or not all(parts):
-                raise TokenizerError(
-                    f"{merges_path}, line {n}: expected two tokens separated by one space, found {line!r}"
-                )
-            merges.append(tuple(parts))
+        vocab = _read_vocabulary(vocabulary_path)
+        merges = _read_merges(merges_path)
         return cls(vocab, merges, None, source=vocabulary_path.parent)
 
     @classmethod
@@ -363,9 +382,13 @@ class BloomTokenizer:
             from minibloom.io.presets import resolve
 
             path = Path(resolve(str(dir_or_name)))
-        if (path / "tokenizer.json").is_file():
+        assets_dirs = (path, path / "assets" / "tokenizer")
+        keras = any(
+            (a / "vocabulary.json").is_file() for a in assets_dirs
+        ) and _is_keras_layer_config(path / "tokenizer.json")
+        if (path / "tokenizer.json").is_file() and not keras:
             return cls.from_file(path / "tokenizer.json")
-        for assets in (path, path / "assets" / "tokenizer"):
+        for assets in assets_dirs:
             if (assets / "vocabulary.json").is_file() and (assets / "merges.txt").is_file():
                 return cls.from_keras_assets(assets / "vocabulary.json", assets / "merges.txt")
         raise PresetNotFoundError(
@@ -448,12 +471,18 @@ class BloomTokenizer:
         _write_atomic(path, self.to_json_string())
         return path
 
+    def keras_asset_texts(self) -> tuple:
+        """The text of keras-hub's `vocabulary.json` and `merges.txt`, as keras-hub writes them
+        (`json.dumps` of {token: id} with ASCII escapes; one "a b" line per merge, no header)."""
+        return json.dumps(self._token_to_id), "".join(f"{a} {b}\n" for a, b in self._merges)
+
     def save_keras_assets(self, directory) -> tuple:
         """Write keras-hub's `vocabulary.json` and `merges.txt` into `directory` (atomically each)."""
         directory = Path(directory)
         vocab_path, merges_path = directory / "vocabulary.json", directory / "merges.txt"
-        _write_atomic(vocab_path, json.dumps(self._token_to_id, ensure_ascii=False))
-        _write_atomic(merges_path, "".join(f"{a} {b}\n" for a, b in self._merges))
+        vocab_text, merges_text = self.keras_asset_texts()
+        _write_atomic(vocab_path, vocab_text)
+        _write_atomic(merges_path, merges_text)
         return vocab_path, merges_path
 
     # --- encoding ------------------------------------------------------------------------------
@@ -612,6 +641,49 @@ def _check_vocab(vocab, path) -> None:
                     f"{path}: vocab maps two tokens to the same id {v}: {seen[v]!r} and {k!r}"
                 )
             seen[v] = k
+
+
+def _is_keras_layer_config(path: Path) -> bool:
+    """True if `path` is keras-hub's tokenizer.json (a layer config: {"class_name", "config"}),
+    which names the assets beside it, rather than an HF tokenizer.json."""
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(spec, dict) and "class_name" in spec and "model" not in spec
+
+
+def _not_regular(p: Path) -> None:
+    if p.exists() and not p.is_file():  # a directory, or a pipe that would block the read
+        raise TokenizerError(f"{p}: not a regular file; expected keras-hub tokenizer assets")
+
+
+def _read_vocabulary(path: Path) -> dict:
+    """keras-hub's vocabulary.json: {token: id}, checked."""
+    vocab = read_json_file(path, TokenizerError, "keras-hub vocabulary")
+    _check_vocab(vocab, path)
+    return vocab
+
+
+def _merge_pair(line: str, where: str) -> tuple:
+    parts = line.split(" ")
+    if len(parts) != 2 or not all(parts):
+        raise TokenizerError(f"{where}: expected two tokens separated by one space, found {line!r}")
+    return tuple(parts)
+
+
+def _read_merges(path: Path) -> list:
+    """keras-hub's merges.txt (or HF's, with its `#version` header): [(a, b), ...]."""
+    _not_regular(path)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{path}: not a readable merges file ({e})") from None
+    return [
+        _merge_pair(line, f"{path}, line {n}")
+        for n, line in enumerate(lines, 1)
+        if line and not line.startswith("#version")
+    ]
 
 
 def _differs(path, part: str, expected: str, found) -> TokenizerError:

@@ -317,11 +317,15 @@ def test_max_length_equal_to_the_prompt_returns_the_prompt(lm, sampler):
     assert out["token_ids"].tolist() == ids.tolist() and out["padding_mask"].all()
 
 
-def test_token_inputs_need_max_length_and_auto_stops_use_the_config_eos(lm):
+def test_token_inputs_without_max_length_fill_the_padding_and_auto_stops_use_the_config_eos(lm):
     bare = BloomCausalLM(lm.backbone, preprocessor=None)
     x = {"token_ids": np.array([[10, 11, 12]]), "padding_mask": np.ones((1, 3), bool)}
-    with pytest.raises(ArgumentError, match="max_length"):
-        bare.generate(x)
+    # keras-hub: no max_length means the input width; with no padding there is nothing to fill
+    assert bare.generate(x, stop_token_ids=None)["token_ids"].tolist() == [[10, 11, 12]]
+    padded = {"token_ids": np.array([[10, 11, 12, 3, 3]]), "padding_mask": [[1, 1, 1, 0, 0]]}
+    filled = bare.generate(padded, stop_token_ids=None)
+    assert filled["token_ids"].tolist() == bare.generate(x, 5, None)["token_ids"].tolist()
+    assert filled["padding_mask"].all()
     # "auto" without a tokenizer: the config's eos id (2 here), as HF
     assert lm.backbone.config.eos_token_id == 2
     assert (

@@ -27,6 +27,7 @@ PARTS = [
     "train",
     "generate",
     "hfdirs",
+    "keras",  # keras-hub on the torch backend (see tools/golden_keras.py for its environment)
 ]  # order matters: later parts may reuse earlier output
 
 

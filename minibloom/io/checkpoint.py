@@ -223,6 +223,13 @@ def _first_nonfinite(x: np.ndarray):
     return tuple(int(i) for i in idx), float(x[idx])
 
 
+def _check_load_args(dtype, nonfinite) -> None:
+    if dtype not in _LOAD_DTYPES:
+        raise ArgumentError(f"dtype: expected one of {_LOAD_DTYPES}, found {dtype!r}")
+    if nonfinite not in _NONFINITE:
+        raise ArgumentError(f"nonfinite: expected one of {_NONFINITE}, found {nonfinite!r}")
+
+
 def load_params(
     path, config: BloomConfig, dtype: str = "float32", nonfinite: str = "error"
 ) -> dict[str, np.ndarray]:
@@ -238,10 +245,7 @@ def load_params(
     means corruption), "warn" (a RuntimeWarning, then load anyway) or "ignore" (no check; skips a
     min+max pass over every tensor, which also reads every page of a memory-mapped F32 file).
     """
-    if dtype not in _LOAD_DTYPES:
-        raise ArgumentError(f"dtype: expected one of {_LOAD_DTYPES}, found {dtype!r}")
-    if nonfinite not in _NONFINITE:
-        raise ArgumentError(f"nonfinite: expected one of {_NONFINITE}, found {nonfinite!r}")
+    _check_load_args(dtype, nonfinite)
     stored = read_checkpoint(path)
     tensors = {}
     for key, value in stored.items():
@@ -251,7 +255,26 @@ def load_params(
                 f"{path}: tensor {name!r} is stored both with and without the {PREFIX!r} prefix"
             )
         tensors[name] = value
+    return params_from_tensors(tensors, config, dtype, nonfinite, source=path)
 
+
+def params_from_tensors(
+    tensors: dict,
+    config: BloomConfig,
+    dtype: str = "float32",
+    nonfinite: str = "error",
+    source="<tensors>",
+) -> dict[str, np.ndarray]:
+    """The weights layer every format shares: stored tensors -> checked BLOOM parameters.
+
+    tensors: {HF name without `transformer.`: (stored dtype "F32" | "F16" | "BF16", words)},
+    `lm_head.weight` optional, as the safetensors reader and the keras-hub reader (io/keras.py)
+    produce them. Checks the names and shapes against `config`, the tied head and non-finite
+    values (see `load_params`), converts to the in-memory `dtype`; errors name `source`.
+    """
+    _check_load_args(dtype, nonfinite)
+    path = source
+    tensors = dict(tensors)
     expected = param_shapes(config)
     head = tensors.pop(HEAD_KEY, None)
     missing = expected.keys() - tensors.keys()
@@ -298,7 +321,7 @@ def load_params(
             )
             if nonfinite == "error":
                 raise CheckpointError(msg + "; pass nonfinite='warn' or 'ignore' to load it anyway")
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
     return params
 
 
@@ -308,9 +331,22 @@ def load_params(
 
 # The files a saved model consists of. A save writes some of these, removes the stale ones of the
 # same kinds, and never touches anything else in the directory (a model card, a user's notes,
-# sub-directories).
+# sub-directories). The HF files first; then those of a keras-hub preset (io/keras.py), which
+# shares config.json and tokenizer.json (in keras' own JSON) and keeps its tokenizer under assets/.
 OWNED_FILES = ("config.json", "generation_config.json", "tokenizer.json", SINGLE_FILE, INDEX_FILE)
+KERAS_OWNED_FILES = (
+    "model.weights.h5",
+    "model.weights.json",
+    "metadata.json",
+    "preprocessor.json",
+    "task.json",
+    "assets/tokenizer/vocabulary.json",
+    "assets/tokenizer/merges.txt",
+)
 _OWNED_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+# keras' weight shards (named by model.weights.json)
+KERAS_SHARD = re.compile(r"^model_\d{5}\.weights\.h5$")
+_OWNED_DIRS = ("", "assets/tokenizer")  # the only folders (relative to the model) a save writes in
 JOURNAL = ".minibloom-save.json"  # present only between a save's commit point and its end
 _TEMP = re.compile(
     r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$"
@@ -318,8 +354,27 @@ _TEMP = re.compile(
 
 
 def is_owned_file(name: str) -> bool:
-    """True for the file names a model save may write or remove."""
-    return name in OWNED_FILES or bool(_OWNED_SHARD.fullmatch(name))
+    """True for the file names (relative to the model directory, `/`-separated) a model save may
+    write or remove."""
+    return (
+        name in OWNED_FILES
+        or name in KERAS_OWNED_FILES
+        or bool(_OWNED_SHARD.fullmatch(name) or KERAS_SHARD.fullmatch(name))
+    )
+
+
+def _sibling(name: str, base: str) -> str:
+    """The relative name of the file `base` in the folder of the relative name `name`."""
+    folder = name.rpartition("/")[0]
+    return f"{folder}/{base}" if folder else base
+
+
+def _is_temp_of(tmp: str, name: str) -> bool:
+    """True if `tmp` is a write_temp name of `name` (same folder, `.NAME.<random>.tmp`)."""
+    folder, _, base = name.rpartition("/")
+    tmp_folder, _, tmp_base = tmp.rpartition("/")
+    m = _TEMP.fullmatch(tmp_base)
+    return folder == tmp_folder and m is not None and m["name"] == base
 
 
 def _read_journal(directory: Path) -> dict:
@@ -332,8 +387,7 @@ def _read_journal(directory: Path) -> dict:
             and len(pair) == 2
             and all(isinstance(n, str) for n in pair)
             and is_owned_file(pair[1])
-            and (m := _TEMP.fullmatch(pair[0])) is not None
-            and m["name"] == pair[1]
+            and _is_temp_of(pair[0], pair[1])
             for pair in renames
         ) and all(isinstance(n, str) and is_owned_file(n) for n in removes)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
@@ -377,10 +431,12 @@ def finish_interrupted_save(directory) -> bool:
 
 def _remove_leftover_temps(directory: Path) -> None:
     """Delete the hidden temporary files of a save that died before its commit point."""
-    for p in directory.glob(".*.tmp"):
-        m = _TEMP.fullmatch(p.name)
-        if m and (is_owned_file(m["name"]) or m["name"] == JOURNAL) and p.is_file():
-            p.unlink(missing_ok=True)
+    for folder in _OWNED_DIRS:
+        for p in (directory / folder).glob(".*.tmp"):
+            m = _TEMP.fullmatch(p.name)
+            name = m and _sibling(f"{folder}/x" if folder else "x", m["name"])
+            if m and (is_owned_file(name) or name == JOURNAL) and p.is_file():
+                p.unlink(missing_ok=True)
 
 
 def commit_files(directory, writers: dict, remove=(), error=CheckpointError) -> list[Path]:
@@ -398,7 +454,7 @@ def commit_files(directory, writers: dict, remove=(), error=CheckpointError) -> 
     for name in [*names, *remove]:
         if not is_owned_file(name):
             raise ArgumentError(
-                f"commit_files: {name!r} is not a model file name ({', '.join(OWNED_FILES)}, shards)"
+                f"commit_files: {name!r} is not a model file name ({', '.join(OWNED_FILES + KERAS_OWNED_FILES)}, shards)"
             )
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -412,7 +468,7 @@ def commit_files(directory, writers: dict, remove=(), error=CheckpointError) -> 
             temps.append(write_temp(directory / name, writers[name], error))
         spec = {
             "format": "minibloom-save",
-            "rename": [[t.name, n] for t, n in zip(temps, names)],
+            "rename": [[_sibling(n, t.name), n] for t, n in zip(temps, names)],
             "remove": list(remove),
         }
         atomic_write(

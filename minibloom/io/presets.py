@@ -7,19 +7,26 @@ what a user typed into a directory holding `config.json` + safetensors (+ `token
   1. `hf://org/name`: the HF hub cache, then (if the optional `huggingface_hub` package is
      installed) a download into that cache;
   2. an existing directory;
-  3. a preset name (keras-hub name, HF short name like `bloom-560m`, or HF id like
+  3. `kaggle://keras/bloom/keras/<preset>[/<version>]` (keras-hub's handles): the kagglehub
+     cache (`$KAGGLEHUB_CACHE`, else `~/.cache/kagglehub`) in kagglehub's layout
+     `models/<owner>/<model>/<framework>/<variation>/<version>/`; without a version, the newest
+     version on disk (kagglehub itself would ask the Kaggle API which is the latest);
+  4. a preset name (keras-hub name, HF short name like `bloom-560m`, or HF id like
      `bigscience/bloom-560m`) or a plain name: looked up in the local model directory
      (`$MINIBLOOM_HOME`, default `~/.cache/minibloom`) as `<home>/<name>`, then in the HF hub cache
      layout (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`) as
-     `models--org--name/snapshots/<revision>/`.
+     `models--org--name/snapshots/<revision>/`, then (keras-hub names) as a keras-hub download in
+     the kagglehub cache.
+The directory found may be an HF model directory or a keras-hub preset (io/keras.py reads it).
 A preset that is not on disk raises `PresetNotFoundError` saying how to get it. Names are checked
 against a strict pattern before they are joined to any path, so `..` or absolute paths cannot
 escape the model directories.
 
 `default_model_dir()` is the small model shipped in the repository's `weights/` folder.
 
-Leaves out: downloading without `huggingface_hub`, Kaggle/keras-hub handles, and the weights
-themselves (checkpoint.py reads them).
+Leaves out: downloading without `huggingface_hub`, downloading from Kaggle (the error says how:
+keras-hub or kagglehub fill the cache this module reads), and the weights themselves
+(checkpoint.py and keras.py read them).
 """
 
 import os
@@ -43,6 +50,14 @@ class Preset:
     hf_id: str  # Hugging Face repository id
     config: BloomConfig
     description: str
+    kaggle_version: int | None = None  # keras-hub's `kaggle://keras/bloom/keras/<name>/<version>`
+
+    @property
+    def kaggle_handle(self) -> str | None:
+        """keras-hub's handle of this preset, or None if keras-hub has none."""
+        if self.kaggle_version is None:
+            return None
+        return f"kaggle://{KAGGLE_BLOOM}/{self.name}/{self.kaggle_version}"
 
     @property
     def hf_name(self) -> str:
@@ -54,9 +69,24 @@ class Preset:
         return self.config.num_parameters()
 
 
+# keras-hub's BLOOM presets on Kaggle (keras_hub/src/models/bloom/bloom_presets.py): the
+# version of each handle kaggle://keras/bloom/keras/<name>/<version>. No 7b.
+KAGGLE_BLOOM = "keras/bloom/keras"
+_KAGGLE_VERSIONS = {
+    "bloom_560m_multi": 4,
+    "bloom_1.1b_multi": 2,
+    "bloom_1.7b_multi": 2,
+    "bloom_3b_multi": 2,
+    "bloomz_560m_multi": 2,
+    "bloomz_1.1b_multi": 2,
+    "bloomz_1.7b_multi": 2,
+    "bloomz_3b_multi": 2,
+}
+
+
 def _p(name, hf_id, n_layer, hidden, heads, description):
     config = BloomConfig(vocab_size=250880, hidden_size=hidden, n_layer=n_layer, n_head=heads)
-    return Preset(name, hf_id, config, description)
+    return Preset(name, hf_id, config, description, _KAGGLE_VERSIONS.get(name))
 
 
 _BASE = "BLOOM pretrained on ROOTS: 45 natural and 12 programming languages"
@@ -185,8 +215,75 @@ def hf_hub_cache() -> Path:
     return Path(xdg).expanduser() / "huggingface" / "hub"
 
 
+def kagglehub_cache() -> Path:
+    """The kagglehub cache: $KAGGLEHUB_CACHE, else ~/.cache/kagglehub (kagglehub's config.py)."""
+    return Path(
+        os.environ.get("KAGGLEHUB_CACHE") or Path.home() / ".cache" / "kagglehub"
+    ).expanduser()
+
+
 def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
+
+
+def _kaggle_versions(handle: str) -> list[tuple[int, Path]]:
+    """(version, directory) of every downloaded version of `owner/model/framework/variation` in
+    the kagglehub cache that holds a config.json, oldest first."""
+    base = kagglehub_cache() / "models" / handle
+    found = []
+    for d in base.glob("*") if base.is_dir() else []:
+        if d.name.isdigit() and _is_model_dir(d):
+            found.append((int(d.name), d))
+    return sorted(found)
+
+
+def _kaggle_dir(handle: str, version: int | None) -> Path | None:
+    """The cached download of a Kaggle model handle (given version, else the newest), or None."""
+    versions = _kaggle_versions(handle)
+    if version is not None:
+        versions = [(v, d) for v, d in versions if v == version]
+    return versions[-1][1] if versions else None
+
+
+def kaggle_downloads() -> list[tuple[str, Path]]:
+    """(handle, directory) of every keras-hub BLOOM download in the kagglehub cache."""
+    root = kagglehub_cache() / "models" / KAGGLE_BLOOM
+    rows = []
+    for variant in sorted(root.glob("*")) if root.is_dir() else []:
+        if _plain_name(variant.name):
+            for v, d in _kaggle_versions(f"{KAGGLE_BLOOM}/{variant.name}"):
+                rows.append((f"kaggle://{KAGGLE_BLOOM}/{variant.name}/{v}", d))
+    return rows
+
+
+def _how_to_get_kaggle(handle: str) -> str:
+    return (
+        f"keras-hub downloads it into the kagglehub cache ({kagglehub_cache()}, $KAGGLEHUB_CACHE), where "
+        f'minibloom finds it: `keras_hub.models.BloomCausalLM.from_preset("{handle}")`, or '
+        f'`kagglehub.model_download("{handle.removeprefix("kaggle://")}")`'
+    )
+
+
+def _resolve_kaggle(text: str) -> Path:
+    """`kaggle://owner/model/framework/variation[/version]` -> its kagglehub cache directory."""
+    parts = text[len("kaggle://") :].split("/")
+    version = parts[4] if len(parts) == 5 else None
+    if (
+        len(parts) not in (4, 5)
+        or not all(_plain_name(x) for x in parts)
+        or (version is not None and not version.isdigit())
+    ):
+        raise PresetNotFoundError(
+            f"{text!r}: expected kaggle://owner/model/framework/variation[/version], e.g. "
+            f"kaggle://{KAGGLE_BLOOM}/bloom_560m_multi/4"
+        )
+    handle = "/".join(parts[:4])
+    found = _kaggle_dir(handle, None if version is None else int(version))
+    if found is None:
+        raise PresetNotFoundError(
+            f"{text}: not in the kagglehub cache. " + _how_to_get_kaggle(text)
+        )
+    return found
 
 
 def _hub_snapshot(repo_id: str) -> Path | None:
@@ -223,10 +320,15 @@ def default_model_dir() -> Path:
 def _how_to_get(name: str, preset: Preset | None) -> str:
     hf_id = preset.hf_id if preset else name
     home = minibloom_home() / (preset.name if preset else name)
+    keras = (
+        f"; or through keras-hub: {_how_to_get_kaggle(preset.kaggle_handle)}"
+        if preset is not None and preset.kaggle_handle
+        else ""
+    )
     return (
         f"Download it with `huggingface-cli download {hf_id}` (into the HF cache, found automatically), "
         f"or pass `hf://{hf_id}` with huggingface_hub installed, or put config.json, *.safetensors and "
-        f"tokenizer.json in {home}"
+        f"tokenizer.json in {home}{keras}"
     )
 
 
@@ -268,9 +370,11 @@ def resolve(name_or_path) -> Path:
                 f"{name_or_path!r}: expected hf://org/name with letters, digits, '.', '_', '-'"
             )
         return _hub_snapshot(repo_id) or _download(repo_id)
+    if isinstance(name_or_path, str) and name_or_path.startswith("kaggle://"):
+        return _resolve_kaggle(name_or_path)
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise PresetNotFoundError(
-            f"preset: expected a name, `hf://org/name` or a directory, found {name_or_path!r}"
+            f"preset: expected a name, `hf://org/name`, `kaggle://...` or a directory, found {name_or_path!r}"
         )
 
     text = str(name_or_path)
@@ -314,6 +418,10 @@ def resolve(name_or_path) -> Path:
     snapshot = _hub_snapshot(repo_id) if repo_id else None
     if snapshot is not None:
         return snapshot
+    if preset is not None and preset.kaggle_version is not None:
+        found = _kaggle_dir(f"{KAGGLE_BLOOM}/{preset.name}", None)
+        if found is not None:
+            return found
     if preset is None and repo_id is None:
         raise PresetNotFoundError(
             f"{text!r} is not a directory, a model in {home}, or a known preset ({', '.join(PRESETS)})"
