@@ -83,7 +83,8 @@ class BloomCausalLM:
                 tokenizer.json when there is one (from a keras-hub preset: its tokenizer assets
                 and preprocessor.json, packing as keras-hub does); None for none; or an object.
             dtype: in-memory parameter dtype, "float32" or "float16" (half the memory; the ops
-                widen weights to float32 per use, see checkpoint.py).
+                widen weights to float32 per use, see checkpoint.py), or "float64" (the whole
+                forward then runs in float64 through the reference ops: the truth of `compare`).
         """
         from minibloom.config import BloomConfig, GenerationConfig
         from minibloom.io import presets

@@ -20,6 +20,9 @@ The in-memory dtype (`load_params(..., dtype=...)`), agreed with model.py:
   * "float16": tensors are kept in half precision to halve memory. F16 files are used as stored
     (zero-copy views); BF16 and F32 tensors are rounded to float16. model.py's ops widen a
     float16 weight to float32 per use, so all arithmetic still happens in float32.
+  * "float64": every tensor widened to float64 (exact: F32, F16 and BF16 values are all
+    float64 values). The forward then runs in float64 through the reference ops (the fast tier
+    hands float64 to them): the "truth" that `compare` and `parity --truth` measure against.
 
 Leaves out: the container format itself (io/safetensors.py), PyTorch `.bin` files (never
 unpickled: unpickling runs arbitrary code; `_PYTORCH_BIN_HINT` says how to convert).
@@ -44,7 +47,7 @@ INDEX_FILE = "model.safetensors.index.json"
 PREFIX = "transformer."  # what BloomForCausalLM puts in front of BloomModel's keys
 HEAD_KEY = "lm_head.weight"
 _SAVE_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-_LOAD_DTYPES = ("float32", "float16")
+_LOAD_DTYPES = ("float32", "float16", "float64")
 _NONFINITE = ("error", "warn", "ignore")
 
 
@@ -192,7 +195,9 @@ def _release_pages(words: np.ndarray) -> None:
 
 
 def _convert(dtype_name: str, words: np.ndarray, dtype: str) -> np.ndarray:
-    """Stored words -> an array in the in-memory dtype ("float32" or "float16")."""
+    """Stored words -> an array in the in-memory dtype ("float32", "float16" or "float64")."""
+    if dtype == "float64":
+        return (bf16_to_f32(words) if dtype_name == "BF16" else words).astype(np.float64)
     if dtype == "float32":
         if dtype_name == "F32":
             return words if words.flags.aligned else words.copy()  # zero-copy view of the mapping

@@ -17,6 +17,9 @@ reference. Each function here has a test that it equals its reference twin
     attention_forward/_backward  the numba loops of kernels/attention.py (no dropout; with a
                          dropout mask the reference runs)
 
+float64 inputs (the `compare` truth) always take the reference path or the same NumPy
+expressions in float64: the numba loops are float32 only, so they hand float64 to ops.py.
+
 Leaves out: anything that changes results beyond float32 rounding.
 """
 
@@ -113,7 +116,7 @@ def gelu_backward(dy, cache):
 
 def attention_forward(q, k, v, alibi, visible, dropout_p=0.0, rng=None):
     """ops.attention_forward with the softmax and both products in one numba loop per (b, h)."""
-    if dropout_p > 0.0:
+    if dropout_p > 0.0 or q.dtype != np.float32:
         return ops.attention_forward(q, k, v, alibi, visible, dropout_p, rng)
     inv = 1.0 / math.sqrt(q.shape[-1])
     probs, ctx = attention_kernels.attention(
@@ -125,6 +128,6 @@ def attention_forward(q, k, v, alibi, visible, dropout_p=0.0, rng=None):
 def attention_backward(dctx, cache):
     """ops.attention_backward with the numba loop (no dropout; with a keep-mask the reference runs)."""
     q, k, v, probs, dcache = cache
-    if dcache.keep is not None:
+    if dcache.keep is not None or q.dtype != np.float32:
         return ops.attention_backward(dctx, cache)
     return attention_kernels.attention_backward(dctx, q, k, v, probs, 1.0 / math.sqrt(q.shape[-1]))
