@@ -288,6 +288,39 @@ def _run_dump(args):
     _emit(f"wrote {path}")
 
 
+def _add_compare(sub):
+    p = sub.add_parser(
+        "compare",
+        help="judge a port's activations: within rounding of the float64 truth, or a bug?",
+        description="Read a port's activations (FILE: .npz or .safetensors with token_ids and any keys of `dump`,\n"
+        "or HF hidden_states.{i}), recompute them in float64 (the truth) and at --precision, and print per\n"
+        "key the port's difference, the envelope an honest implementation at that precision stays within,\n"
+        "and the first divergence. Exit 0: all within; 1: a divergence; 2: bad input. See docs/PORTING.md.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("file", metavar="FILE", type=cli_file, help="the port's .npz or .safetensors")
+    p.add_argument(
+        "--preset",
+        required=True,
+        type=_model_dir_arg,
+        help="model directory, preset name or hf://org/name the port ran",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="the precision the port computes in (sets the envelope)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=_run_compare)
+
+
+def _run_compare(args):
+    from minibloom.compare import run_compare
+
+    return run_compare(args.file, args.preset, args.precision, as_json=args.json, out=_emit)
+
+
 def _load_tokenizer(value, flag="--tokenizer"):
     """A tokenizer from a tokenizer.json file, a directory holding one (or keras assets), or a preset."""
     from minibloom.tokenizer import BloomTokenizer
@@ -882,6 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_presets(sub)
     _add_parity(sub)
     _add_dump(sub)
+    _add_compare(sub)
     return parser
 
 

@@ -30,7 +30,6 @@ time: the rest of minibloom must not need them. Leaves out: comparing sub-layer 
 transformers (it exposes only hidden states), half-precision reference runs, generation.
 """
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -105,53 +104,15 @@ def parity_batch(ids: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def minibloom_activations(lm, token_ids, padding_mask) -> dict[str, np.ndarray]:
-    """Every intermediate activation of minibloom's forward (see the module docstring for keys).
+    """Every intermediate activation of minibloom's forward (see the module docstring for keys),
+    in the model's dtype: the walk is compare.forward_activations, the one that `compare` checks
+    a port with."""
+    from minibloom.compare import forward_activations
 
-    Walks the blocks the way `BloomBackbone.forward` does, calling `model.block_forward` with
-    training=True on a dropout-free config: each op then keeps its cache, which holds exactly the
-    activations we want, with no randomness.
-    """
-    from minibloom import ops
-    from minibloom.model import BLOCK_KEYS, block_forward
-
-    config = dataclasses.replace(lm.backbone.config, hidden_dropout=0.0, attention_dropout=0.0)
-    params, eps = lm.backbone.params, config.layer_norm_epsilon
-    alibi = ops.alibi_bias(padding_mask, ops.alibi_slopes(config.n_head))  # (B, H, S)
-    visible = ops.attention_visibility(padding_mask, token_ids.shape[1])  # (B, T, S)
-    emb, _ = ops.embedding_forward(token_ids, params["word_embeddings.weight"])  # (B, T, C)
-    x, _ = ops.layernorm_forward(
-        emb,
-        params["word_embeddings_layernorm.weight"],
-        params["word_embeddings_layernorm.bias"],
-        eps,
+    acts = {"token_ids": token_ids, "padding_mask": padding_mask}
+    acts.update(
+        forward_activations(lm.backbone.params, lm.backbone.config, token_ids, padding_mask)
     )
-    acts = {
-        "token_ids": token_ids,
-        "padding_mask": padding_mask,
-        "alibi": alibi,
-        "word_embeddings": emb,
-        "word_embeddings_layernorm": x,
-    }
-    for i in range(config.n_layer):
-        p = f"h.{i}."
-        x, c = block_forward(
-            x, {k: params[p + k] for k in BLOCK_KEYS}, alibi, visible, config, training=True
-        )
-        acts[p + "input_layernorm"] = c.qkv.x
-        acts[p + "query"], acts[p + "key"], acts[p + "value"] = (
-            c.attn.q,
-            c.attn.k,
-            c.attn.v,
-        )  # (B, H, T, D)
-        acts[p + "attention_probs"] = c.attn.probs  # (B, H, T, S)
-        acts[p + "attention_context"] = c.dense.x  # (B, T, C)
-        acts[p + "post_attention_layernorm"] = c.fc1.x
-        acts[p + "mlp.dense_h_to_4h"] = c.gelu.x  # (B, T, F)
-        acts[p + "mlp.gelu"] = c.fc2.x
-        acts[p + "output"] = x
-    hidden, _ = ops.layernorm_forward(x, params["ln_f.weight"], params["ln_f.bias"], eps)
-    acts["ln_f"] = hidden
-    acts["logits"] = lm.backbone.logits(hidden)  # (B, T, V)
     return acts
 
 
