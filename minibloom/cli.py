@@ -243,13 +243,20 @@ def _add_parity(sub):
         default=1e-4,
         help="largest allowed max|diff| / max|reference| per layer",
     )
+    p.add_argument(
+        "--truth",
+        action="store_true",
+        help="also compare transformers and minibloom each with the float64 forward",
+    )
     p.set_defaults(run=_run_parity)
 
 
 def _run_parity(args):
     from minibloom.parity import run_parity
 
-    return run_parity(args.model, args.prompt, ids=args.ids, tolerance=args.tolerance, out=_emit)
+    return run_parity(
+        args.model, args.prompt, ids=args.ids, tolerance=args.tolerance, truth=args.truth, out=_emit
+    )
 
 
 def _add_dump(sub):

@@ -152,8 +152,23 @@ def compare(ours, theirs, mask) -> tuple[float, float, float]:
 # ------------------------------------------------------------------------------------------------
 
 
-def run_parity(preset, prompt, ids=None, tolerance=1e-4, out=print) -> int:
-    """Print the per-layer comparison table; returns 0 if every relative difference <= tolerance."""
+def _float64_outputs(lm, token_ids, mask) -> list[np.ndarray]:
+    """The float64 truth of parity's table: hidden states + logits of lm's weights widened to float64."""
+    from minibloom.model import BloomBackbone
+
+    params = {k: v.astype(np.float64) for k, v in lm.backbone.params.items()}
+    backbone = BloomBackbone.from_config(lm.backbone.config, params)
+    fwd = backbone.forward(token_ids, mask, output_hidden_states=True)
+    return fwd.hidden_states + [backbone.logits(fwd.hidden)]
+
+
+def run_parity(preset, prompt, ids=None, tolerance=1e-4, truth=False, out=print) -> int:
+    """Print the per-layer comparison table; returns 0 if every relative difference <= tolerance.
+
+    truth=True adds two columns: transformers' and minibloom's relative differences to the float64
+    forward (minibloom's ops in float64; equal to a float64 transformers run to ~1e-12, tested), so
+    the table shows which of the two is nearer the truth.
+    """
     directory, lm = load_model(preset)
     cfg = lm.backbone.config
     token_ids, mask = parity_batch(
@@ -163,6 +178,7 @@ def run_parity(preset, prompt, ids=None, tolerance=1e-4, out=print) -> int:
     ours = fwd.hidden_states + [lm.backbone.logits(fwd.hidden)]
     theirs_hidden, theirs_logits = transformers_hidden_states(directory, token_ids, mask)
     theirs = theirs_hidden + [theirs_logits]
+    exact = _float64_outputs(lm, token_ids, mask) if truth else [None] * len(ours)
     names = ["embeddings (LN_emb)"] + [f"block {i} output" for i in range(cfg.n_layer - 1)]
     names += ["final hidden (ln_f)", "logits"]
 
@@ -172,12 +188,17 @@ def run_parity(preset, prompt, ids=None, tolerance=1e-4, out=print) -> int:
     out(
         f"batch: {token_ids.shape[1] - PAD_SHIFT} tokens, as is and left-padded by {PAD_SHIFT}; pads not compared"
     )
-    out(f"{'quantity':<24} {'max|diff|':>11} {'max|ref|':>11} {'relative':>11}")
+    extra = f" {'hf-vs-f64':>11} {'ours-vs-f64':>11} nearer" if truth else ""
+    out(f"{'quantity':<24} {'max|diff|':>11} {'max|ref|':>11} {'relative':>11}{extra}")
     worst = 0.0
-    for name, a, b in zip(names, ours, theirs):
+    for name, a, b, t in zip(names, ours, theirs, exact):
         max_abs, scale, rel = compare(a, b, mask)
         worst = max(worst, rel)
         flag = "" if rel <= tolerance else "  <-- above tolerance"
+        if truth:
+            rel_hf, rel_ours = compare(b, t, mask)[2], compare(a, t, mask)[2]
+            nearer = "same" if rel_hf == rel_ours else ("hf" if rel_hf < rel_ours else "ours")
+            flag = f" {rel_hf:11.3e} {rel_ours:11.3e} {nearer:>6}" + flag
         out(f"{name:<24} {max_abs:11.3e} {scale:11.3e} {rel:11.3e}{flag}")
     same_argmax = bool((ours[-1].argmax(-1) == theirs[-1].argmax(-1))[mask].all())
     out(f"greedy next tokens identical at every position: {same_argmax}")
