@@ -245,3 +245,16 @@ def _save(tmp_path, arrays):
     path = tmp_path / "port.npz"
     np.savez(path, **arrays)
     return path
+
+
+@requires_transformers
+def test_parity_truth_shows_both_against_float64(capsys):
+    assert main(["parity", str(MODEL), "--ids", "5,17,250,3,99", "--truth"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("quantity"))
+    assert "hf-vs-f64" in lines[header] and "ours-vs-f64" in lines[header]
+    rows = [line.split() for line in lines[header + 1 : header + 5]]
+    for row in rows:  # both float32 runs are within float32 rounding of the truth, and nonzero
+        hf, ours, nearer = float(row[-3]), float(row[-2]), row[-1]
+        assert 0 < hf < 1e-5 and 0 < ours < 1e-5
+        assert nearer == ("hf" if hf < ours else "ours" if ours < hf else "same")
