@@ -313,6 +313,8 @@ def compare_arrays(arrays: dict, lm64, precision="fp32", path="FILE") -> dict:
     for key, op in forward_order(config.n_layer):
         pending.append(op)
         if key not in port:
+            if key == "alibi":  # an input of the scores, not a step of the residual stream
+                pending = []
             continue
         where = _positions(key, truth[key].shape, mask)
         port_abs, scale = _max_diff(port[key], truth[key], where)
@@ -335,6 +337,26 @@ def compare_arrays(arrays: dict, lm64, precision="fp32", path="FILE") -> dict:
             "first_divergence": first, "ok": first is None}  # fmt: skip
 
 
+def _summarise(op_list):
+    """The ops of a divergence, a whole block shortened to one entry (its sub-layer keys narrow it)."""
+    out, i = [], 0
+    while i < len(op_list):
+        block = op_list[i].split(":", 1)[0]
+        n = len(_BLOCK_OPS)
+        if (
+            op_list[i].startswith("h.")
+            and [o.split(":", 1)[0] for o in op_list[i : i + n]] == [block] * n
+        ):
+            out.append(
+                f"all of block {block} (dump its sub-layer keys, {block}.query ... {block}.mlp.gelu, to narrow it)"
+            )
+            i += n
+        else:
+            out.append(op_list[i])
+            i += 1
+    return out
+
+
 def format_report(report: dict, model: str, path) -> list[str]:
     """The human-readable table of `compare_arrays`' report."""
     p = report["precision"]
@@ -354,7 +376,7 @@ def format_report(report: dict, model: str, path) -> list[str]:
     else:
         since = first["previous_good"] or "the token ids"
         lines.append(f"first divergence: {first['key']}, {first['ratio']:.3g}x the {p} envelope")
-        lines.append(f"look at the ops after {since}: " + "; then ".join(first["ops"]))
+        lines.append(f"look at the ops after {since}: " + "; then ".join(_summarise(first["ops"])))
         lines.append("FAIL")
     return lines
 
