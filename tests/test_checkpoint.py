@@ -290,6 +290,17 @@ def test_pytorch_bin_only_explains_how_to_convert(tmp_path):
     )
 
 
+@pytest.mark.parametrize("stored", ["float32", "float16", "bfloat16"])
+def test_float64_in_memory_widens_every_stored_dtype_exactly(tmp_path, stored):
+    params = _params()
+    save_params(tmp_path, params, dtype=stored)
+    as32 = load_params(tmp_path, TINY)  # the stored values, widened to float32
+    loaded = load_params(tmp_path, TINY, dtype="float64")
+    for name, v in loaded.items():
+        assert v.dtype == np.float64 and v.flags.c_contiguous
+        np.testing.assert_array_equal(v, as32[name].astype(np.float64))
+
+
 def test_empty_directory_and_ambiguous_files(tmp_path):
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         load_params(tmp_path, TINY)
@@ -308,7 +319,7 @@ def test_float16_in_memory_is_zero_copy_for_f16_files(tmp_path):
     loaded = load_params(tmp_path / "bf", TINY, dtype="float16")
     assert all(v.dtype == np.float16 for v in loaded.values())
     with pytest.raises(ArgumentError, match="dtype"):
-        load_params(tmp_path, TINY, dtype="float64")
+        load_params(tmp_path, TINY, dtype="int8")
     with pytest.raises(ArgumentError, match="dtype"):
         save_params(tmp_path, params, dtype="int8")
 
