@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from minibloom import ops
-from minibloom.errors import ArgumentError
+from minibloom.errors import ArgumentError, CheckpointError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # unit roundoff (half an ulp of 1) of each precision: the envelope's floor, relative to max|truth|
@@ -177,7 +177,13 @@ def read_port_file(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from minibloom.io.safetensors import bf16_to_f32, read_safetensors
 
-        tensors = read_safetensors(path)  # CheckpointError (one line) for a malformed file
+        try:
+            tensors = read_safetensors(path)
+        except CheckpointError as e:  # one line already; say how to store integer inputs
+            hint = (
+                "; store token_ids / padding_mask as F32 or use .npz" if "dtype" in str(e) else ""
+            )
+            raise ArgumentError(f"FILE {e}{hint}") from None
         return {
             k: bf16_to_f32(w) if dt == "BF16" else np.asarray(w) for k, (dt, w) in tensors.items()
         }
@@ -393,7 +399,14 @@ def run_compare(file, preset, precision="fp32", as_json=False, out=print) -> int
     lm64 = BloomCausalLM.from_preset(directory, preprocessor=None, dtype="float64")
     report = compare_arrays(arrays, lm64, precision, path)
     if as_json:
-        out(json.dumps({"model": str(directory), "file": str(path), **report}, indent=1))
+        doc = {"model": str(directory), "file": str(path), **report}
+        for row in report["keys"]:  # a NaN/inf in the port: strict JSON has no inf, say it in words
+            row.update(
+                {k: "inf" for k, v in row.items() if isinstance(v, float) and not np.isfinite(v)}
+            )
+        if report["first_divergence"] and not np.isfinite(report["first_divergence"]["ratio"]):
+            report["first_divergence"]["ratio"] = "inf"
+        out(json.dumps(doc, indent=1, allow_nan=False))
     else:
         for line in format_report(report, str(directory), path):
             out(line)

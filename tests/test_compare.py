@@ -162,9 +162,12 @@ def test_injected_error_is_caught_and_located(tmp_path, capsys):
 
 
 @requires_transformers
-def test_transformers_bfloat16_passes_at_bf16_and_fails_at_fp32(tmp_path, capsys):
-    path = _hf_dump(tmp_path / "bf16.npz", dtype="bfloat16")
-    rc, report = _compare(capsys, path, "--precision", "bf16")
+@pytest.mark.parametrize("dtype, precision", [("bfloat16", "bf16"), ("float16", "fp16")])
+def test_transformers_16_bit_passes_at_its_precision_and_fails_at_fp32(
+    tmp_path, capsys, dtype, precision
+):
+    path = _hf_dump(tmp_path / "half.npz", dtype=dtype)
+    rc, report = _compare(capsys, path, "--precision", precision)
     assert rc == 0 and report["ok"], report
     rc, report = _compare(capsys, path, "--precision", "fp32")
     assert rc == 1 and report["first_divergence"]["key"] == "word_embeddings_layernorm"
@@ -239,6 +242,29 @@ def test_unreadable_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "not a readable .npz" in err and "\n" not in err
     assert main(["compare", str(tmp_path / "absent.npz"), "--preset", str(MODEL)]) == 2
+
+
+def test_nonfinite_port_values_are_outside_and_json_stays_strict(tmp_path, capsys):
+    arrays = _good_arrays()
+    arrays["ln_f"][0, 4, 7] = np.nan
+    rc, report = _compare(capsys, _save(tmp_path, arrays))
+    assert (
+        rc == 1
+        and report["first_divergence"]["key"] == "ln_f"
+        and report["keys"][0]["max_abs"] == "inf"
+    )
+
+
+def test_integer_safetensors_inputs_get_a_hint(tmp_path, capsys):
+    from minibloom.io.safetensors import write_safetensors as write
+
+    path = tmp_path / "port.safetensors"
+    write(path, {"ln_f": _good_arrays()["ln_f"]}, "F32")
+    header = b'{"token_ids":{"dtype":"I64","shape":[1,1],"data_offsets":[0,8]}}'
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    assert main(["compare", str(path), "--preset", str(MODEL)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "I64" in err and "store token_ids / padding_mask as F32" in err and "\n" not in err
 
 
 def _save(tmp_path, arrays):
