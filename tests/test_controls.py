@@ -216,3 +216,128 @@ def test_controls_default_to_generation_config_json(lm, monkeypatch):
     # a value passed wins over the file's, HF's defaults included (1.0 and 0 switch them off)
     off = dict(repetition_penalty=1.0, no_repeat_ngram_size=0)
     assert lm.generate("The cat", stop_token_ids=None, **off) == plain6
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+def _cli(argv, capsys):
+    from minibloom import cli
+
+    rc = cli.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+MODEL = ["--preset", str(golden_path("generate/model"))]
+
+
+def test_cli_controls_print_what_generate_returns(lm, capsys):
+    argv = ["generate", "The cat", *MODEL, "--max-new-tokens", "18", "--repetition-penalty", "1.3"]
+    rc, out, err = _cli(argv + ["--no-repeat-ngram-size", "2", "--no-echo"], capsys)
+    lm.compile(sampler="greedy")
+    want = lm.generate(
+        "The cat",
+        max_new_tokens=18,
+        repetition_penalty=1.3,
+        no_repeat_ngram_size=2,
+        strip_prompt=True,
+    )
+    assert (rc, out, err) == (0, want + "\n", "")
+
+
+def test_cli_multi_token_stop_and_ignore_eos(lm, capsys):
+    lm.compile(sampler="greedy")
+    full = lm.generate("The cat", max_new_tokens=30, stop_token_ids=None)
+    rc, out, _ = _cli(
+        ["generate", "The cat", *MODEL, "--max-new-tokens", "30", "--ignore-eos"], capsys
+    )
+    assert rc == 0 and out == full + "\n" and "</s>" not in out
+    target = full.split()[4] + " " + full.split()[5]
+    rc, out, _ = _cli(
+        ["generate", "The cat", *MODEL, "--max-new-tokens", "30", "--ignore-eos", "--stop", target],
+        capsys,
+    )
+    assert rc == 0 and target in out and len(out) < len(full)
+
+
+def test_cli_beam_flags_and_num_return_sequences(lm, capsys):
+    beam = BeamSampler(num_beams=3, length_penalty=0.5, early_stopping=True)
+    lm.compile(sampler=beam)
+    want = lm.generate("We cooked", max_new_tokens=12, num_return_sequences=2)
+    rc, out, err = _cli(
+        [
+            "generate",
+            "We cooked",
+            *MODEL,
+            "--sampler",
+            "beam",
+            "--num-beams",
+            "3",
+            "--length-penalty",
+            "0.5",
+        ]
+        + ["--early-stopping", "true", "--max-new-tokens", "12", "--num-return-sequences", "2"],
+        capsys,
+    )
+    assert (rc, err) == (0, "") and out == "\n---\n".join(want) + "\n"
+
+
+def test_cli_warns_about_sampling_flags_the_sampler_ignores(capsys):
+    rc, out, err = _cli(
+        [
+            "generate",
+            "The cat",
+            *MODEL,
+            "--max-new-tokens",
+            "4",
+            "--top-p",
+            "0.9",
+            "--temperature",
+            "0.7",
+        ],
+        capsys,
+    )
+    assert rc == 0 and out.startswith("The cat")
+    assert err.splitlines() == [
+        "minibloom: warning: --top-p is ignored by --sampler greedy",  # command-line order
+        "minibloom: warning: --temperature is ignored by --sampler greedy",
+    ]
+    rc, _, err = _cli(
+        [
+            "generate",
+            "The cat",
+            *MODEL,
+            "--max-new-tokens",
+            "4",
+            "--sampler",
+            "top_p",
+            "--top-p",
+            "0.9",
+        ],
+        capsys,
+    )
+    assert rc == 0 and err == ""  # used: no warning
+    rc, _, err = _cli(
+        [
+            "generate",
+            "The cat",
+            *MODEL,
+            "--max-new-tokens",
+            "4",
+            "--sampler",
+            "top_k",
+            "--num-beams",
+            "3",
+        ],
+        capsys,
+    )
+    assert err == "minibloom: warning: --num-beams is ignored by --sampler top_k\n"
+
+
+def test_version_flag_and_attribute(capsys):
+    import minibloom
+
+    rc, out, _ = _cli(["--version"], capsys)
+    assert rc == 0 and out == f"minibloom {minibloom.__version__}\n"
+    assert minibloom.__version__.count(".") >= 2
