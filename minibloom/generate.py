@@ -68,8 +68,21 @@ Streaming (`stream`) decodes incrementally at the byte level: the bytes of each 
 through an incremental UTF-8 decoder that holds back an incomplete character until its last byte
 arrives, so a piece never ends inside a character and the pieces concatenate to `generate`'s text.
 
-Leaves out: speculative decoding, repetition penalties and other HF logits processors,
-stop strings (only single stop token ids, like keras-hub), num_return_sequences for sampling.
+- Generation controls (HF's keywords; `generate(..., repetition_penalty=1.3)`): the logits
+  processors of processors.py (order documented there) run in `Decoder.process`, which every
+  search calls before choosing (beam search on the log-softmax, as HF); stop strings
+  (`StopStrings`, HF's StopStringCriteria: the text overlapping the last token contains the
+  string) end a row as a stop id does; `max_new_tokens` sets max_length = P + max_new_tokens
+  (the prompts are left-aligned to width P, so every row gets that many, whatever its padding);
+  `num_return_sequences` repeats each prompt for the random samplers and returns the best beams
+  of beam search (rows prompt by prompt, HF's layout). A control not passed comes from
+  generation_config.json (`lm.generation_config.extra`), HF's mechanism. Where we differ: a row
+  that meets a stop string is padded like a row that met a stop id, also when the call has no
+  stop ids (HF then lets it run on while other rows generate); stop strings with beam search
+  are refused (HF's beam bookkeeping with them is not reproduced).
+
+Leaves out: speculative decoding, sequence_bias / min_length / forced BOS-EOS processors, stop
+strings in beam search.
 
 Shape legend: B rows (prompts; B * num_beams in beam search), P prompt columns, S = max_length,
 V vocabulary, C hidden, K candidates.
