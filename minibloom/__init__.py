@@ -4,6 +4,8 @@ The public names below are the ones other code and outside checks rely on; see R
 tour and docs/ARCHITECTURE.md for the module contract.
 """
 
+__version__ = "0.1.0"  # the one source: setup.cfg reads it (version = attr: minibloom.__version__)
+
 from minibloom import models  # keras-hub's names: minibloom.models.BloomCausalLM, ...
 from minibloom.causal_lm import BloomCausalLM
 from minibloom.config import BloomConfig
@@ -40,6 +42,7 @@ from minibloom.training.data import TokenWindows
 from minibloom.training.train import ArrayDataset, Trainer
 
 __all__ = [
+    "__version__",
     "BIAS_AND_NORM",
     "PRESETS",
     "Adam",

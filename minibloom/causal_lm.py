@@ -453,7 +453,21 @@ class BloomCausalLM:
     # --- generation (generate.py, samplers.py) --------------------------------------------------
 
     def generate(
-        self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False, stream=False
+        self,
+        inputs,
+        max_length=None,
+        stop_token_ids="auto",
+        strip_prompt=False,
+        stream=False,
+        *,
+        max_new_tokens=None,
+        min_new_tokens=None,
+        repetition_penalty=None,
+        no_repeat_ngram_size=None,
+        bad_words_ids=None,
+        suppress_tokens=None,
+        stop_strings=None,
+        num_return_sequences=None,
     ):
         """Continue prompts with the compiled sampler (greedy if `compile` was never called).
 
@@ -475,6 +489,21 @@ class BloomCausalLM:
             strip_prompt: return only the completion.
             stream: return an iterator of text pieces instead (see `stream`).
 
+        Generation controls, HF's names and semantics (minibloom/processors.py; equal to
+        transformers `generate` token for token, tests/test_controls.py). Each one left None is
+        read from the model's generation_config.json (HF's mechanism), else it is off:
+            max_new_tokens: new tokens per row (overrides max_length: prompts are left-aligned to
+                one width P, so max_length = P + max_new_tokens, whatever each row's padding).
+            min_new_tokens: the stop ids are impossible before that many new tokens.
+            repetition_penalty: > 0; ids already in the sequence (prompt included) get their
+                logit divided by it when positive, multiplied when negative (1.0: off).
+            no_repeat_ngram_size: no n-gram of that size occurs twice.
+            bad_words_ids: list of lists of ids never completed; suppress_tokens: ids never made.
+            stop_strings: a text or list of texts: a row stops once its text ends with one (HF's
+                StopStringCriteria; multi-token texts; not with beam search).
+            num_return_sequences: random samplers repeat each prompt n times; beam search returns
+                its best n beams (n <= num_beams). The rows come prompt by prompt (B * n).
+
         Returns: a string (one prompt) or a list of strings, special tokens removed; for dict
         inputs the dict {"token_ids", "padding_mask"} (B, P + N) (plus "scores" for beam search),
         whose first P columns hold each prompt left-aligned (pads first) and whose mask marks
@@ -495,15 +524,32 @@ class BloomCausalLM:
             strip_prompt,
             stream,
             getattr(self, "sampler", None),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            bad_words_ids=bad_words_ids,
+            suppress_tokens=suppress_tokens,
+            stop_strings=stop_strings,
+            num_return_sequences=num_return_sequences,
         )
 
-    def stream(self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False):
+    def stream(
+        self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False, **controls
+    ):
         """Yield the text of one string prompt piece by piece as it is generated.
 
         Pieces never split a UTF-8 character and concatenate to what `generate` returns.
+        `controls`: the generation controls of `generate` (max_new_tokens, ...).
         """
         from minibloom import generate as gen
 
         return gen.stream_text(
-            self, inputs, max_length, stop_token_ids, strip_prompt, getattr(self, "sampler", None)
+            self,
+            inputs,
+            max_length,
+            stop_token_ids,
+            strip_prompt,
+            getattr(self, "sampler", None),
+            **controls,
         )

@@ -725,15 +725,64 @@ def _run_train(args):
     )
 
 
+class _Given(argparse.Action):
+    """Store the value and remember that the flag was given (for the ignored-flag warnings)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {**getattr(namespace, "given", {}), self.dest: option_string}
+
+
+def _early_stopping(text):
+    choices = {"true": True, "false": False, "never": "never"}
+    if text.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"expected true, false or never, found {text!r}")
+    return choices[text.lower()]
+
+
+# the sampler option each sampling flag sets (samplers.get passes it where the constructor takes it)
+_SAMPLER_FLAGS = {
+    "temperature": "temperature",
+    "top_k": "k",
+    "top_p": "p",
+    "alpha": "alpha",
+    "num_beams": "num_beams",
+    "seed": "seed",
+    "length_penalty": "length_penalty",
+    "early_stopping": "early_stopping",
+}
+
+
+def _ignored_flags(args, sampler):
+    """The flags given on the command line that the chosen sampler does not use: HF warns when
+    do_sample is false and temperature / top_p are set, and so do we (one line each on stderr);
+    the flag does not switch the sampler (that stays --sampler's job)."""
+    import inspect
+
+    accepted = set(inspect.signature(type(sampler).__init__).parameters)
+    if args.sampler == "greedy":
+        accepted.discard("temperature")  # greedy takes it but always picks the argmax
+    return [
+        flag
+        for dest, flag in getattr(args, "given", {}).items()
+        if dest in _SAMPLER_FLAGS and _SAMPLER_FLAGS[dest] not in accepted
+    ]
+
+
 def _add_generate(sub):
     p = sub.add_parser(
         "generate",
         help="continue a prompt with a BLOOM model, streaming the text as it is generated",
         description="Continue PROMPT ('-' reads standard input) and stream the text to stdout as it is generated.\n"
-        "--max-length counts prompt + new tokens. Without --preset the model shipped in weights/ is used.\n"
-        "--temperature 0 means greedy whatever the sampler; --seed makes the random samplers reproducible.\n"
-        "Generation stops at </s>, at any --stop text (each must be a single token; repeat --stop for\n"
-        "several) or at --max-length.",
+        "--max-length counts prompt + new tokens; --max-new-tokens (if given) counts new tokens only.\n"
+        "Without --preset the model shipped in weights/ is used. --temperature 0 means greedy whatever the\n"
+        "sampler; --seed makes the random samplers reproducible. A sampling flag the chosen sampler does not\n"
+        "use (e.g. --top-p with --sampler greedy) gets a warning on stderr and is ignored, as HF warns.\n"
+        "Generation stops at </s> (unless --ignore-eos), where the text ends with any --stop text (any\n"
+        "length; repeat --stop for several; not with beam search) or at the length limit. The controls\n"
+        "(--repetition-penalty, --no-repeat-ngram-size, --min-new-tokens, --max-new-tokens) default to\n"
+        "the model's generation_config.json, as in transformers. With --num-return-sequences N > 1 the N\n"
+        "texts are printed one after the other, separated by a line '---'.",
         formatter_class=_Formatter,
     )
     p.add_argument(
@@ -750,6 +799,31 @@ def _add_generate(sub):
     )
     p.add_argument("--max-length", type=POSITIVE, default=128, help="prompt + completion tokens")
     p.add_argument(
+        "--max-new-tokens",
+        type=NON_NEGATIVE,
+        default=None,
+        help="new tokens (wins over --max-length; none: generation_config.json's, else --max-length)",
+    )
+    p.add_argument(
+        "--min-new-tokens",
+        type=NON_NEGATIVE,
+        default=None,
+        help="</s> is impossible before that many new tokens (none: generation_config.json's, else 0)",
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=cli_float(lo=0.0, lo_open=True),
+        default=None,
+        help="> 0; tokens already in the text get logit / penalty (x penalty if negative); 1 is off"
+        " (none: generation_config.json's, else 1)",
+    )
+    p.add_argument(
+        "--no-repeat-ngram-size",
+        type=NON_NEGATIVE,
+        default=None,
+        help="no n-gram of this many tokens occurs twice; 0 is off (none: generation_config.json's, else 0)",
+    )
+    p.add_argument(
         "--sampler",
         choices=SAMPLER_NAMES,
         default="greedy",
@@ -759,31 +833,59 @@ def _add_generate(sub):
         "--temperature",
         type=cli_float(lo=0.0),
         default=1.0,
+        action=_Given,
         help="divides the logits before the softmax; 0 means greedy",
     )
     p.add_argument(
         "--top-k",
         type=POSITIVE,
         default=None,
+        action=_Given,
         help="k of top_k and contrastive (default 5); for top_p an optional pre-cut",
     )
     p.add_argument(
         "--top-p",
         type=cli_float(0.0, 1.0, lo_open=True),
         default=0.1,
+        action=_Given,
         help="nucleus mass p of top_p, in (0, 1] (keras-hub's default 0.1)",
     )
     p.add_argument(
         "--alpha",
         type=cli_float(0.0, 1.0),
         default=0.6,
+        action=_Given,
         help="degeneration penalty of contrastive search, in [0, 1]",
     )
-    p.add_argument("--num-beams", type=POSITIVE, default=5, help="beams of beam search")
+    p.add_argument(
+        "--num-beams", type=POSITIVE, default=5, action=_Given, help="beams of beam search"
+    )
+    p.add_argument(
+        "--length-penalty",
+        type=cli_float(),
+        default=1.0,
+        action=_Given,
+        help="beam search: a finished beam scores sum(log p) / length ** this",
+    )
+    p.add_argument(
+        "--early-stopping",
+        type=_early_stopping,
+        default=False,
+        action=_Given,
+        metavar="{true,false,never}",
+        help="beam search stopping rule (HF's)",
+    )
+    p.add_argument(
+        "--num-return-sequences",
+        type=POSITIVE,
+        default=1,
+        help="texts per prompt: beam search's best beams, or independent samples of a random sampler",
+    )
     p.add_argument(
         "--seed",
         type=NON_NEGATIVE,
         default=None,
+        action=_Given,
         help="seed of top_k / top_p / random (none: a fresh seed each run)",
     )
     p.add_argument(
@@ -791,7 +893,19 @@ def _add_generate(sub):
         action="append",
         default=[],
         metavar="TEXT",
-        help="an extra stop text (one token), besides </s>; repeat for several",
+        help="stop once the text ends with TEXT (any number of tokens), besides </s>; repeat for several",
+    )
+    p.add_argument(
+        "--ignore-eos", action="store_true", help="do not stop at </s> (the model's stop ids)"
+    )
+    p.add_argument(
+        "--no-echo", action="store_true", help="print the completion only, not the prompt"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="weights in memory (compute is float32)",
     )
     p.add_argument(
         "--stats",
@@ -805,7 +919,7 @@ def _run_generate(args):
     from minibloom import samplers
     from minibloom.causal_lm import BloomCausalLM
     from minibloom.errors import PresetNotFoundError
-    from minibloom.generate import resolve_stop_ids, stream_text
+    from minibloom.generate import generate, resolve_stop_ids, stream_text
 
     if sys.stdout is None:
         raise _StdoutError("standard output is closed; nothing to write the generated text to")
@@ -819,12 +933,16 @@ def _run_generate(args):
         seed=args.seed,
         num_beams=args.num_beams,
         alpha=args.alpha,
+        length_penalty=args.length_penalty,
+        early_stopping=args.early_stopping,
     )
+    for flag in _ignored_flags(args, sampler):
+        _error_line(f"minibloom: warning: {flag} is ignored by --sampler {args.sampler}")
     prompt = _read_text_arg(args.prompt, "PROMPT")
     if args.prompt == "-":
         prompt = prompt.removesuffix("\n")  # the newline that ends piped or typed input
     try:
-        lm = BloomCausalLM.from_preset(args.preset)
+        lm = BloomCausalLM.from_preset(args.preset, dtype=args.dtype)
     except PresetNotFoundError:
         if args.preset is not None:
             raise
@@ -835,18 +953,25 @@ def _run_generate(args):
         raise ArgumentError(
             f"--preset {args.preset}: the model has no tokenizer.json, so it cannot read text"
         )
-    tok = lm.preprocessor.tokenizer
-    stops = list(resolve_stop_ids(lm, "auto"))  # the model's own: generation config eos, else </s>
-    for text in args.stop:
-        ids = tok.encode(text)
-        if len(ids) != 1:
-            raise ArgumentError(
-                f"--stop {text!r}: a stop text must be exactly one token, it encodes to {len(ids)} tokens {ids}"
-            )
-        stops.append(ids[0])
+    # the model's own stop ids (generation config eos, else </s>), unless --ignore-eos
+    stops = () if args.ignore_eos else tuple(resolve_stop_ids(lm, "auto"))
+    controls = dict(
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        stop_strings=list(args.stop) or None,
+        num_return_sequences=args.num_return_sequences,
+    )
+    if args.num_return_sequences > 1:  # several texts: generated whole, printed one after another
+        texts = generate(
+            lm, prompt, args.max_length, stops, args.no_echo, False, sampler, **controls
+        )
+        _emit("\n---\n".join(texts))
+        return
     stats = {}
     for piece in stream_text(
-        lm, prompt, args.max_length, tuple(stops), False, sampler, stats=stats
+        lm, prompt, args.max_length, stops, args.no_echo, sampler, stats=stats, **controls
     ):
         _emit(piece, end="")
     _emit()
@@ -911,6 +1036,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="BLOOM in NumPy: tokenize, generate, train, and check parity with transformers.",
         formatter_class=_Formatter,
     )
+    from minibloom import __version__
+
+    parser.add_argument("--version", action="version", version=f"minibloom {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # The order here is the order `--help` lists the commands in.
     # (each _add_* declares one subcommand and sets its handler with set_defaults(run=...))

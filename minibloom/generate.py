@@ -68,14 +68,28 @@ Streaming (`stream`) decodes incrementally at the byte level: the bytes of each 
 through an incremental UTF-8 decoder that holds back an incomplete character until its last byte
 arrives, so a piece never ends inside a character and the pieces concatenate to `generate`'s text.
 
-Leaves out: speculative decoding, repetition penalties and other HF logits processors,
-stop strings (only single stop token ids, like keras-hub), num_return_sequences for sampling.
+- Generation controls (HF's keywords; `generate(..., repetition_penalty=1.3)`): the logits
+  processors of processors.py (order documented there) run in `Decoder.process`, which every
+  search calls before choosing (beam search on the log-softmax, as HF); stop strings
+  (`StopStrings`, HF's StopStringCriteria: the text overlapping the last token contains the
+  string) end a row as a stop id does; `max_new_tokens` sets max_length = P + max_new_tokens
+  (the prompts are left-aligned to width P, so every row gets that many, whatever its padding);
+  `num_return_sequences` repeats each prompt for the random samplers and returns the best beams
+  of beam search (rows prompt by prompt, HF's layout). A control not passed comes from
+  generation_config.json (`lm.generation_config.extra`), HF's mechanism. Where we differ: a row
+  that meets a stop string is padded like a row that met a stop id, also when the call has no
+  stop ids (HF then lets it run on while other rows generate); stop strings with beam search
+  are refused (HF's beam bookkeeping with them is not reproduced).
+
+Leaves out: speculative decoding, sequence_bias / min_length / forced BOS-EOS processors, stop
+strings in beam search.
 
 Shape legend: B rows (prompts; B * num_beams in beam search), P prompt columns, S = max_length,
 V vocabulary, C hidden, K candidates.
 """
 
 import codecs
+import copy
 import time
 
 import numpy as np
@@ -84,6 +98,7 @@ from minibloom import memory, samplers
 from minibloom.arguments import check_int
 from minibloom.errors import ArgumentError
 from minibloom.kvcache import KVCache
+from minibloom.processors import LogitsProcessor
 from minibloom.samplers import GreedySampler
 
 # -----------------------------------------------------------------------------------------------
@@ -112,13 +127,23 @@ class Decoder:
     rows (beam bookkeeping, contrastive winners), fork(n) is a copy with every row n times
     (contrastive candidates) and adopt(other) takes over such a copy's cache. blocked_ids: ids
     whose logits are set to -inf before any sampler sees them (text generation: the ids the
-    tokenizer cannot decode): this is the one place every search reads logits from.
+    tokenizer cannot decode).
+
+    The decoder keeps the sequences so far (`ids` (R, S), filled up to `length`), so that every
+    search applies the generation controls in one place: `process(scores)` runs the call's
+    processors.LogitsProcessor on them (greedy, sampling and contrastive search pass the logits,
+    beam search their log-softmax, as HF), and `stopped(next_ids)` says which rows' text now ends
+    with one of the call's stop strings (a StopStrings; all False without one).
     """
 
-    def __init__(self, backbone, max_length, blocked_ids=None):
+    def __init__(self, backbone, max_length, blocked_ids=None, processor=None, stop_strings=None):
         self.backbone, self.max_length = backbone, max_length
         self.blocked_ids = blocked_ids if blocked_ids is not None and len(blocked_ids) else None
+        self.processor = processor if processor is not None and processor.active else None
+        self.stop_strings = stop_strings
         self.cache = self.mask = self.hidden = None
+        self.ids = self.first = None  # (R, S) sequences so far, (R,) first real column
+        self.length = self.prompt_width = 0
 
     def _logits(self, hidden):
         self.hidden = hidden
@@ -127,35 +152,93 @@ class Decoder:
             logits[:, self.blocked_ids] = -np.inf
         return logits
 
+    def process(self, scores):
+        """The call's logits processors applied to scores (R, V) of the next position."""
+        if self.processor is None:
+            return scores
+        seq = self.ids[:, : self.length]
+        return self.processor(scores, seq, self.prompt_width, self.first)
+
+    def stopped(self, next_ids):
+        """(R,) bool: the rows whose text ends with a stop string once next_ids are appended."""
+        if self.stop_strings is None:
+            return np.zeros(len(next_ids), dtype=bool)
+        return self.stop_strings.push(next_ids)
+
     def prefill(self, token_ids, padding_mask):
         B, P = token_ids.shape
         self.cache = KVCache.for_config(self.backbone.config, B, self.max_length)
         self.mask = np.ones((B, self.max_length), dtype=bool)  # (B, S): prompt mask, then all new
         self.mask[:, :P] = padding_mask
+        self.ids = np.zeros((B, self.max_length), dtype=np.int64)
+        self.ids[:, :P] = token_ids
+        self.first = np.argmax(padding_mask, axis=1)  # HF: the left padding is not "seen"
+        self.length = self.prompt_width = P
+        if self.stop_strings is not None:
+            self.stop_strings.start(token_ids, padding_mask)
         return self._logits(self.backbone.forward(token_ids, padding_mask, cache=self.cache).hidden)
 
     def step(self, next_ids):
         t = self.cache.length + 1
+        self.ids[:, self.length] = next_ids
+        self.length += 1
         out = self.backbone.forward(next_ids[:, None], self.mask[:, :t], cache=self.cache)
         return self._logits(out.hidden)
 
     def repeat(self, n):
         self.cache = self.cache.repeat(n)
         self.mask = np.repeat(self.mask, n, axis=0)
+        self.ids, self.first = np.repeat(self.ids, n, axis=0), np.repeat(self.first, n)
 
     def reorder(self, rows):
         rows = np.asarray(rows)
         in_place = len(rows) == self.mask.shape[0]  # same row count: no new cache (beam search)
         self.cache = self.cache.reorder(rows, in_place=in_place)
         self.mask = self.mask[rows]
+        self.ids, self.first = self.ids[rows], self.first[rows]
 
     def fork(self, n):
-        other = Decoder(self.backbone, self.max_length, self.blocked_ids)
+        other = Decoder(self.backbone, self.max_length, self.blocked_ids, self.processor)
         other.cache, other.mask = self.cache.repeat(n), np.repeat(self.mask, n, axis=0)
+        other.ids, other.first = np.repeat(self.ids, n, axis=0), np.repeat(self.first, n)
+        other.length, other.prompt_width = self.length, self.prompt_width
         return other
 
     def adopt(self, other):
         self.cache, self.mask, self.hidden = other.cache, other.mask, other.hidden
+        self.ids, self.first, self.length = other.ids, other.first, other.length
+
+
+class StopStrings:
+    """HF's stop strings (StopStringCriteria): a row stops at the token whose text completes one
+    of the strings, i.e. the string occurs in the row's text (prompt included, as HF checks the
+    whole sequence) overlapping that last token, which may run past the string's end ("st" +
+    "opera" stops on "stop"). Compared as UTF-8 bytes; the stopping token is kept."""
+
+    def __init__(self, token_bytes, strings):
+        self.token_bytes = token_bytes  # id -> bytes (Utf8Pieces' map)
+        self.targets = [s.encode("utf-8") for s in strings]
+        self.keep = max(len(t) for t in self.targets)
+        self.tails = []  # per row: the last `keep` bytes of its text
+
+    def start(self, token_ids, padding_mask):
+        self.tails = [
+            b"".join(self.token_bytes(int(i)) for i in row[m])[-self.keep :]
+            for row, m in zip(token_ids, padding_mask)
+        ]
+
+    def push(self, next_ids):
+        """Append one token per row -> (R,) bool: the rows whose new token completes a string."""
+        hits = np.zeros(len(next_ids), dtype=bool)
+        for r, i in enumerate(next_ids):
+            piece, tail = self.token_bytes(int(i)), self.tails[r]
+            # an occurrence overlapping the piece starts at most len(t) - 1 bytes before it
+            hits[r] = bool(piece) and any(
+                t in tail[max(0, len(tail) - len(t) + 1) :][: len(t) - 1] + piece
+                for t in self.targets
+            )
+            self.tails[r] = (tail + piece)[-self.keep :]
+        return hits
 
 
 def _run(search):
@@ -177,6 +260,7 @@ def decode_steps(
     stop_token_ids=(),
     pad_token_id=3,
     blocked_ids=None,
+    processor=None,
 ):
     """The steps of a token-by-token search, as they happen: (t, next_ids (B,), alive (B,) bool).
 
@@ -185,7 +269,7 @@ def decode_steps(
     and stream_text check them first (_checked_inputs). Beam search yields no steps here.
     """
     token_ids, padding_mask = left_align(token_ids, padding_mask)
-    decoder = Decoder(backbone, max_length, blocked_ids)
+    decoder = Decoder(backbone, max_length, blocked_ids, processor)
     return sampler.search(
         decoder, token_ids, padding_mask, max_length, stop_token_ids, pad_token_id
     )
@@ -200,6 +284,8 @@ def generate_ids(
     stop_token_ids=(),
     pad_token_id=3,
     blocked_ids=None,
+    processor=None,
+    stop_strings=None,
 ):
     """Token-level generation: prompts (B, P) -> {"token_ids", "padding_mask"} (B, P + N).
 
@@ -209,13 +295,22 @@ def generate_ids(
     N new tokens (N <= max_length - P). padding_mask is True on real prompt tokens and on generated
     tokens up to and including each row's stop id. Beam search returns its own dict, with
     "scores" (and a beam axis with return_all_beams). blocked_ids: (N,) ids never generated (text
-    generation passes the undecodable ids).
+    generation passes the undecodable ids). processor: a processors.LogitsProcessor (HF's
+    generation controls); stop_strings: a StopStrings (rows stop where their text ends with one).
     """
     sampler = GreedySampler() if sampler is None else sampler
     token_ids, padding_mask = _checked_inputs(
         backbone, token_ids, padding_mask, max_length, sampler, stop_token_ids, pad_token_id
     )
-    decoder = Decoder(backbone, max_length, blocked_ids)
+    if processor is not None:
+        processor.check_vocabulary(backbone.config.vocab_size)
+    if (
+        stop_strings is not None
+        and isinstance(sampler, samplers.BeamSampler)
+        and not sampler.is_greedy
+    ):
+        raise ArgumentError("stop_strings: not supported with beam search (use a stop token id)")
+    decoder = Decoder(backbone, max_length, blocked_ids, processor, stop_strings)
     search = sampler.search(
         decoder, token_ids, padding_mask, max_length, stop_token_ids, pad_token_id
     )
@@ -398,6 +493,96 @@ def _prepare(lm, inputs, max_length):
     return ids, mask, max_length, single
 
 
+# HF's keyword names of the generation controls; a control not passed to generate (None) comes
+# from the model's generation_config.json (lm.generation_config.extra), HF's own mechanism, else
+# HF's default (off).
+CONTROLS = (
+    "max_new_tokens",
+    "min_new_tokens",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "suppress_tokens",
+    "stop_strings",
+    "num_return_sequences",
+)
+
+
+def resolve_controls(lm, controls):
+    """{name: value} for every name of CONTROLS: the value passed, else generation_config.json's."""
+    unknown = sorted(set(controls) - set(CONTROLS))
+    if unknown:
+        raise ArgumentError(
+            f"generate: unknown argument(s) {unknown}; the controls are {list(CONTROLS)}"
+        )
+    extra = lm.generation_config.extra
+    return {k: controls[k] if controls.get(k) is not None else extra.get(k) for k in CONTROLS}
+
+
+def _stop_strings(lm, value):
+    """A StopStrings for the texts of `stop_strings` (one string or a list), or None."""
+    if value is None or (not isinstance(value, str) and not len(value)):
+        return None
+    texts = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(t, str) and t for t in texts):
+        raise ArgumentError(f"stop_strings: expected non-empty strings, found {value!r}")
+    if _tokenizer(lm) is None:
+        raise ArgumentError("stop_strings: needs a tokenizer (the model has no preprocessor)")
+    return StopStrings(Utf8Pieces(_tokenizer(lm))._token_bytes, texts)
+
+
+def _setup(lm, inputs, max_length, stop_token_ids, sampler, controls):
+    """Everything one generate / stream call needs, checked: a dict of the prompts (ids, mask,
+    P, single), max_length, sampler, stop and pad ids, blocked ids, processor, stop strings."""
+    c = resolve_controls(lm, controls)
+    sampler = _sampler_of(lm, sampler)
+    ids, mask, max_length, single = _prepare(lm, inputs, max_length)
+    ids, mask = np.atleast_2d(np.asarray(ids)), np.atleast_2d(np.asarray(mask))
+    if c["max_new_tokens"] is not None:  # HF: max_new_tokens wins over max_length
+        max_length = ids.shape[-1] + check_int("max_new_tokens", c["max_new_tokens"], lo=0)
+    stops = resolve_stop_ids(lm, stop_token_ids)
+    processor = LogitsProcessor(
+        repetition_penalty=1.0 if c["repetition_penalty"] is None else c["repetition_penalty"],
+        no_repeat_ngram_size=c["no_repeat_ngram_size"] or 0,
+        bad_words_ids=c["bad_words_ids"],
+        min_new_tokens=c["min_new_tokens"] or 0,
+        suppress_tokens=c["suppress_tokens"],
+        eos_token_ids=stops,
+    )
+    n = check_int(
+        "num_return_sequences",
+        1 if c["num_return_sequences"] is None else c["num_return_sequences"],
+        lo=1,
+    )
+    if n > 1:
+        if isinstance(sampler, samplers.BeamSampler) and not sampler.is_greedy:
+            if n > sampler.num_beams:
+                raise ArgumentError(
+                    f"num_return_sequences: {n} is more than num_beams {sampler.num_beams} (beam search returns its best beams)"
+                )
+            sampler = copy.copy(sampler)
+            sampler.num_return_sequences = n
+        elif isinstance(sampler, samplers._SeededSampler):  # HF: every prompt n times
+            ids, mask = np.repeat(ids, n, axis=0), np.repeat(mask, n, axis=0)
+        else:
+            raise ArgumentError(
+                f"num_return_sequences: {n} needs a random sampler (top_k, top_p, random) or beam search; "
+                f"{type(sampler).__name__} gives one sequence per prompt"
+            )
+    return dict(
+        ids=ids,
+        mask=mask,
+        single=single and n == 1,
+        max_length=max_length,
+        sampler=sampler,
+        stops=stops,
+        pad=_pad_id(lm, stops),
+        blocked=_blocked_ids(lm, stops),
+        processor=processor,
+        stop_strings=_stop_strings(lm, c["stop_strings"]),
+    )
+
+
 def generate(
     lm,
     inputs,
@@ -406,23 +591,27 @@ def generate(
     strip_prompt=False,
     stream=False,
     sampler=None,
+    **controls,
 ):
-    """BloomCausalLM.generate: see its docstring. `sampler` defaults to lm.sampler."""
+    """BloomCausalLM.generate: see its docstring. `sampler` defaults to lm.sampler; `controls`
+    are HF's keywords (CONTROLS)."""
     if stream:
-        return stream_text(lm, inputs, max_length, stop_token_ids, strip_prompt, sampler)
-    sampler = _sampler_of(lm, sampler)
-    ids, mask, max_length, single = _prepare(lm, inputs, max_length)
-    P = ids.shape[1]
-    stops = resolve_stop_ids(lm, stop_token_ids)
+        return stream_text(
+            lm, inputs, max_length, stop_token_ids, strip_prompt, sampler, **controls
+        )
+    g = _setup(lm, inputs, max_length, stop_token_ids, sampler, controls)
+    P, single = g["ids"].shape[1], g["single"]
     out = generate_ids(
         lm.backbone,
-        ids,
-        mask,
-        max_length,
-        sampler,
-        stops,
-        _pad_id(lm, stops),
-        _blocked_ids(lm, stops),
+        g["ids"],
+        g["mask"],
+        g["max_length"],
+        g["sampler"],
+        g["stops"],
+        g["pad"],
+        g["blocked"],
+        g["processor"],
+        g["stop_strings"],
     )
     if lm.preprocessor is None or isinstance(inputs, dict):
         if strip_prompt:
@@ -495,7 +684,14 @@ class Utf8Pieces:
 
 
 def stream_text(
-    lm, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False, sampler=None, stats=None
+    lm,
+    inputs,
+    max_length=None,
+    stop_token_ids="auto",
+    strip_prompt=False,
+    sampler=None,
+    stats=None,
+    **controls,
 ):
     """Yield the text of one prompt piece by piece as tokens are generated.
 
@@ -503,13 +699,22 @@ def stream_text(
     unless strip_prompt). Beam search only knows its best beam at the end: it yields the whole
     completion as one piece. If `stats` is a dict it is filled with prompt_tokens, new_tokens,
     prefill_seconds (prompt forward + first token), decode_seconds (the rest), total_seconds.
+    `controls`: HF's generation keywords, as generate (num_return_sequences must be 1).
     """
     if lm.preprocessor is None or not isinstance(inputs, str):
         raise ArgumentError("stream: needs a preprocessor and a single string prompt")
-    sampler = _sampler_of(lm, sampler)
-    ids, mask, max_length, _ = _prepare(lm, inputs, max_length)
-    stops = resolve_stop_ids(lm, stop_token_ids)
-    pad, blocked = _pad_id(lm, stops), _blocked_ids(lm, stops)
+    g = _setup(lm, inputs, max_length, stop_token_ids, sampler, controls)
+    if not g["single"]:
+        raise ArgumentError("stream: streams one sequence; num_return_sequences must be 1")
+    sampler, ids, mask, max_length = g["sampler"], g["ids"], g["mask"], g["max_length"]
+    stops, pad, blocked = g["stops"], g["pad"], g["blocked"]
+    g["processor"].check_vocabulary(lm.backbone.config.vocab_size)
+    if (
+        g["stop_strings"] is not None
+        and isinstance(sampler, samplers.BeamSampler)
+        and not sampler.is_greedy
+    ):
+        raise ArgumentError("stop_strings: not supported with beam search (use a stop token id)")
     ids, mask = _checked_inputs(
         lm.backbone, ids, mask, max_length, sampler, stops, pad
     )  # before any output
@@ -525,9 +730,8 @@ def stream_text(
     if not strip_prompt:
         yield from filter(None, [pieces.push(ids[0][mask[0]])])
     start = time.perf_counter()
-    search = sampler.search(
-        Decoder(lm.backbone, max_length, blocked), ids, mask, max_length, stops, pad
-    )
+    decoder = Decoder(lm.backbone, max_length, blocked, g["processor"], g["stop_strings"])
+    search = sampler.search(decoder, ids, mask, max_length, stops, pad)
     while True:
         try:
             _, nxt, alive = next(search)

@@ -39,7 +39,11 @@ search included, before anything else):
   T -> 0 limit, all mass on the argmax (shared only by exact ties). HF divides float32 logits
   first, which overflows to inf / NaN there. A non-finite temperature is refused.
 
-Leaves out: repetition penalties, min-length and other HF logits processors.
+Generation controls (HF's logits processors: repetition penalty, n-gram blocking, bad words,
+min_new_tokens, suppressed ids) live in processors.py; every search applies them through
+`decoder.process(scores)` before choosing (token samplers and contrastive search on the logits,
+beam search on the log-softmax, as HF), and stops a row where `decoder.stopped(next_ids)` says its
+text ends with a stop string.
 
 Shape legend: B batch rows, V vocabulary, K kept candidates.
 """
@@ -197,6 +201,8 @@ class Sampler:
     #     decoder.hidden                                 (R, T, C) final hidden states of that call
     #     decoder.repeat(n), decoder.reorder(rows)       cache rows for beams / candidates
     #     decoder.fork(n)                                a copy with every row n times
+    #     decoder.process(scores) -> scores              the call's logits processors
+    #     decoder.stopped(next_ids) -> (R,) bool         rows whose text ends with a stop string
 
     rows_per_prompt = 1  # KV-cache rows one prompt needs (checked against memory first)
 
@@ -216,9 +222,11 @@ class Sampler:
         rng = self.make_rng()
         alive = np.ones(B, dtype=bool)
         for t in range(P, max_length):
-            nxt = np.where(alive, self.choose(logits, rng), pad_id).astype(np.int64)
+            nxt = np.where(alive, self.choose(decoder.process(logits), rng), pad_id).astype(
+                np.int64
+            )
             yield t, nxt, alive.copy()
-            alive &= ~np.isin(nxt, stop)
+            alive &= ~(np.isin(nxt, stop) | decoder.stopped(nxt))
             if t + 1 == max_length or not alive.any():
                 return None
             logits = decoder.step(nxt)
@@ -323,6 +331,8 @@ class BeamSampler(Sampler):
         length_penalty: a finished beam's score is sum(log p) / generated_length ** length_penalty.
         early_stopping: False (HF heuristic), True (stop once num_beams beams are finished) or
             "never" (canonical beam search stopping rule).
+        num_return_sequences: None, or return the best n <= num_beams finished beams of every
+            prompt as rows of a flat (B * n, P + N) result (HF's layout), scores (B * n,).
     """
 
     def __init__(
@@ -332,9 +342,15 @@ class BeamSampler(Sampler):
         length_penalty=1.0,
         early_stopping=False,
         temperature=1.0,
+        num_return_sequences=None,
     ):
         super().__init__(temperature)
         self.num_beams = check_int("num_beams", num_beams, lo=1)
+        self.num_return_sequences = (
+            None
+            if num_return_sequences is None
+            else check_int("num_return_sequences", num_return_sequences, 1, self.num_beams)
+        )
         self.return_all_beams = bool(return_all_beams)
         self.length_penalty = check_float("length_penalty", length_penalty)
         early_stopping = check_choice("early_stopping", early_stopping, (True, False, "never"))
@@ -388,7 +404,8 @@ class BeamSampler(Sampler):
         decoder.repeat(nb)
         cur = P
         while True:
-            logp = log_softmax(self.scaled(logits)).reshape(B, nb, V) + running_scores[:, :, None]
+            logp = decoder.process(log_softmax(self.scaled(logits))).reshape(B, nb, V)  # HF order
+            logp = logp + running_scores[:, :, None]
             logp = logp.reshape(B, nb * V)  # (B, nb*V) accumulated score of every continuation
             idx = top_k(logp, K)  # (B, K) best first
             cand_scores = np.take_along_axis(logp, idx, axis=1)  # (B, K) float32
@@ -437,13 +454,16 @@ class BeamSampler(Sampler):
             decoder.reorder(beam_rows.reshape(-1))
             logits = decoder.step(running[:, :, cur - 1].reshape(B * nb))
 
-        R = nb if self.return_all_beams else 1
+        flat = self.num_return_sequences
+        R = flat or (nb if self.return_all_beams else 1)
         n = int(finished_len[:, :R].max())
         ids = finished[:, :R, : P + n]  # (B, R, P + N)
         keep_mask = np.zeros(ids.shape, dtype=bool)
         keep_mask[:, :, :P] = padding_mask[:, None, :]
         keep_mask[:, :, P:] = np.arange(n)[None, None, :] < finished_len[:, :R, None]
         result = {"token_ids": ids, "padding_mask": keep_mask, "scores": finished_scores[:, :R]}
+        if flat:  # HF: the best n beams of prompt 0, then of prompt 1, ...
+            return {k: v.reshape(B * R, *v.shape[2:]) for k, v in result.items()}
         if not self.return_all_beams:
             result = {k: v[:, 0] for k, v in result.items()}
         return result
@@ -485,7 +505,7 @@ class ContrastiveSampler(Sampler):
         past_mask[:, :P] = padding_mask
         alive = np.ones(B, dtype=bool)
         for t in range(P, max_length):
-            x = self.scaled(logits)
+            x = self.scaled(decoder.process(logits))
             K = min(self.k, x.shape[1])
             cand = fast_or_reference(top_k_indices)(x, K)  # (B, K) best first
             m = x.max(-1, keepdims=True).astype(np.float64)
@@ -505,7 +525,7 @@ class ContrastiveSampler(Sampler):
             rows = np.arange(B) * K + j
             nxt = np.where(alive, cand[np.arange(B), j], pad_id).astype(np.int64)
             yield t, nxt, alive.copy()
-            alive &= ~np.isin(nxt, stop)
+            alive &= ~(np.isin(nxt, stop) | decoder.stopped(nxt))
             if t + 1 == max_length or not alive.any():
                 return None
             candidates.reorder(rows)  # the winners' cache rows become the cache

@@ -457,7 +457,16 @@ def test_cli_reads_the_prompt_from_stdin_and_samples_reproducibly(lm, capsys, mo
         (["--temperature", "-1"], "--temperature: expected a finite number >= 0"),
         (["--temperature", "inf"], "--temperature: expected a finite number >= 0"),
         (["--max-length", "1"], "max_length 1 counts prompt"),
-        (["--stop", "xyz abc"], "must be exactly one token"),
+        (
+            ["--sampler", "beam", "--stop", "xyz abc"],
+            "stop_strings: not supported with beam search",
+        ),
+        (["--repetition-penalty", "0"], "--repetition-penalty: expected a finite number > 0"),
+        (["--early-stopping", "maybe"], "--early-stopping: expected true, false or never"),
+        (
+            ["--sampler", "beam", "--num-beams", "2", "--num-return-sequences", "3"],
+            "more than num_beams 2",
+        ),
     ],
 )
 def test_cli_bad_arguments_get_one_line(capsys, extra, message):

@@ -95,3 +95,64 @@ def test_transformers_gives_the_same_logits():
         ).logits.numpy()
     got = lm.predict({"token_ids": ids, "padding_mask": mask})
     assert_close("shipped model logits vs transformers", got, ref, atol=1e-4, rtol=1e-5)
+
+
+def test_readme_first_command_prints_what_the_readme_shows():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command, shown = re.search(
+        r"```bash\n(pip install[^\n]*)\n```\n\n```text\n(.*?)\n```", readme, re.S
+    ).groups()
+    argv = shlex.split(command.split("&&")[1])[1:]  # python -m minibloom generate "ROMEO:"
+    run = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0 and run.stdout.rstrip("\n") == shown, run.stderr
+    assert len(set(shown.splitlines())) == len(shown.splitlines())  # no line repeated: no loop
+
+
+def test_a_wheel_installed_in_a_fresh_venv_ships_the_model(tmp_path):
+    """Build a wheel from a copy of the sources, install it (no dependencies: the venv sees this
+    interpreter's site-packages for numpy & co.) and generate from another directory."""
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(
+        ROOT / "minibloom", src / "minibloom", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(ROOT / "weights", src / "weights")
+    wheels = tmp_path / "wheels"
+
+    def run(*argv, cwd=tmp_path):
+        out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, f"{argv}: {out.stderr[-2000:]}"
+        return out.stdout
+
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        str(src),
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(wheels),
+    )
+    (wheel,) = wheels.glob("minibloom-*.whl")
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--system-site-packages", str(venv))
+    py = str(venv / "bin" / "python")
+    run(py, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = run(py, "-c", "import minibloom; print(minibloom.__file__)", cwd=elsewhere)
+    assert where.startswith(str(venv)), where  # the wheel's copy, not this checkout
+    presets = run(py, "-m", "minibloom", "presets", cwd=elsewhere)
+    assert presets.splitlines()[0].startswith("default"), presets  # listed first
+    assert str(venv) in presets  # found under the venv's share/minibloom/weights
+    text = run(py, "-m", "minibloom", "generate", "ROMEO:", "--max-new-tokens", "8", cwd=elsewhere)
+    assert text.startswith("ROMEO:") and len(text) > len("ROMEO:\n")

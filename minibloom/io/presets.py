@@ -22,7 +22,8 @@ A preset that is not on disk raises `PresetNotFoundError` saying how to get it. 
 against a strict pattern before they are joined to any path, so `..` or absolute paths cannot
 escape the model directories.
 
-`default_model_dir()` is the small model shipped in the repository's `weights/` folder.
+`default_model_dir()` is the small model shipped in the repository's `weights/` folder, which
+every install carries (found at run time: see `_find_weights_dir`).
 
 Leaves out: downloading without `huggingface_hub`, downloading from Kaggle (the error says how:
 keras-hub or kagglehub fill the cache this module reads), and the weights themselves
@@ -31,6 +32,7 @@ keras-hub or kagglehub fill the cache this module reads), and the weights themse
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -39,7 +41,24 @@ from minibloom.config import BloomConfig
 from minibloom.errors import PresetNotFoundError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # minibloom/io/presets.py -> the repository
-WEIGHTS_DIR = REPO_ROOT / "weights"
+
+
+def _find_weights_dir() -> Path:
+    """Where the shipped model is, found at run time: weights/ of a source checkout (an editable
+    install runs from there), else the data files a `pip install .` or a wheel put under
+    <prefix>/share/minibloom/weights (setup.cfg [options.data_files]); prefix is the environment's
+    (sys.prefix, a venv's included) or the user scheme's (pip install --user)."""
+    import site
+    import sysconfig
+
+    candidates = [REPO_ROOT / "weights"]
+    for base in (sys.prefix, sysconfig.get_path("data"), getattr(site, "USER_BASE", None)):
+        if base:
+            candidates.append(Path(base) / "share" / "minibloom" / "weights")
+    return next((d for d in candidates if d.is_dir()), candidates[0])
+
+
+WEIGHTS_DIR = _find_weights_dir()
 
 
 @dataclass(frozen=True)
