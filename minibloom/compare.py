@@ -391,19 +391,19 @@ def run_compare(file, preset, precision="fp32", as_json=False, out=print) -> int
     """`python -m minibloom compare`: print the table (or JSON); 0 if every key is within its envelope."""
     from minibloom.arguments import check_input_file
     from minibloom.causal_lm import BloomCausalLM
-    from minibloom.io import presets
+    from minibloom.config import BloomConfig
+    from minibloom.io import keras, presets
+    from minibloom.memory import check_fits
 
     path = check_input_file("FILE", file)
     arrays = read_port_file(path)
-    from minibloom.config import BloomConfig
-    from minibloom.memory import check_fits
-
     directory = presets.default_model_dir() if preset is None else presets.resolve(preset)
-    n = BloomConfig.from_json_file(directory / "config.json").num_parameters()
-    # float64 weights, their float32 copy and the rounded copy of the emulated run: 16 bytes each
-    check_fits(
-        16 * n, f"compare on {n:,} parameters", "compare on a smaller checkpoint of the same port"
-    )
+    if not keras.is_keras_preset(directory):  # (a keras config.json is another format)
+        n = BloomConfig.from_json_file(directory / "config.json").num_parameters()
+        # float64 weights, their float32 copy and the rounded copy of the emulated run: 16 bytes each
+        check_fits(
+            16 * n, f"compare on {n:,} parameters", "use a smaller checkpoint of the same port"
+        )
     lm64 = BloomCausalLM.from_preset(directory, preprocessor=None, dtype="float64")
     report = compare_arrays(arrays, lm64, precision, path)
     if as_json:
