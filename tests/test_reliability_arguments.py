@@ -200,8 +200,8 @@ CLI_CASES = [
         ["argument --seed", ">= 0, found -1"],
     ),
     (
-        ["generate", "hi", "--preset", "{model}", "--stop", "xyz abc"],
-        ["--stop 'xyz abc'", "exactly one token"],
+        ["generate", "hi", "--preset", "{model}", "--sampler", "beam", "--stop", "xyz abc"],
+        ["stop_strings", "not supported with beam search"],
     ),
     (
         ["evaluate", "{corpus}", "--preset", "{model}", "--seq-len", "0"],
