@@ -48,10 +48,17 @@ def _find_weights_dir() -> Path:
     install runs from there), else the data files a `pip install .` or a wheel put under
     <prefix>/share/minibloom/weights (setup.cfg [options.data_files]); prefix is the environment's
     (sys.prefix, a venv's included) or the user scheme's (pip install --user)."""
+    import importlib.metadata
     import site
     import sysconfig
 
     candidates = [REPO_ROOT / "weights"]
+    # where the installer recorded our data files (exact for any install scheme, e.g. Debian's
+    # /usr/local): the RECORD of the dist-info next to this package
+    for info in sorted(Path(__file__).resolve().parents[2].glob("minibloom-*.dist-info")):
+        for f in importlib.metadata.PathDistribution(info).files or ():
+            if f.name == "config.json" and "weights" in f.parts:
+                candidates.append(Path(f.locate()).resolve().parent.parent)
     for base in (sys.prefix, sysconfig.get_path("data"), getattr(site, "USER_BASE", None)):
         if base:
             candidates.append(Path(base) / "share" / "minibloom" / "weights")
