@@ -443,12 +443,9 @@ def undecodable_ids(tokenizer, vocab_size):
     They are the unused ids below tokenizer.vocabulary_size() (holes) and every id from there up
     to the embedding size (BLOOM: ids 250,680 ... 250,879).
     """
-    vocab = tokenizer.get_vocabulary()
-    n = min(len(vocab), vocab_size)
-    holes = [i for i in range(n) if vocab[i] is None]
-    return np.concatenate(
-        [np.asarray(holes, dtype=np.int64), np.arange(n, vocab_size, dtype=np.int64)]
-    )
+    n = min(tokenizer.vocabulary_size(), vocab_size)
+    holes = tokenizer.unused_ids[tokenizer.unused_ids < n]  # found once, when the tokenizer loaded
+    return np.concatenate([holes, np.arange(n, vocab_size, dtype=np.int64)])
 
 
 def _blocked_ids(lm, stop_ids):

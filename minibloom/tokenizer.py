@@ -288,6 +288,10 @@ class BloomTokenizer:
                 )
             self._id_to_token[i] = token
         self._special_ids = frozenset(t["id"] for t in self._added if t["special"])
+        # ids below the largest one that no token has (generation never samples them)
+        self.unused_ids = np.array(
+            [i for i, t in enumerate(self._id_to_token) if t is None], np.int64
+        )
 
         # Added-token matchers over UTF-8 bytes (a valid UTF-8 token can only match at character
         # boundaries), longest alternative first so that each match is leftmost-longest.
