@@ -500,7 +500,8 @@ class BloomCausalLM:
             no_repeat_ngram_size: no n-gram of that size occurs twice.
             bad_words_ids: list of lists of ids never completed; suppress_tokens: ids never made.
             stop_strings: a text or list of texts: a row stops once its text ends with one (HF's
-                StopStringCriteria; multi-token texts; not with beam search).
+                StopStringCriteria; multi-token texts; with beam search a candidate whose text ends
+                with one is finished, as at a stop id).
             num_return_sequences: random samplers repeat each prompt n times; beam search returns
                 its best n beams (n <= num_beams). The rows come prompt by prompt (B * n).
 

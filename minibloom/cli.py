@@ -779,9 +779,10 @@ def _add_generate(sub):
         "sampler; --seed makes the random samplers reproducible. A sampling flag the chosen sampler does not\n"
         "use (e.g. --top-p with --sampler greedy) gets a warning on stderr and is ignored, as HF warns.\n"
         "Generation stops at </s> (unless --ignore-eos), where the text ends with any --stop text (any\n"
-        "length; repeat --stop for several; not with beam search) or at the length limit. The controls\n"
+        "length; repeat --stop for several) or at the length limit. The controls\n"
         "(--repetition-penalty, --no-repeat-ngram-size, --min-new-tokens, --max-new-tokens) default to\n"
-        "the model's generation_config.json, as in transformers. With --num-return-sequences N > 1 the N\n"
+        "the model's generation_config.json, as in transformers, and so do --num-beams, --length-penalty,\n"
+        "--early-stopping, --top-k and --top-p when not given. With --num-return-sequences N > 1 the N\n"
         "texts are printed one after the other, separated by a line '---'.",
         formatter_class=_Formatter,
     )
@@ -841,14 +842,14 @@ def _add_generate(sub):
         type=POSITIVE,
         default=None,
         action=_Given,
-        help="k of top_k and contrastive (default 5); for top_p an optional pre-cut",
+        help="k of top_k and contrastive (not given: generation_config.json's top_k, else 5); for top_p an optional pre-cut",
     )
     p.add_argument(
         "--top-p",
         type=cli_float(0.0, 1.0, lo_open=True),
         default=0.1,
         action=_Given,
-        help="nucleus mass p of top_p, in (0, 1] (keras-hub's default 0.1)",
+        help="nucleus mass p of top_p, in (0, 1] (not given: generation_config.json's top_p, else keras-hub's 0.1)",
     )
     p.add_argument(
         "--alpha",
@@ -858,14 +859,18 @@ def _add_generate(sub):
         help="degeneration penalty of contrastive search, in [0, 1]",
     )
     p.add_argument(
-        "--num-beams", type=POSITIVE, default=5, action=_Given, help="beams of beam search"
+        "--num-beams",
+        type=POSITIVE,
+        default=5,
+        action=_Given,
+        help="beams of beam search (not given: generation_config.json's, else 5)",
     )
     p.add_argument(
         "--length-penalty",
         type=cli_float(),
         default=1.0,
         action=_Given,
-        help="beam search: a finished beam scores sum(log p) / length ** this",
+        help="beam search: a finished beam scores sum(log p) / length ** this (not given: generation_config.json's, else 1)",
     )
     p.add_argument(
         "--early-stopping",
@@ -873,7 +878,7 @@ def _add_generate(sub):
         default=False,
         action=_Given,
         metavar="{true,false,never}",
-        help="beam search stopping rule (HF's)",
+        help="beam search stopping rule, HF's (not given: generation_config.json's, else false)",
     )
     p.add_argument(
         "--num-return-sequences",
@@ -919,14 +924,19 @@ def _run_generate(args):
     from minibloom import samplers
     from minibloom.causal_lm import BloomCausalLM
     from minibloom.errors import PresetNotFoundError
-    from minibloom.generate import generate, resolve_stop_ids, stream_text
+    from minibloom.generate import (
+        generate,
+        resolve_stop_ids,
+        sampler_defaults,
+        sampler_for,
+        stream_text,
+    )
 
     if sys.stdout is None:
         raise _StdoutError("standard output is closed; nothing to write the generated text to")
     # the one registry (samplers.get): each sampler takes the options it knows; checked here,
     # before the model loads
-    sampler = samplers.get(
-        args.sampler,
+    options = dict(
         temperature=args.temperature,
         k=args.top_k,
         p=args.top_p,
@@ -936,6 +946,7 @@ def _run_generate(args):
         length_penalty=args.length_penalty,
         early_stopping=args.early_stopping,
     )
+    sampler = samplers.get(args.sampler, **options)
     for flag in _ignored_flags(args, sampler):
         _error_line(f"minibloom: warning: {flag} is ignored by --sampler {args.sampler}")
     prompt = _read_text_arg(args.prompt, "PROMPT")
@@ -953,6 +964,15 @@ def _run_generate(args):
         raise ArgumentError(
             f"--preset {args.preset}: the model has no tokenizer.json, so it cannot read text"
         )
+    # a sampling flag not given takes the model's generation_config.json value where it has one
+    # (num_beams, length_penalty, early_stopping, top_k, top_p), else the flag's default
+    given = {_SAMPLER_FLAGS[d] for d in getattr(args, "given", {}) if d in _SAMPLER_FLAGS}
+    from_file = sampler_defaults(lm)
+    sampler = sampler_for(
+        lm,
+        args.sampler,
+        **{k: v for k, v in options.items() if k in given or k not in from_file},
+    )
     # the model's own stop ids (generation config eos, else </s>), unless --ignore-eos
     stops = () if args.ignore_eos else tuple(resolve_stop_ids(lm, "auto"))
     controls = dict(

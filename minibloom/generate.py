@@ -78,8 +78,8 @@ arrives, so a piece never ends inside a character and the pieces concatenate to 
   of beam search (rows prompt by prompt, HF's layout). A control not passed comes from
   generation_config.json (`lm.generation_config.extra`), HF's mechanism. Where we differ: a row
   that meets a stop string is padded like a row that met a stop id, also when the call has no
-  stop ids (HF then lets it run on while other rows generate); stop strings with beam search
-  are refused (HF's beam bookkeeping with them is not reproduced).
+  stop ids (HF then lets it run on while other rows generate). With beam search a stop string
+  ends a candidate as a stop id does (HF applies every stopping criterion to each candidate).
 
 Leaves out: speculative decoding, sequence_bias / min_length / forced BOS-EOS processors, stop
 strings in beam search.
@@ -165,6 +165,13 @@ class Decoder:
             return np.zeros(len(next_ids), dtype=bool)
         return self.stop_strings.push(next_ids)
 
+    def candidates_stopped(self, seqs, length, prompt_mask):
+        """(R,) bool for candidate sequences (R, S) of `length` ids (beam search): which end with
+        a stop string. prompt_mask (R, P) marks each candidate's real prompt columns."""
+        if self.stop_strings is None:
+            return np.zeros(len(seqs), dtype=bool)
+        return self.stop_strings.ends(seqs, length, prompt_mask)
+
     def prefill(self, token_ids, padding_mask):
         B, P = token_ids.shape
         self.cache = KVCache.for_config(self.backbone.config, B, self.max_length)
@@ -240,6 +247,24 @@ class StopStrings:
             self.tails[r] = (tail + piece)[-self.keep :]
         return hits
 
+    def ends(self, seqs, length, prompt_mask):
+        """Beam search's stateless check (HF applies its criteria to every candidate sequence):
+        seqs (R, S) ids filled up to `length`, prompt_mask (R, P) -> (R,) bool: the rows whose
+        last token completes a string. The text before it is read back token by token (skipping
+        the prompt's padding) only as far as a string can reach."""
+        P = prompt_mask.shape[1]
+        hits = np.zeros(len(seqs), dtype=bool)
+        for r, row in enumerate(seqs):
+            piece, before, j = self.token_bytes(int(row[length - 1])), b"", length - 2
+            while j >= 0 and len(before) < self.keep - 1:
+                if j >= P or prompt_mask[r, j]:
+                    before = self.token_bytes(int(row[j])) + before
+                j -= 1
+            hits[r] = bool(piece) and any(
+                t in before[max(0, len(before) - len(t) + 1) :] + piece for t in self.targets
+            )
+        return hits
+
 
 def _run(search):
     """Drive a sampler's search: (list of its (t, next_ids, alive) steps, its return value)."""
@@ -304,12 +329,6 @@ def generate_ids(
     )
     if processor is not None:
         processor.check_vocabulary(backbone.config.vocab_size)
-    if (
-        stop_strings is not None
-        and isinstance(sampler, samplers.BeamSampler)
-        and not sampler.is_greedy
-    ):
-        raise ArgumentError("stop_strings: not supported with beam search (use a stop token id)")
     decoder = Decoder(backbone, max_length, blocked_ids, processor, stop_strings)
     search = sampler.search(
         decoder, token_ids, padding_mask, max_length, stop_token_ids, pad_token_id
@@ -631,10 +650,42 @@ def generate(
     return texts[0] if single else texts
 
 
+# Sampler settings a generation_config.json may hold (HF's keys) -> the sampler option each sets.
+# A sampler named by a string ("beam", "top_k", ...) takes them from the model's file, as HF's
+# generate does; a Sampler object keeps its own. temperature is not taken: HF applies it only
+# when sampling (do_sample), which minibloom's sampler names do not say.
+SAMPLER_DEFAULTS = {
+    "num_beams": "num_beams",
+    "length_penalty": "length_penalty",
+    "early_stopping": "early_stopping",
+    "top_k": "k",
+    "top_p": "p",
+}
+
+
+def sampler_defaults(lm):
+    """{sampler option: value} from the model's generation_config.json (SAMPLER_DEFAULTS)."""
+    extra = lm.generation_config.extra
+    return {opt: extra[key] for key, opt in SAMPLER_DEFAULTS.items() if extra.get(key) is not None}
+
+
+def sampler_for(lm, name, **options):
+    """samplers.get(name) with the model's generation_config.json defaults under `options`
+    (options given win); a bad value from the file is one error naming the file."""
+    options = {k: v for k, v in options.items() if v is not None}
+    if not isinstance(name, str):
+        return samplers.get(name, **options)
+    samplers.get(name, **options)  # the caller's own options alone: their errors name them
+    try:
+        return samplers.get(name, **{**sampler_defaults(lm), **options})
+    except ArgumentError as e:
+        raise ArgumentError(f"generation_config.json: {e}") from None
+
+
 def _sampler_of(lm, sampler):
     if sampler is None:
         sampler = getattr(lm, "sampler", None)
-    return samplers.get(sampler)
+    return sampler_for(lm, sampler)
 
 
 class Utf8Pieces:
@@ -706,12 +757,6 @@ def stream_text(
     sampler, ids, mask, max_length = g["sampler"], g["ids"], g["mask"], g["max_length"]
     stops, pad, blocked = g["stops"], g["pad"], g["blocked"]
     g["processor"].check_vocabulary(lm.backbone.config.vocab_size)
-    if (
-        g["stop_strings"] is not None
-        and isinstance(sampler, samplers.BeamSampler)
-        and not sampler.is_greedy
-    ):
-        raise ArgumentError("stop_strings: not supported with beam search (use a stop token id)")
     ids, mask = _checked_inputs(
         lm.backbone, ids, mask, max_length, sampler, stops, pad
     )  # before any output

@@ -368,7 +368,8 @@ class BeamSampler(Sampler):
         Per prompt it keeps `num_beams` running beams and a pool of `num_beams` finished ones. Each
         step takes the 2 * num_beams (more with several stop ids) best continuations over all
         beams x vocabulary by accumulated log-probability; those ending in a stop id (or reaching
-        max_length) that rank among the first num_beams enter the pool with score
+        max_length, or whose text ends with a stop string) that rank among the first num_beams
+        enter the pool with score
         sum(log p) / generated_length ** length_penalty; the best num_beams others keep running.
         All score arithmetic is float32 with -1e9 for "impossible", as in transformers, so ties
         and roundings match. At temperature 0 this is greedy search.
@@ -413,6 +414,10 @@ class BeamSampler(Sampler):
             cand = np.take_along_axis(running, src_beam[:, :, None], axis=1)  # (B, K, S)
             cand[:, :, cur] = tok
             hits = np.isin(tok, stop) | (cur + 1 >= max_length)  # (B, K) this candidate ends here
+            prompt_mask = np.repeat(padding_mask, K, axis=0)  # (B*K, P): each candidate's prompt
+            hits |= decoder.candidates_stopped(
+                cand.reshape(B * K, -1), cur + 1, prompt_mask
+            ).reshape(B, K)  # ... or its text now ends with a stop string (HF: any criterion)
 
             # the best num_beams candidates that did not end keep running
             live_scores = cand_scores + hits.astype(np.float32) * NEG

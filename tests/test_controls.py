@@ -5,6 +5,7 @@ sampling) and the generation_config.json defaults.
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -81,7 +82,7 @@ def test_every_control_kind_is_in_the_golden_cases(golden):
 @requires_transformers
 def test_live_controls_equal_transformers(lm):
     import torch
-    from transformers import BloomForCausalLM, GenerationConfig
+    from transformers import BloomForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
     model = BloomForCausalLM.from_pretrained(str(golden_path("generate/model"))).eval()
     model.generation_config.eos_token_id = None
@@ -92,7 +93,11 @@ def test_live_controls_equal_transformers(lm):
         dict(repetition_penalty=1.2, min_new_tokens=8, eos_token_id=2, num_beams=3),
         dict(no_repeat_ngram_size=3, bad_words_ids=[[5], [7, 9]], eos_token_id=2, num_beams=2),
         dict(suppress_tokens=[4, 6, 8], repetition_penalty=0.9, eos_token_id=2),
+        dict(stop_strings=["the", "ing"], eos_token_id=2, num_beams=3, num_return_sequences=2),
     ]
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(golden_path("generate/model/tokenizer.json"))
+    )
     for s in settings:
         kw = dict(max_new_tokens=15, **s)
         cfg = GenerationConfig(
@@ -103,6 +108,7 @@ def test_live_controls_equal_transformers(lm):
                 input_ids=torch.tensor(ids),
                 attention_mask=torch.tensor(mask.astype(np.int64)),
                 generation_config=cfg,
+                **({"tokenizer": hf_tok} if "stop_strings" in s else {}),
             )
         out = _generate(lm, kw, ids, mask)
         assert out["token_ids"].tolist() == ref.sequences.tolist(), str(s)
@@ -161,8 +167,6 @@ def test_bad_control_values_are_one_line_argument_errors(lm):
     lm.compile(sampler=BeamSampler(num_beams=2))
     with pytest.raises(ArgumentError, match="num_beams"):
         lm.generate("The cat", max_new_tokens=4, num_return_sequences=3)
-    with pytest.raises(ArgumentError, match="stop_strings"):
-        lm.generate("The cat", max_new_tokens=4, stop_strings=["mat"])
 
 
 # --- semantics HF leaves to randomness, and the defaults --------------------------------------
@@ -281,6 +285,39 @@ def test_cli_beam_flags_and_num_return_sequences(lm, capsys):
         capsys,
     )
     assert (rc, err) == (0, "") and out == "\n---\n".join(want) + "\n"
+
+
+def test_beam_settings_default_to_generation_config_json(lm, capsys, tmp_path, monkeypatch):
+    """num_beams, length_penalty and early_stopping (and top_k / top_p) of a sampler named by a
+    string come from generation_config.json, as in HF; a Sampler object or a flag given wins."""
+    settings = dict(num_beams=3, length_penalty=0.5, early_stopping=True)
+    lm.compile(sampler=BeamSampler(**settings))
+    want = lm.generate("A small bird", max_new_tokens=16, num_return_sequences=2)
+    lm.compile(sampler=BeamSampler())  # HF's defaults: 5 beams, penalty 1, early_stopping False
+    plain = lm.generate("A small bird", max_new_tokens=16, num_return_sequences=2)
+    assert plain != want
+    model = tmp_path / "model"
+    shutil.copytree(golden_path("generate/model"), model)
+    path = model / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **settings}))
+    lm2 = BloomCausalLM.from_preset(str(model))
+    lm2.compile(sampler="beam")
+    assert lm2.generate("A small bird", max_new_tokens=16, num_return_sequences=2) == want
+    lm2.compile(sampler=BeamSampler())  # an object keeps its own settings
+    assert lm2.generate("A small bird", max_new_tokens=16, num_return_sequences=2) == plain
+
+    argv = ["generate", "A small bird", "--preset", str(model), "--sampler", "beam"]
+    argv += ["--max-new-tokens", "16", "--num-return-sequences", "2"]
+    assert _cli(argv, capsys) == (0, "\n---\n".join(want) + "\n", "")
+    lm.compile(sampler=BeamSampler(num_beams=2, length_penalty=0.5, early_stopping=True))
+    two = lm.generate("A small bird", max_new_tokens=16, num_return_sequences=2)
+    assert two != want
+    assert _cli(argv + ["--num-beams", "2"], capsys) == (0, "\n---\n".join(two) + "\n", "")
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), "num_beams": 0}))
+    rc, out, err = _cli(argv, capsys)
+    assert (rc, out) == (2, "") and err.count("\n") == 1
+    assert "generation_config.json: num_beams" in err and ">= 1, found 0" in err
 
 
 def test_cli_warns_about_sampling_flags_the_sampler_ignores(capsys):

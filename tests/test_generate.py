@@ -457,10 +457,6 @@ def test_cli_reads_the_prompt_from_stdin_and_samples_reproducibly(lm, capsys, mo
         (["--temperature", "-1"], "--temperature: expected a finite number >= 0"),
         (["--temperature", "inf"], "--temperature: expected a finite number >= 0"),
         (["--max-length", "1"], "max_length 1 counts prompt"),
-        (
-            ["--sampler", "beam", "--stop", "xyz abc"],
-            "stop_strings: not supported with beam search",
-        ),
         (["--repetition-penalty", "0"], "--repetition-penalty: expected a finite number > 0"),
         (["--early-stopping", "maybe"], "--early-stopping: expected true, false or never"),
         (

@@ -238,7 +238,9 @@ def test_half_precision_weights_widened_per_layer_equal_converted_up_front(monke
         monkeypatch.setattr(fast_ops, "HEAD_CHUNK_ROWS", 5)
         # each logit is the same float32 dot product, but BLAS may block columns differently
         # for a 5-row chunk of E than for all of it (seen on AVX-512 OpenBLAS): float32 rounding
-        assert_close("float16 head in chunks vs float32", bb16.logits(many), bb32.logits(many), 1e-6)
+        assert_close(
+            "float16 head in chunks vs float32", bb16.logits(many), bb32.logits(many), 1e-6
+        )
 
 
 def test_hidden_states_like_hf_and_keras_call():
@@ -255,7 +257,8 @@ def test_hidden_states_like_hf_and_keras_call():
     lm = BloomCausalLM(bb)
     logits = lm.predict({"token_ids": ids, "padding_mask": mask}, batch_size=1)
     assert logits.dtype == np.float32 and logits.shape == (2, 6, 23)
-    assert_close("predict vs logits", logits, bb.logits(r.hidden), 1e-6)
+    # batch_size=1: BLAS sees 6 rows instead of 12 and may block the sums differently (AVX-512)
+    assert_close("predict vs logits", logits, bb.logits(r.hidden), 1e-6, rtol=1e-5)
 
 
 def test_loss_reductions_and_default_weights():

@@ -200,10 +200,6 @@ CLI_CASES = [
         ["argument --seed", ">= 0, found -1"],
     ),
     (
-        ["generate", "hi", "--preset", "{model}", "--sampler", "beam", "--stop", "xyz abc"],
-        ["stop_strings: not supported with beam search"],
-    ),
-    (
         ["evaluate", "{corpus}", "--preset", "{model}", "--seq-len", "0"],
         ["argument --seq-len", ">= 1, found 0"],
     ),

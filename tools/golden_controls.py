@@ -88,8 +88,6 @@ def make(out_dir: Path) -> None:
     for ids, mask, text in singles + [batch]:
         for control in controls_for(ids, mask):
             for search in ("greedy", "beam"):
-                if search == "beam" and "stop_strings" in control:
-                    continue  # minibloom refuses stop strings with beam search
                 # without a stop id the model runs past </s> into the next sentence and repeats
                 # itself: that is where the penalties have work to do
                 for eos in (EOS, None):
