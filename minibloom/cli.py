@@ -1035,6 +1035,7 @@ def _add_evaluate(sub):
         default="float32",
         help="weights in memory (compute is float32)",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(run=_run_evaluate)
 
 
@@ -1043,7 +1044,13 @@ def _run_evaluate(args):
     from minibloom.training.evaluation import evaluate_file
 
     lm = BloomCausalLM.from_preset(args.preset, dtype=args.dtype)
-    m = evaluate_file(lm, args.data, sequence_length=args.seq_len, batch_size=args.batch_size)
+    m = evaluate_file(
+        lm,
+        args.data,
+        sequence_length=args.seq_len,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
     _emit(f"{args.data}: {m['tokens']:,} tokens scored, {m['bytes']:,} bytes")
     _emit(
         f"loss {m['loss']:.4f} nats/token, perplexity {m['perplexity']:.2f}, {m['bits_per_byte']:.4f} bits per byte"

@@ -150,6 +150,39 @@ def test_evaluate_matches_loss_and_grads():
     assert metrics["tokens"] == w.sum()
 
 
+def test_evaluate_file_shows_progress_and_scores_alike(tmp_path, capsys):
+    from minibloom.training.evaluation import evaluate_file
+
+    lm = _tiny_lm()
+    corpus = tmp_path / "held.txt"
+    corpus.write_text("\n\n".join(TEXTS * 4), encoding="utf-8")
+    quiet = evaluate_file(lm, corpus, sequence_length=8, batch_size=2)
+    assert capsys.readouterr().err == ""
+    shown = evaluate_file(lm, corpus, sequence_length=8, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert shown == quiet
+    assert "evaluate" in err and "100%" in err and f"{quiet['tokens']}/{quiet['tokens']}" in err
+
+
+def test_long_loads_show_a_progress_bar_on_a_terminal(monkeypatch, capsys):
+    """A checkpoint of LOAD_BAR_BYTES or more shows a bar on a terminal; pipes and logs get none."""
+    from minibloom.io import checkpoint
+
+    model = golden_path("generate/model")
+    plain = BloomCausalLM.from_preset(str(model)).backbone.params
+    assert capsys.readouterr().err == ""  # small: no bar
+    monkeypatch.setattr(checkpoint, "LOAD_BAR_BYTES", 0)
+    BloomCausalLM.from_preset(str(model))
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    params = BloomCausalLM.from_preset(str(model)).backbone.params
+    err = capsys.readouterr().err
+    assert (
+        f"\rloading {model.name}:" in err and "503k" in err
+    )  # the bytes to read (bar cleared after)
+    assert all(np.array_equal(params[k], plain[k]) for k in plain)
+
+
 def test_compile_and_fit_arguments():
     lm = _tiny_lm()
     with pytest.raises(ArgumentError, match="loss"):

@@ -32,6 +32,7 @@ import json
 import mmap
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -314,8 +315,11 @@ def params_from_tensors(
                 f"embedding (as every released BLOOM does) and cannot load an untied head"
             )
     params = {}
+    bar = load_bar(sum(tensors[n][1].nbytes for n in expected), f"loading {Path(str(path)).name}")
     for name in expected:
         params[name] = _convert(*tensors[name], dtype)
+        if bar is not None:
+            bar.update(tensors[name][1].nbytes)
         if params[name] is not tensors[name][1]:  # converted: the mapped words are no longer needed
             _release_pages(tensors[name][1])
         bad = None if nonfinite == "ignore" else _first_nonfinite(params[name])
@@ -327,7 +331,22 @@ def params_from_tensors(
             if nonfinite == "error":
                 raise CheckpointError(msg + "; pass nonfinite='warn' or 'ignore' to load it anyway")
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    if bar is not None:
+        bar.close()
     return params
+
+
+LOAD_BAR_BYTES = 512 * 2**20  # checkpoints from this size on show a progress bar while they load
+
+
+def load_bar(total_bytes, desc):
+    """A tqdm bar (on stderr, bytes, cleared when done) for a load of `total_bytes`, or None: small
+    loads and a stderr that is not a terminal (logs, pipes, tests) get none."""
+    if total_bytes < LOAD_BAR_BYTES or not (sys.stderr is not None and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, leave=False)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -53,8 +53,9 @@ def _check_window_memory(lm, sequence_length, batch_size, n_tokens):
     )
 
 
-def evaluate_file(lm, path, sequence_length=128, batch_size=8):
-    """Score a corpus file with `lm` (which must have a tokenizer).
+def evaluate_file(lm, path, sequence_length=128, batch_size=8, progress=False):
+    """Score a corpus file with `lm` (which must have a tokenizer); `progress` shows a tqdm bar
+    of the tokens scored (on stderr; the CLI's default).
 
     Returns {"loss" (nats per predicted token), "perplexity", "bits_per_byte", "tokens" (scored),
     "bytes"}.
@@ -74,6 +75,11 @@ def evaluate_file(lm, path, sequence_length=128, batch_size=8):
     _check_window_memory(lm, T, batch_size, len(tokens))
     nll = 0.0
     scored = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tokens) - 1, desc="evaluate", unit="tok", unit_scale=True)
     for first in range(0, len(starts), batch_size):
         batch = [tokens[s : s + T + 1] for s in starts[first : first + batch_size]]
         width = max(len(w) for w in batch) - 1
@@ -86,6 +92,11 @@ def evaluate_file(lm, path, sequence_length=128, batch_size=8):
         batch_nll, _ = losses.softmax_cross_entropy_forward(logits, y, reduction="sum")
         nll += float(batch_nll)
         scored += int(mask.sum())
+        if bar is not None:
+            bar.update(int(mask.sum()))
+            bar.set_postfix(loss=f"{nll / scored:.4f}")
+    if bar is not None:
+        bar.close()
     loss = nll / scored
     return {
         "loss": loss,
