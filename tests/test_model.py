@@ -255,7 +255,9 @@ def test_hidden_states_like_hf_and_keras_call():
     lm = BloomCausalLM(bb)
     logits = lm.predict({"token_ids": ids, "padding_mask": mask}, batch_size=1)
     assert logits.dtype == np.float32 and logits.shape == (2, 6, 23)
-    assert_close("predict vs logits", logits, bb.logits(r.hidden), 1e-6)
+    # rtol: decode-size calls (<= 16 rows) go through the tiled matvec kernels, whose float32 sums
+    # depend on how rows group into tiles (6 rows here, 12 there)
+    assert_close("predict vs logits", logits, bb.logits(r.hidden), 1e-6, 1e-6)
 
 
 def test_loss_reductions_and_default_weights():
