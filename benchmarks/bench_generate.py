@@ -31,7 +31,7 @@ Reported per batch size B and library:
     vs CT2    decode tokens/s / CTranslate2 float32's (for the float32 libraries) or int8's
     bound     measured / the memory-bandwidth bound of decoding: a step reads every weight once,
               so tokens/s <= B * bandwidth / bytes of weights (2.24 GB in float32, 1.12 GB in 16
-              bits, 0.56 GB in int8); bandwidth = the best of a 2-thread numba sum and a
+              bits, 0.56 GB in int8); bandwidth = the best of a numba sum over all threads and a
               1-thread NumPy sum over 1 GB, measured in a subprocess with the same threads
 
 With --contended one extra CPU-bound process runs for the whole measurement (common.contended);
@@ -78,7 +78,7 @@ def _args():
     ap.add_argument("--layers", type=int, default=24, help="(smaller for a quick check)")
     ap.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one library
-    ap.add_argument("--dir", help=argparse.SUPPRESS)
+    ap.add_argument("--dir", help="keep the checkpoints in DIR (made if missing) for later runs")
     return add_common_args(ap).parse_args()
 
 
@@ -89,7 +89,6 @@ def _args():
 
 def prepare(directory: Path, layers: int) -> None:
     """The same random weights as HF checkpoints in three dtypes and two CTranslate2 models."""
-    import numpy as np
 
     from minibloom.config import BloomConfig
     from minibloom.io.checkpoint import save_params
@@ -99,11 +98,15 @@ def prepare(directory: Path, layers: int) -> None:
     params = init_params(config, seed=0)
     for dtype in ("float32", "float16", "bfloat16"):
         out = directory / dtype
-        out.mkdir()
+        out.mkdir(exist_ok=True)
         save_params(out, params, dtype=dtype)
         (out / "config.json").write_text(config.to_json_string())
     (directory / "float32" / "tokenizer.json").write_bytes(TOKENIZER.read_bytes())
-    del params, np
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    (directory / "float32" / "tokenizer_config.json").write_text(
+        json.dumps({**special, "tokenizer_class": "BloomTokenizerFast"})
+    )
+    del params
     script = (
         "import sys, ctranslate2\n"
         "src, out, q = sys.argv[1:]\n"
@@ -123,6 +126,11 @@ def prepare(directory: Path, layers: int) -> None:
             env=thread_env(2),
             stdout=subprocess.DEVNULL,
         )
+        ct2_config = directory / f"ct2-{quantization}" / "config.json"
+        settings = json.loads(ct2_config.read_text())
+        if settings.get("layer_norm_epsilon") is None:  # not every converter version writes it
+            settings["layer_norm_epsilon"] = config.layer_norm_epsilon
+        ct2_config.write_text(json.dumps(settings))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,7 +200,7 @@ def _run_transformers(args, directory):
 def _run_ctranslate2(args, directory):
     import ctranslate2
 
-    quantization = args.worker.removeprefix("ct2-")
+    quantization = {"ct2-f32": "float32", "ct2-int8": "int8"}[args.worker]
     path = directory / f"ct2-{quantization}"
     generator = ctranslate2.Generator(
         str(path),
@@ -240,25 +248,28 @@ def worker(args):
 
 
 def measure_bandwidth():
-    """Read bandwidth in bytes/s: the best of a numba prange sum (all threads) and NumPy's sum."""
+    """Read bandwidth in bytes/s: the best of a numba sum (blocks of 256 rows of 4 KB over all
+    threads, each row summed by a vectorised loop) and NumPy's sum (one thread), over 1 GB."""
     import numba
     import numpy as np
 
-    @numba.njit(parallel=True, fastmath=True)
-    def psum(a):
-        chunk = 1 << 18  # 1 MB per task
-        n = a.shape[0] // chunk
-        partial = np.zeros(n, dtype=np.float32)
-        for c in numba.prange(n):
+    @numba.njit(fastmath=True)
+    def row_sums(a, out, start, stop):
+        for r in range(start, stop):
             s = np.float32(0.0)
-            for i in range(c * chunk, (c + 1) * chunk):
-                s += a[i]
-            partial[c] = s
-        return partial.sum()
+            for i in range(a.shape[1]):
+                s += a[r, i]
+            out[r] = s
 
-    a = np.ones(256 * 1024 * 1024, dtype=np.float32)  # 1 GB
+    @numba.njit(parallel=True)
+    def read_all(a, out):
+        for c in numba.prange(a.shape[0] // 256):  # 1 MB per task
+            row_sums(a, out, c * 256, (c + 1) * 256)
+
+    a = np.ones((256 * 1024, 1024), dtype=np.float32)  # 1 GB
+    out = np.empty(a.shape[0], dtype=np.float32)
     best = 0.0
-    for fn in (lambda: psum(a), lambda: a.sum()):
+    for fn in (lambda: read_all(a, out), lambda: a.sum()):
         fn()
         for _ in range(5):
             t = time.perf_counter()
@@ -274,9 +285,9 @@ def measure_bandwidth():
 
 def _child(args, *extra):
     cmd = [sys.executable, __file__, "--threads", str(args.threads), *extra]
-    out = subprocess.run(
-        cmd, check=True, env=thread_env(args.threads), capture_output=True, text=True
-    )
+    out = subprocess.run(cmd, env=thread_env(args.threads), capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(extra[:2])} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -290,7 +301,13 @@ def main():
     libs = args.libraries
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
         t = time.perf_counter()
-        prepare(Path(tmp), args.layers)
+        if args.dir:  # --dir: keep the checkpoints there (made once) for later runs
+            tmp = args.dir
+            if not (Path(tmp) / "ct2-int8").is_dir():
+                Path(tmp).mkdir(parents=True, exist_ok=True)
+                prepare(Path(tmp), args.layers)
+        else:
+            prepare(Path(tmp), args.layers)
         print(
             f"checkpoints written and converted in {time.perf_counter() - t:.0f} s; {args.threads} threads; "
             f"{args.rounds} rounds of {args.new} new tokens after {args.prompt} prompt tokens"
