@@ -16,11 +16,15 @@ one (float32 and int8, scripted below: `ctranslate2.converters.TransformersConve
                          16-bit words kept in memory, read by kernels/matvec16.py at decode
 
 Each library runs in a subprocess of its own, started afresh for every round, with the same
-thread environment (benchmarks/common.py: --threads for OpenBLAS, OpenMP, MKL, numba and
-CTranslate2's intra_threads; passive OpenMP waiting). Why subprocesses: the three libraries bring
-three thread pools (torch's OpenMP, numba's, CTranslate2's own libgomp) that in one process wait
-for or spin against each other, and all seven models at once would need ~11 GB; a fresh process
-per run also keeps one library's memory state from slowing the next. The rounds interleave the
+thread counts (benchmarks/common.py's thread_env: --threads for OpenBLAS, OpenMP, MKL, numba and
+CTranslate2's intra_threads). Why subprocesses: the three libraries bring three thread pools
+(torch's OpenMP, numba's, CTranslate2's own libgomp) that in one process wait for or spin against
+each other, and all seven models at once would need ~11 GB; a fresh process per run also keeps one
+library's memory state from slowing the next. Since no other library's threads share the process,
+the OpenMP waiting policy is left at each library's default (GNU OpenMP spins briefly before it
+sleeps), as a user running one of them would have it, instead of common.py's PASSIVE (which is
+for libraries sharing a process; measured here, PASSIVE costs ~40 us per parallel region against
+~3 us, and a decode step has ~100 of them); set OMP_WAIT_POLICY to impose one on all. The rounds interleave the
 libraries (the first one alternates), so background load hits all alike; the table gives the
 median over rounds.
 
@@ -42,6 +46,7 @@ compare the "vs HF" column with a quiet run. Needs torch, transformers and ctran
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -285,7 +290,10 @@ def measure_bandwidth():
 
 def _child(args, *extra):
     cmd = [sys.executable, __file__, "--threads", str(args.threads), *extra]
-    out = subprocess.run(cmd, env=thread_env(args.threads), capture_output=True, text=True)
+    env = thread_env(args.threads)
+    if "OMP_WAIT_POLICY" not in os.environ:  # a process of its own: each library's default policy
+        env.pop("OMP_WAIT_POLICY")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"{' '.join(extra[:2])} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
