@@ -1,37 +1,75 @@
-"""Greedy decoding speed on the bloom-560m shape: minibloom vs transformers, and the bandwidth bound.
+"""Greedy decoding speed on the bloom-560m shape: minibloom vs transformers and CTranslate2.
 
-    python benchmarks/bench_generate.py [--batches 1 8] [--new 64] [--prompt 128] [--threads 2]
+    python benchmarks/bench_generate.py [--batches 1 8] [--new 32] [--prompt 128] [--rounds 3]
+                                        [--threads 2] [--contended] [--libraries ...]
 
-Model: 24 layers, hidden 1024, 16 heads, vocabulary 250880, random float32 weights drawn once by
-minibloom (`init_params`) and handed to a transformers BloomForCausalLM without a copy
-(torch.from_numpy), so both libraries read the very same 2.24 GB. Prompt: 128 random ids, no
-padding; then 64 new tokens, greedy, no stop token. Both run in this process with the same
-thread count (torch.set_num_threads, OPENBLAS/OMP/NUMBA_NUM_THREADS set before numpy loads).
+Model: 24 layers, hidden 1024, 16 heads, vocabulary 250880, random weights drawn once by
+minibloom (`init_params`, seed 0) and written to a temporary directory as HF checkpoints: float32,
+float16 and bfloat16 (the same values, rounded), plus CTranslate2's conversions of the float32
+one (float32 and int8, scripted below: `ctranslate2.converters.TransformersConverter`). Prompt:
+128 random ids, no padding; then --new tokens, greedy, no stop token. Libraries:
 
-Reported per batch size B, for transformers (float32), minibloom (float32) and minibloom with the
-same weights rounded to float16 and kept so in memory (decode reads them with the matvec16 kernel):
+    hf-f32, hf-bf16      transformers BloomForCausalLM.generate, dtype float32 / bfloat16
+    ct2-f32, ct2-int8    CTranslate2 Generator.generate_batch, compute_type float32 / int8
+    mb-f32               minibloom from the float32 checkpoint
+    mb-f16, mb-bf16      minibloom from_preset(dtype="auto") of the F16 / BF16 checkpoint: the
+                         16-bit words kept in memory, read by kernels/matvec16.py at decode
+
+Each library runs in a subprocess of its own, started afresh for every round, with the same
+thread counts (benchmarks/common.py's thread_env: --threads for OpenBLAS, OpenMP, MKL, numba and
+CTranslate2's intra_threads). Why subprocesses: the three libraries bring three thread pools
+(torch's OpenMP, numba's, CTranslate2's own libgomp) that in one process wait for or spin against
+each other, and all seven models at once would need ~11 GB; a fresh process per run also keeps one
+library's memory state from slowing the next. Since no other library's threads share the process,
+the OpenMP waiting policy is left at each library's default (GNU OpenMP spins briefly before it
+sleeps), as a user running one of them would have it, instead of common.py's PASSIVE (which is
+for libraries sharing a process; measured here, PASSIVE costs ~40 us per parallel region against
+~3 us, and a decode step has ~100 of them); set OMP_WAIT_POLICY to impose one on all. The rounds interleave the
+libraries (the first one alternates), so background load hits all alike; the table gives the
+median over rounds.
+
+Reported per batch size B and library:
     prefill   seconds for the prompt forward + first token
-    decode    tokens/s over the remaining 63 steps, counting all B rows (B * 63 / seconds)
-    ratio     decode tokens/s / transformers' (above 1: faster than transformers)
-    bounds    memory-bandwidth bounds of decoding: each step reads every weight once, so
-              tokens/s <= B * bandwidth / bytes of weights; "of f32" uses the 2.24 GB of float32
-              weights, "of 16-bit" the 1.12 GB of 16-bit ones (measured / bound)
+    decode    tokens/s over the remaining steps, counting all B rows (B * (new - 1) / seconds)
+    vs HF     decode tokens/s / the faster of transformers float32 and bfloat16
+    vs CT2    decode tokens/s / CTranslate2 float32's (for the float32 libraries) or int8's
+    bound     measured / the memory-bandwidth bound of decoding: a step reads every weight once,
+              so tokens/s <= B * bandwidth / bytes of weights (2.24 GB in float32, 1.12 GB in 16
+              bits, 0.56 GB in int8); bandwidth = the best of a numba sum over all threads and a
+              1-thread NumPy sum over 1 GB, measured in a subprocess with the same threads
 
-Bandwidth is measured here too: the best of a 1-thread NumPy sum and a threaded, vectorised numba
-sum over a 1 GB array (reading is all a decode step does with its weights). The last section times the 16-bit matrix-vector kernel (kernels/matvec16.py) over
-every matrix of the model (BF16 and F16 bit patterns of the same weights, one token) against the
-16-bit bound (1.12 GB per token): how close a decode that kept the checkpoint's 16-bit weights
-could get. Each timing is the best of --repeat runs after a warm-up.
+With --contended one extra CPU-bound process runs for the whole measurement (common.contended);
+compare the "vs HF" column with a quiet run. Needs torch, transformers and ctranslate2 (the
+`bench` extra: pip install -e '.[bench]'); --libraries leaves some out.
 """
 
 import argparse
+import json
+import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    add_common_args,
+    contended,
+    interleave,
+    machine_line,
+    median,
+    thread_env,
+)
+
+LIBRARIES = ("hf-f32", "hf-bf16", "ct2-f32", "ct2-int8", "mb-f32", "mb-f16", "mb-bf16")
+WEIGHT_BITS = {"f32": 32, "bf16": 16, "f16": 16, "int8": 8}
+SHAPE = dict(vocab_size=250880, hidden_size=1024, n_head=16)
+TOKENIZER = ROOT / "weights" / "tinybloom-5m" / "tokenizer.json"  # any BLOOM tokenizer: CT2 pads
 
 
 def _args():
@@ -40,110 +78,109 @@ def _args():
     )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
-    ap.add_argument("--new", type=int, default=64, help="new tokens")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=1, help="timed runs per case (after one warm-up)")
+    ap.add_argument("--new", type=int, default=32, help="new tokens")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     ap.add_argument("--layers", type=int, default=24, help="(smaller for a quick check)")
-    return ap.parse_args()
+    ap.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one library
+    ap.add_argument("--dir", help="keep the checkpoints in DIR (made if missing) for later runs")
+    return add_common_args(ap).parse_args()
 
 
-def measure_bandwidth(np, njit_parallel):
-    """Read bandwidth in bytes/s: the best of NumPy's sum (1 thread) and a numba prange sum."""
-    a = np.ones(256 * 1024 * 1024, dtype=np.float32)  # 1 GB
-    best = 0.0
-    for fn in (lambda: a.sum(), lambda: njit_parallel(a)):
-        fn()
-        for _ in range(3):
-            t = time.perf_counter()
-            fn()
-            best = max(best, a.nbytes / (time.perf_counter() - t))
-    return best
+# ------------------------------------------------------------------------------------------------
+# preparing the checkpoints (once per run)
+# ------------------------------------------------------------------------------------------------
 
 
-def main():
-    args = _args()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    # Both libraries share this process and its cores. By default GNU OpenMP's idle threads (torch's
-    # and numba's) spin for a while after every parallel region, stealing a core from whichever
-    # library runs next: measured here, minibloom's decode step took 390 ms right after torch ran
-    # and 116 ms in a process of its own. Passive waiting lets them alternate fairly.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import numba
+def prepare(directory: Path, layers: int) -> None:
+    """The same random weights as HF checkpoints in three dtypes and two CTranslate2 models."""
+
+    from minibloom.config import BloomConfig
+    from minibloom.io.checkpoint import save_params
+    from minibloom.model import init_params
+
+    config = BloomConfig(n_layer=layers, **SHAPE)
+    params = init_params(config, seed=0)
+    for dtype in ("float32", "float16", "bfloat16"):
+        out = directory / dtype
+        out.mkdir(exist_ok=True)
+        save_params(out, params, dtype=dtype)
+        (out / "config.json").write_text(config.to_json_string())
+    (directory / "float32" / "tokenizer.json").write_bytes(TOKENIZER.read_bytes())
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    (directory / "float32" / "tokenizer_config.json").write_text(
+        json.dumps({**special, "tokenizer_class": "BloomTokenizerFast"})
+    )
+    del params
+    script = (
+        "import sys, ctranslate2\n"
+        "src, out, q = sys.argv[1:]\n"
+        "ctranslate2.converters.TransformersConverter(src).convert(out, quantization=q)\n"
+    )
+    for quantization in ("float32", "int8"):
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script,
+                str(directory / "float32"),
+                str(directory / f"ct2-{quantization}"),
+                quantization,
+            ],
+            check=True,
+            env=thread_env(2),
+            stdout=subprocess.DEVNULL,
+        )
+        ct2_config = directory / f"ct2-{quantization}" / "config.json"
+        settings = json.loads(ct2_config.read_text())
+        if settings.get("layer_norm_epsilon") is None:  # not every converter version writes it
+            settings["layer_norm_epsilon"] = config.layer_norm_epsilon
+        ct2_config.write_text(json.dumps(settings))
+
+
+# ------------------------------------------------------------------------------------------------
+# one library in its own process: prints {"B": [prefill seconds, total seconds]} as JSON
+# ------------------------------------------------------------------------------------------------
+
+
+def _prompts(args):
     import numpy as np
+
+    return {
+        B: np.random.default_rng(B).integers(4, 250680, size=(B, args.prompt)) for B in args.batches
+    }
+
+
+def _run_minibloom(args, directory):
+    import numpy as np
+
+    from minibloom.causal_lm import BloomCausalLM
+    from minibloom.generate import decode_steps
+    from minibloom.samplers import GreedySampler
+
+    stored = {"mb-f32": "float32", "mb-f16": "float16", "mb-bf16": "bfloat16"}[args.worker]
+    lm = BloomCausalLM.from_preset(directory / stored, dtype="auto", preprocessor=None)
+
+    def run(ids, new):
+        mask = np.ones(ids.shape, dtype=bool)
+        t0, first = time.perf_counter(), None
+        for _ in decode_steps(lm.backbone, ids, mask, ids.shape[1] + new, GreedySampler(), (), 3):
+            first = time.perf_counter() - t0 if first is None else first
+        return first, time.perf_counter() - t0
+
+    return run
+
+
+def _run_transformers(args, directory):
     import torch
     import transformers
 
-    from minibloom.config import BloomConfig
-    from minibloom.generate import decode_steps
-    from minibloom.kernels.matvec16 import matvec16
-    from minibloom.model import BloomBackbone, init_params
-    from minibloom.samplers import GreedySampler
-
     torch.set_num_threads(args.threads)
-
-    @numba.njit(parallel=True, fastmath=True)
-    def psum(a):
-        """Sum of a 1-D float32 array, 1 MB chunks split over the threads (vectorised: fastmath)."""
-        chunk = 1 << 18
-        n = a.shape[0] // chunk
-        partial = np.zeros(n, dtype=np.float32)
-        for c in numba.prange(n):
-            s = np.float32(0.0)
-            for i in range(c * chunk, (c + 1) * chunk):
-                s += a[i]
-            partial[c] = s
-        return partial.sum()
-
-    config = BloomConfig(vocab_size=250880, hidden_size=1024, n_layer=args.layers, n_head=16)
-    t = time.perf_counter()
-    params = init_params(config, seed=0)
-    bb = BloomBackbone.from_config(config, params)
-    hf_config = transformers.BloomConfig(
-        vocab_size=250880, hidden_size=1024, n_layer=args.layers, n_head=16
-    )
-    with torch.device("meta"):
-        model = transformers.BloomForCausalLM(hf_config)
-    state = {f"transformer.{k}": torch.from_numpy(v) for k, v in params.items()}
-    model.load_state_dict(state, strict=False, assign=True)
-    model.lm_head.weight = model.transformer.word_embeddings.weight  # tied, as in the checkpoints
+    dtype = torch.float32 if args.worker == "hf-f32" else torch.bfloat16
+    model = transformers.BloomForCausalLM.from_pretrained(directory / "float32", dtype=dtype)
     model.eval()
-    assert model.lm_head.weight.data_ptr() == params["word_embeddings.weight"].ctypes.data
-    weight_bytes = sum(v.nbytes for v in params.values())
-    print(
-        f"model: {args.layers} layers, {weight_bytes / 1e9:.2f} GB float32 shared by both libraries "
-        f"(built in {time.perf_counter() - t:.1f} s); {args.threads} threads; numpy {np.__version__}, "
-        f"torch {torch.__version__}, transformers {transformers.__version__}"
-    )
-    print(
-        f"load average before: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs; other processes make every number lower and noisier)"
-    )
-    bandwidth = measure_bandwidth(np, psum)
-    print(
-        f"read bandwidth: {bandwidth / 1e9:.1f} GB/s -> float32 bound {bandwidth / weight_bytes:.2f} tokens/s per row\n"
-    )
 
-    # the same weights rounded to float16 and kept so in memory: decode reads them with the
-    # matvec16 kernel (ops.times_weight_t), half the bytes per token
-    bb16 = BloomBackbone.from_config(config, {k: v.astype(np.float16) for k, v in params.items()})
-    bytes16 = sum(v.nbytes for v in bb16.params.values())
-
-    def decode_with(backbone):
-        def run(ids):
-            mask = np.ones(ids.shape, dtype=bool)
-            t0 = time.perf_counter()
-            first = None
-            for t, _, _ in decode_steps(
-                backbone, ids, mask, ids.shape[1] + args.new, GreedySampler(), (), 3
-            ):
-                if first is None:
-                    first = time.perf_counter() - t0
-            return first, time.perf_counter() - t0
-
-        return run
-
-    def theirs(ids):
+    def run(ids, new):
         x = torch.from_numpy(ids)
         kw = dict(
             attention_mask=torch.ones_like(x),
@@ -157,80 +194,182 @@ def main():
             model.generate(x, max_new_tokens=1, **kw)
             first = time.perf_counter() - t0
             t0 = time.perf_counter()
-            out = model.generate(x, max_new_tokens=args.new, **kw)
+            out = model.generate(x, max_new_tokens=new, **kw)
             total = time.perf_counter() - t0
-        assert out.shape[1] == ids.shape[1] + args.new
+        assert out.shape[1] == ids.shape[1] + new
         return first, total
 
-    def best(fn, ids):
-        fn(ids[:, :8])  # warm-up (numba kernels, allocations)
-        runs = [fn(ids) for _ in range(args.repeat)]
-        return min(r[0] for r in runs), min(r[1] for r in runs)
+    return run
 
-    print(
-        "bound columns: tokens/s if every weight byte is read once per step at the bandwidth above;"
+
+def _run_ctranslate2(args, directory):
+    import ctranslate2
+
+    quantization = {"ct2-f32": "float32", "ct2-int8": "int8"}[args.worker]
+    path = directory / f"ct2-{quantization}"
+    generator = ctranslate2.Generator(
+        str(path),
+        device="cpu",
+        compute_type=quantization,
+        inter_threads=1,
+        intra_threads=args.threads,
     )
+    vocab = json.loads((path / "vocabulary.json").read_text(encoding="utf-8"))
+
+    def generate(tokens, new):
+        results = generator.generate_batch(
+            tokens,
+            max_length=new,
+            min_length=new,
+            include_prompt_in_result=False,
+            sampling_topk=1,
+            end_token=[],
+        )
+        assert all(len(r.sequences_ids[0]) == new for r in results), [
+            len(r.sequences_ids[0]) for r in results
+        ]
+
+    def run(ids, new):
+        tokens = [[vocab[i] for i in row] for row in ids.tolist()]
+        t0 = time.perf_counter()
+        generate(tokens, 1)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        generate(tokens, new)
+        return first, time.perf_counter() - t0
+
+    return run
+
+
+def worker(args):
+    directory = Path(args.dir)
+    make = {"hf": _run_transformers, "ct2": _run_ctranslate2, "mb": _run_minibloom}
+    run = make[args.worker.split("-")[0]](args, directory)
+    result = {}
+    for B, ids in _prompts(args).items():
+        run(ids[:, :8], 3)  # warm-up: kernels compiled or loaded, weights paged in
+        result[B] = run(ids, args.new)
+    print(json.dumps(result))
+
+
+def measure_bandwidth():
+    """Read bandwidth in bytes/s: the best of a numba sum (blocks of 256 rows of 4 KB over all
+    threads, each row summed by a vectorised loop) and NumPy's sum (one thread), over 1 GB."""
+    import numba
+    import numpy as np
+
+    @numba.njit(fastmath=True)
+    def row_sums(a, out, start, stop):
+        for r in range(start, stop):
+            s = np.float32(0.0)
+            for i in range(a.shape[1]):
+                s += a[r, i]
+            out[r] = s
+
+    @numba.njit(parallel=True)
+    def read_all(a, out):
+        for c in numba.prange(a.shape[0] // 256):  # 1 MB per task
+            row_sums(a, out, c * 256, (c + 1) * 256)
+
+    a = np.ones((256 * 1024, 1024), dtype=np.float32)  # 1 GB
+    out = np.empty(a.shape[0], dtype=np.float32)
+    best = 0.0
+    for fn in (lambda: read_all(a, out), lambda: a.sum()):
+        fn()
+        for _ in range(5):
+            t = time.perf_counter()
+            fn()
+            best = max(best, a.nbytes / (time.perf_counter() - t))
+    print(json.dumps(best))
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+
+
+def _child(args, *extra):
+    cmd = [sys.executable, __file__, "--threads", str(args.threads), *extra]
+    env = thread_env(args.threads)
+    if "OMP_WAIT_POLICY" not in os.environ:  # a process of its own: each library's default policy
+        env.pop("OMP_WAIT_POLICY")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(extra[:2])} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    args = _args()
+    if args.worker == "bandwidth":
+        return measure_bandwidth()
+    if args.worker:
+        return worker(args)
+    print(machine_line())
+    libs = args.libraries
+    with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
+        t = time.perf_counter()
+        if args.dir:  # --dir: keep the checkpoints there (made once) for later runs
+            tmp = args.dir
+            if not (Path(tmp) / "ct2-int8").is_dir():
+                Path(tmp).mkdir(parents=True, exist_ok=True)
+                prepare(Path(tmp), args.layers)
+        else:
+            prepare(Path(tmp), args.layers)
+        print(
+            f"checkpoints written and converted in {time.perf_counter() - t:.0f} s; {args.threads} threads; "
+            f"{args.rounds} rounds of {args.new} new tokens after {args.prompt} prompt tokens"
+        )
+        passes = [
+            "--dir", tmp, "--prompt", str(args.prompt), "--new", str(args.new),
+            "--batches", *map(str, args.batches),
+        ]  # fmt: skip
+        runs = {lib: [] for lib in libs}
+        with contended(args.contended) as busy:
+            print(machine_line(busy))
+            bandwidth = _child(args, "--worker", "bandwidth")
+            for _, order in interleave(args.rounds, libs):
+                for lib in order:
+                    runs[lib].append(_child(args, "--worker", lib, *passes))
+            bandwidth = max(bandwidth, _child(args, "--worker", "bandwidth"))
+            end_line = machine_line(busy)
+    from minibloom.config import BloomConfig, param_shapes
+
+    shapes = param_shapes(BloomConfig(n_layer=args.layers, **SHAPE)).values()
+    params = sum(math.prod(shape) for shape in shapes)  # 559,214,592 for bloom-560m
+    print(f"read bandwidth ({args.threads} threads): {bandwidth / 1e9:.1f} GB/s")
     print(
-        f"'of f32' / 'of 16-bit' = measured / bound for {weight_bytes / 1e9:.2f} GB (float32) or {bytes16 / 1e9:.2f} GB (16-bit) of weights"
-    )
-    print(
-        f"{'B':>2} {'library':<22} {'prefill s':>9} {'decode tok/s':>12} {'ratio':>6} {'of f32':>6} {'of 16-bit':>9}"
+        f"\n{'B':>2} {'library':<9} {'prefill s':>9} {'decode tok/s':>12} {'vs HF':>6} {'vs CT2':>6} "
+        f"{'bound tok/s':>11} {'of bound':>8}"
     )
     summary = []
     for B in args.batches:
-        ids = np.random.default_rng(B).integers(4, 250680, size=(B, args.prompt))
-        bound32, bound16 = B * bandwidth / weight_bytes, B * bandwidth / bytes16
-        rates = {}
-        cases = (
-            ("transformers f32", theirs),
-            ("minibloom f32", decode_with(bb)),
-            ("minibloom f16 weights", decode_with(bb16)),
-        )
-        for name, fn in cases:
-            first, total = best(fn, ids)
-            rates[name] = B * (args.new - 1) / (total - first)
-            ratio = rates[name] / rates["transformers f32"]
+        key = str(B)
+        first = {lib: median([r[key][0] for r in runs[lib]]) for lib in libs}
+        rate = {
+            lib: median([B * (args.new - 1) / (r[key][1] - r[key][0]) for r in runs[lib]])
+            for lib in libs
+        }
+        hf = max((rate[x] for x in ("hf-f32", "hf-bf16") if x in rate), default=None)
+        for lib in libs:
+            kind = lib.split("-")[1]
+            ct2 = rate.get("ct2-f32" if kind == "f32" else "ct2-int8")
+            bound = B * bandwidth / (params * WEIGHT_BITS[kind] / 8)
+            vs_hf = f"{rate[lib] / hf:6.2f}" if hf else f"{'-':>6}"
+            vs_ct2 = f"{rate[lib] / ct2:6.2f}" if ct2 else f"{'-':>6}"
             print(
-                f"{B:>2} {name:<22} {first:>9.3f} {rates[name]:>12.2f} {ratio:>6.2f} {rates[name] / bound32:>6.2f} {rates[name] / bound16:>9.2f}"
+                f"{B:>2} {lib:<9} {first[lib]:>9.3f} {rate[lib]:>12.2f} {vs_hf} {vs_ct2} "
+                f"{bound:>11.1f} {rate[lib] / bound:>8.2f}"
             )
             summary.append(
-                f"B={B} {name}: {rates[name]:.2f} tok/s, {ratio:.2f}x transformers, "
-                f"{rates[name] / bound32:.2f} of the f32 bound ({bound32:.1f}), {rates[name] / bound16:.2f} of the 16-bit bound ({bound16:.1f})"
+                f"B={B} {lib}: {rate[lib]:.2f} tok/s, vs HF best {vs_hf.strip()}, vs CT2 "
+                f"{vs_ct2.strip()}, {rate[lib] / bound:.2f} of its bandwidth bound"
             )
-    print(
-        f"load average after the decode runs: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)"
-    )
-    # --- 16-bit weights: every matrix of the model, one token ------------------------------------
-    mats = [v for k, v in params.items() if v.ndim == 2]
-    for kind in ("BF16", "F16"):
-        if kind == "BF16":
-            w16 = [
-                (m.view(np.uint32) >> 16).astype(np.uint16) for m in mats
-            ]  # truncated bf16 patterns
-        else:
-            w16 = [m.astype(np.float16).view(np.uint16) for m in mats]
-        x = {
-            m.shape[1]: np.random.default_rng(0).standard_normal((1, m.shape[1])).astype(np.float32)
-            for m in mats
-        }
-        nbytes = sum(w.nbytes for w in w16)
-        for w in w16[:2]:
-            matvec16(x[w.shape[1]], w, kind)  # compile / warm up
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for w in w16:
-                matvec16(x[w.shape[1]], w, kind)
-            times.append(time.perf_counter() - t0)
-        rate, bound16 = 1.0 / min(times), bandwidth / nbytes
-        print(
-            f"\n16-bit matvec kernel ({kind}, {nbytes / 1e9:.2f} GB, all matrices, B=1): {rate:.2f} tokens/s = "
-            f"{nbytes * rate / 1e9:.1f} GB/s; 16-bit bound {bound16:.2f} tokens/s -> {rate / bound16:.2f} of bound"
-        )
-        del w16
     print("\nsummary")
     for line in summary:
         print("  " + line)
+    print(end_line)
+    print(machine_line())
 
 
 if __name__ == "__main__":

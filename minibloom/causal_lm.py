@@ -83,8 +83,12 @@ class BloomCausalLM:
                 tokenizer.json when there is one (from a keras-hub preset: its tokenizer assets
                 and preprocessor.json, packing as keras-hub does); None for none; or an object.
             dtype: in-memory parameter dtype, "float32" or "float16" (half the memory; the ops
-                widen weights to float32 per use, see checkpoint.py), or "float64" (the whole
-                forward then runs in float64 through the reference ops: the truth of `compare`).
+                widen weights to float32 per use, see checkpoint.py), "auto" (each tensor as the
+                checkpoint stores it, like transformers' torch_dtype="auto": F16 -> float16, BF16
+                -> uint16 bfloat16 words, F32 -> float32; a 16-bit model decodes from half the
+                bytes), or "float64" (the whole forward then runs in float64 through the
+                reference ops: the truth of `compare`). Training needs float32 parameters: the
+                optimizer refuses 16-bit ones.
         """
         from minibloom.config import BloomConfig, GenerationConfig
         from minibloom.io import presets
@@ -218,7 +222,11 @@ class BloomCausalLM:
                 ) from None
         if dtype is None:
             emb = self.backbone.params["word_embeddings.weight"]
-            dtype = self.checkpoint_dtype or ("float16" if emb.dtype == np.float16 else "float32")
+            kept = {
+                np.dtype(np.float16): "float16",
+                np.dtype(np.uint16): "bfloat16",
+            }  # uint16: bf16
+            dtype = self.checkpoint_dtype or kept.get(emb.dtype, "float32")
         if format == "keras":
             writers = keras.preset_writers(self, dtype)
         else:
@@ -394,9 +402,18 @@ class BloomCausalLM:
         "learning_rate". See minibloom/training/train.py.
         """
         from minibloom.arguments import check_int
+        from minibloom.errors import ArgumentError
         from minibloom.training import train
 
         epochs = check_int("epochs", epochs, lo=1)
+        narrow = [k for k, p in self.backbone.params.items() if p.dtype != np.float32]
+        if narrow:  # 16-bit (dtype="auto"/"float16") or float64 weights: AdamW updates float32
+            found = self.backbone.params[narrow[0]].dtype
+            found = "bfloat16 words" if found == np.uint16 else found
+            raise ArgumentError(
+                f"fit: training needs float32 parameters, found {found} ({narrow[0]} and "
+                f"{len(narrow) - 1} more); load the model with dtype='float32' to train it"
+            )
         optimizer, reduction = self._compiled()
         data = train.as_dataset(self, x, y, sample_weight)
         val = None if validation_data is None else train.as_dataset(self, validation_data)

@@ -908,9 +908,10 @@ def _add_generate(sub):
     )
     p.add_argument(
         "--dtype",
-        choices=["float32", "float16"],
+        choices=["float32", "float16", "auto"],
         default="float32",
-        help="weights in memory (compute is float32)",
+        help="weights in memory (compute is float32); auto: as the checkpoint stores them "
+        "(F16/BF16 kept in 16 bits: decoding reads half the bytes)",
     )
     p.add_argument(
         "--stats",

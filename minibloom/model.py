@@ -19,8 +19,8 @@ Shape legend: B batch, T tokens in this call, S key length (cached + T), C hidde
 D = C / H, F MLP width, V vocabulary rows, L blocks.
 
 Parameters live in a flat dict keyed by HF names without `transformer.` (docs/ARCHITECTURE.md).
-They may be float16 (or another float dtype) when a user keeps a half-precision checkpoint in
-memory: each op widens the weights it uses to float32, one layer at a time, so the compute and
+They may be float16, or bfloat16 held as uint16 bit patterns (ops.widen), when a user keeps a
+half-precision checkpoint in memory (`dtype="auto"` or "float16"): each op widens the weights it uses to float32, one layer at a time, so the compute and
 the result are the same as converting everything up front.
 
 Every op is called as `ops.<name>`: the math is in minibloom/ops.py; minibloom/dispatch.py may
@@ -76,8 +76,10 @@ def check_params(params, config):
         if not isinstance(a, np.ndarray) or a.shape != shape:
             found = a.shape if isinstance(a, np.ndarray) else type(a).__name__
             raise ArgumentError(f"params[{k!r}]: expected shape {shape}, found {found}")
-        if not np.issubdtype(a.dtype, np.floating):
-            raise ArgumentError(f"params[{k!r}]: expected a float array, found dtype {a.dtype}")
+        if not (np.issubdtype(a.dtype, np.floating) or a.dtype == np.uint16):  # uint16: bf16 words
+            raise ArgumentError(
+                f"params[{k!r}]: expected a float array (or uint16 bfloat16 words), found dtype {a.dtype}"
+            )
 
 
 # ------------------------------------------------------------------------------------------------

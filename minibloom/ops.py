@@ -25,8 +25,9 @@ have no `_backward`.
 Shape legend: B batch, T tokens in this call, S key length (cached + T), C hidden size, H heads,
 D = C / H head size, F MLP width, V vocabulary rows.
 
-Dtypes: activations float32. Weights may arrive in a narrower float dtype (a model kept in half
-precision); each op widens them to float32 on use, so compute is float32 throughout. The same
+Dtypes: activations float32. Weights may arrive narrower (a model kept in half precision:
+float16, or bfloat16 held as uint16 bit patterns, see `widen`); each op widens them to float32 on
+use, so compute is float32 throughout. The same
 ops run in float64 when every input is float64 (used only by the gradient-check tests).
 
 This file is the reference tier: plain NumPy, one formula per line, nothing but numpy imported.
@@ -44,9 +45,18 @@ from typing import NamedTuple
 
 import numpy as np
 
+BF16_WORDS = np.dtype(np.uint16)  # how a bfloat16 weight is held in memory (NumPy has no bfloat16)
+
 
 def widen(w, like):
-    """A weight in the compute dtype of `like` (float32, or float64 in gradient checks); no copy if it already is."""
+    """A weight in the compute dtype of `like` (float32, or float64 in gradient checks); no copy if it already is.
+
+    A uint16 weight holds bfloat16 bit patterns (a model loaded with dtype="auto" from a BF16
+    checkpoint): a bfloat16 is the top half of a float32, so its float32 value has those 16 bits
+    on top and zeros below (exact).
+    """
+    if w.dtype == BF16_WORDS:
+        w = (w.astype(np.uint32) << 16).view(np.float32)  # (...) bf16 words -> float32 values
     return np.asarray(w, dtype=np.result_type(like.dtype, np.float32))
 
 
@@ -62,7 +72,7 @@ class EmbeddingCache(NamedTuple):
 
 def embedding_forward(ids, E):
     """x[b, t] = E[ids[b, t]]. ids (B, T) int, E (V, C) -> x (B, T, C), the rows widened to float32."""
-    x = E[ids].astype(np.result_type(E.dtype, np.float32), copy=False)  # (B, T, C)
+    x = widen(E[ids], E)  # (B, T, C) float32 (float64 in gradient checks)
     return x, EmbeddingCache(ids, E.shape[0])
 
 

@@ -2,8 +2,10 @@
 
 - attention: the single-thread loop used for small calls (a decode step), the threaded loop used
   for large ones (a prompt), and the NumPy twin agree, on KV-cache views with padding;
-- linear with float16 weights and few rows: the matvec16 kernel (widens one row at a time)
+- linear with float16 weights and few rows: the matvec16 kernel (widens inside its tiles)
   agrees with widening the whole weight first; its plain twin is bit-exact; the backward still works;
+- float32 weights and few rows: matvec32 (serial and threaded) agrees with BLAS; the few-row
+  branches of kernels/ops.py agree with the reference for float32, float16 and bfloat16 words;
 - a whole greedy decode with float16 weights gives the same tokens with numba and without;
 - KVCache.reorder(in_place=True) (beam search) equals the copying reorder.
 """
@@ -174,4 +176,41 @@ def test_matvec16_serial_threaded_and_plain_agree(monkeypatch, kind):
     assert np.array_equal(results["serial"], results["threaded"])  # the same chunk loop
     assert_close(
         f"matvec16 {kind} serial vs plain", results["serial"], results["plain"], 1e-6, 1e-5
+    )
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 13])
+def test_matvec32_serial_threaded_and_blas_agree(monkeypatch, rows):
+    """Few-row float32 weights (a decode step of a float32 model): the tiled kernel, on one
+    thread and on many (chunks from the atomic counter), vs BLAS; the rows do not fill whole
+    4 x 4 tiles and the outputs do not fill whole chunks."""
+    from minibloom.kernels import matvec16 as mv
+
+    rng = np.random.default_rng(rows)
+    W = rng.standard_normal((mv.CHUNK * 5 + 3, 70)).astype(np.float32)
+    x = rng.standard_normal((rows, 70)).astype(np.float32)
+    results = {}
+    for name, serial_work in (("serial", 1 << 62), ("threaded", 0)):
+        monkeypatch.setattr(mv, "SERIAL_WORK", serial_work)
+        results[name] = mv.matvec32(x, W)
+    assert np.array_equal(results["serial"], results["threaded"])  # the same tiles
+    assert_close("matvec32 vs BLAS", results["serial"], x @ W.T, 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_decode_size_linear_and_head_agree_with_the_reference(monkeypatch, dtype):
+    """kernels/ops.py's few-row branches (times_weight_t) for every in-memory weight dtype,
+    bfloat16 being uint16 words, vs the reference's widen-then-BLAS."""
+    from minibloom.io.safetensors import f32_to_bf16
+
+    rng = np.random.default_rng(2)
+    W32 = (0.1 * rng.standard_normal((200, 48))).astype(np.float32)
+    W = {"float32": W32, "float16": W32.astype(np.float16), "bfloat16": f32_to_bf16(W32)}[dtype]
+    b = np.zeros(200, dtype=W.dtype)
+    x = rng.standard_normal((4, 2, 48)).astype(np.float32)  # 8 rows
+    fast, cache = fast_ops.linear_forward(x, W, b)
+    assert cache.W.dtype == W.dtype  # read as stored, not widened
+    assert_close(f"linear {dtype}", fast, ops.linear_forward(x, W, b)[0], 1e-6, 1e-6)
+    assert_close(
+        f"head {dtype}", fast_ops.lm_head_forward(x, W), ops.lm_head_forward(x, W), 1e-6, 1e-6
     )

@@ -20,6 +20,11 @@ The in-memory dtype (`load_params(..., dtype=...)`), agreed with model.py:
   * "float16": tensors are kept in half precision to halve memory. F16 files are used as stored
     (zero-copy views); BF16 and F32 tensors are rounded to float16. model.py's ops widen a
     float16 weight to float32 per use, so all arithmetic still happens in float32.
+  * "auto": every tensor kept in its stored dtype, like transformers' `torch_dtype="auto"`: F32
+    -> float32, F16 -> float16 and BF16 -> uint16 arrays holding the bfloat16 bit patterns
+    (NumPy has no bfloat16; ops.widen turns them into float32 exactly, the fast tier's decode
+    reads them with kernels/matvec16.py), all zero-copy views of the mapping when aligned. A
+    model loaded so saves back in the same stored dtype.
   * "float64": every tensor widened to float64 (exact: F32, F16 and BF16 values are all
     float64 values). The forward then runs in float64 through the reference ops (the fast tier
     hands float64 to them): the "truth" that `compare` and `parity --truth` measure against.
@@ -48,7 +53,7 @@ INDEX_FILE = "model.safetensors.index.json"
 PREFIX = "transformer."  # what BloomForCausalLM puts in front of BloomModel's keys
 HEAD_KEY = "lm_head.weight"
 _SAVE_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-_LOAD_DTYPES = ("float32", "float16", "float64")
+_LOAD_DTYPES = ("float32", "float16", "float64", "auto")
 _NONFINITE = ("error", "warn", "ignore")
 
 
@@ -196,7 +201,10 @@ def _release_pages(words: np.ndarray) -> None:
 
 
 def _convert(dtype_name: str, words: np.ndarray, dtype: str) -> np.ndarray:
-    """Stored words -> an array in the in-memory dtype ("float32", "float16" or "float64")."""
+    """Stored words -> an array in the in-memory dtype ("float32", "float16", "float64" or "auto":
+    as stored, BF16 as its uint16 words)."""
+    if dtype == "auto":
+        return words if words.flags.aligned else words.copy()  # zero-copy view of the mapping
     if dtype == "float64":
         return (bf16_to_f32(words) if dtype_name == "BF16" else words).astype(np.float64)
     if dtype == "float32":
@@ -222,6 +230,15 @@ def _list(items, n=5) -> str:
 def _first_nonfinite(x: np.ndarray):
     """(index, value) of the first NaN/inf in x, or None. Cheap when all is well: min and max
     propagate NaN and expose +-inf without allocating anything; only a bad tensor is searched."""
+    if x.dtype == np.uint16:  # bfloat16 words: nan/inf have the all-ones exponent
+        flat = x.reshape(-1)
+        for start in range(0, flat.size, 1 << 20):  # in blocks: no full-size temporary
+            bad = np.flatnonzero((flat[start : start + (1 << 20)] & 0x7F80) == 0x7F80)
+            if bad.size:
+                idx = np.unravel_index(start + int(bad[0]), x.shape)
+                value = bf16_to_f32(np.array([x[idx]], dtype=np.uint16))[0]
+                return tuple(int(i) for i in idx), float(value)
+        return None
     if x.size == 0 or (np.isfinite(x.min()) and np.isfinite(x.max())):
         return None
     flat = int(np.flatnonzero(~np.isfinite(x))[0])

@@ -50,7 +50,7 @@ from minibloom.config import BloomConfig
 from minibloom.errors import ArgumentError, CheckpointError, ConfigError
 from minibloom.io.checkpoint import KERAS_SHARD, params_from_tensors
 from minibloom.io.files import read_json_file
-from minibloom.io.safetensors import f32_to_bf16
+from minibloom.io.safetensors import bf16_to_f32, f32_to_bf16
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -406,7 +406,10 @@ def _keras_variables(params: dict, config: BloomConfig, dtype: str) -> list:
     H, D, C = config.n_head, config.head_dim, config.hidden_size
     out = []
     for path, shape, name, part in _variables(config):
-        x = np.asarray(params[name], dtype=np.float32)
+        x = params[name]
+        x = (
+            bf16_to_f32(x) if x.dtype == np.uint16 else np.asarray(x, dtype=np.float32)
+        )  # bf16 words
         if part == "T":
             x = x.T
         elif part is not None:

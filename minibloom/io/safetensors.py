@@ -5,6 +5,8 @@
     little-endian tensor bytes (offsets are relative to the end of the header);
   * dtypes F32, F16 and BF16. NumPy has no bfloat16, so BF16 is read as raw uint16 words and widened
     by hand (a bfloat16 is the top 16 bits of a float32), and written with round-to-nearest-even;
+    a uint16 array given to the writer is taken as bfloat16 words (minibloom's in-memory bfloat16,
+    ops.widen): written as they are to BF16, widened exactly for F32/F16;
   * memory mapping: a file is mapped once (`mmap`, private copy-on-write) and every tensor is a view
     into the mapping, so nothing is read until it is used and a 3B checkpoint never sits in RAM
     twice. (A mapped array stays valid when its file is replaced with os.replace, as our writer
@@ -211,6 +213,10 @@ def read_safetensors(path) -> dict[str, tuple[str, np.ndarray]]:
 def _encode(name: str, x: np.ndarray, dtype: str) -> np.ndarray:
     """An array -> its stored words in safetensors dtype `dtype` (little-endian, C order)."""
     x = np.asarray(x)
+    if x.dtype == np.uint16:  # bfloat16 words (a model loaded with dtype="auto", see ops.widen)
+        if dtype == "BF16":
+            return np.ascontiguousarray(x, dtype="<u2")  # stored as they are
+        x = bf16_to_f32(x)
     if x.dtype.kind != "f":
         raise CheckpointError(
             f"tensor {name!r}: expected a floating-point array, found dtype {x.dtype}"

@@ -5,11 +5,12 @@ fast tier is on (numba installed and MINIBLOOM_NUMBA not "0"); every other op co
 reference. Each function here has a test that it equals its reference twin
 (tests/test_ops.py, tests/test_decode_paths.py).
 
-    linear_forward       a float16 weight and at most MATVEC16_ROWS rows (a decode step): the
-                         matvec16 kernel reads the 16-bit words and widens them row by row inside
-                         the dot products (half the bytes of widening W first); the bias is added
-                         in place
-    lm_head_forward      the same for the tied head; many rows with a float16 E: E widened in
+    linear_forward       at most MATVEC16_ROWS rows (a decode step): a 16-bit weight (float16, or
+                         bfloat16 words) is read by the matvec16 kernel, which widens it inside
+                         the dot products (half the bytes of widening W first); a float32 weight
+                         by matvec32, the same tiles (faster than BLAS's x @ W.T for few rows);
+                         the bias is added in place
+    lm_head_forward      the same for the tied head; many rows with a 16-bit E: E widened in
                          chunks of rows instead of all at once (bloom-560m's E is 1 GB in float32)
     gelu_forward/_backward  the reference expressions evaluated in place, in the same order
                          (no numba: NumPy's tanh is SIMD, a numba loop calls the scalar tanhf;
@@ -29,8 +30,9 @@ import numpy as np
 
 from minibloom import ops
 from minibloom.kernels import attention as attention_kernels
-from minibloom.kernels.matvec16 import matvec16
+from minibloom.kernels.matvec16 import matvec16, matvec32
 from minibloom.ops import (
+    BF16_WORDS,
     GELU_C0,
     GELU_C1,
     GELU_C2,
@@ -41,19 +43,28 @@ from minibloom.ops import (
     widen,
 )
 
-# Up to this many rows (B * T: a decode step), a float16 weight is read by the matvec16 kernel.
+# Up to this many rows (B * T: a decode step), a weight is read by the matvec kernels
+# (kernels/matvec16.py): 16-bit weights widened inside the dot products, float32 ones read as they
+# are (OpenBLAS's x @ W.T reads W at a fraction of the bandwidth for so few rows).
 MATVEC16_ROWS = 16
-HEAD_CHUNK_ROWS = 32768  # rows of a float16 E widened at a time by lm_head_forward
+HEAD_CHUNK_ROWS = 32768  # rows of a 16-bit E widened at a time by lm_head_forward
+_KINDS = {np.dtype(np.float16): "F16", BF16_WORDS: "BF16"}  # in-memory dtype -> matvec16 kind
+
+
+def _few_rows(x2):
+    return x2.dtype == np.float32 and x2.shape[0] <= MATVEC16_ROWS
 
 
 def _reads_16_bit(x2, W):
-    return W.dtype == np.float16 and x2.dtype == np.float32 and x2.shape[0] <= MATVEC16_ROWS
+    return W.dtype in _KINDS and _few_rows(x2)
 
 
 def times_weight_t(x2, W):
     """x2 @ W.T for x2 (N, in) float32 and W (out, in) in its stored dtype -> (N, out) float32."""
     if _reads_16_bit(x2, W):
-        return matvec16(x2, W.view(np.uint16), "F16")
+        return matvec16(x2, W.view(np.uint16), _KINDS[W.dtype])
+    if W.dtype == np.float32 and _few_rows(x2):
+        return matvec32(x2, W)
     return x2 @ widen(W, x2).T  # one BLAS call for the whole batch
 
 
@@ -76,7 +87,7 @@ def lm_head_forward(hidden, E):
     out = np.empty((B * T, E.shape[0]), dtype=hidden.dtype)
     for start in range(0, E.shape[0], HEAD_CHUNK_ROWS):
         out[:, start : start + HEAD_CHUNK_ROWS] = (
-            h @ E[start : start + HEAD_CHUNK_ROWS].astype(hidden.dtype).T
+            h @ widen(E[start : start + HEAD_CHUNK_ROWS], hidden).T
         )
     return out.reshape(B, T, -1)  # (B*T, V) -> (B, T, V)
 
