@@ -225,7 +225,9 @@ def test_gelu_uses_hf_constant_and_order():
     assert_close("gelu vs HF expression", y, expected, 1e-7)
 
 
-def test_attention_numba_matches_reference(rng):
+@pytest.mark.parametrize("serial_work", [1 << 62, 0], ids=["loop", "blas"])
+def test_attention_numba_matches_reference(rng, monkeypatch, serial_work):
+    monkeypatch.setattr(attention_kernels, "SERIAL_WORK", serial_work)  # both forward paths
     q, k, v, alibi, visible = (
         a.astype(np.float32) if a.dtype == np.float64 else a
         for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8)
@@ -248,7 +250,9 @@ def test_attention_numba_matches_reference(rng):
     assert np.array_equal(pc, pa) and np.array_equal(cc, ca)
 
 
-def test_attention_backward_numba_matches_reference(rng):
+@pytest.mark.parametrize("serial_work", [1 << 62, 0], ids=["loop", "blas"])
+def test_attention_backward_numba_matches_reference(rng, monkeypatch, serial_work):
+    monkeypatch.setattr(attention_kernels, "SERIAL_WORK", serial_work)  # both forward paths
     q, k, v, alibi, visible = (
         a.astype(np.float32) if a.dtype == np.float64 else a
         for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8)
