@@ -12,6 +12,7 @@ read-only install with a read-only home), numba refuses to cache; `njit` then co
 cache instead of failing the import.
 """
 
+import contextlib
 import os
 
 try:
@@ -25,6 +26,14 @@ prange = range if numba is None else numba.prange
 def use_numba() -> bool:
     """True when numba is installed and MINIBLOOM_NUMBA is not "0"."""
     return numba is not None and os.environ.get("MINIBLOOM_NUMBA", "1") != "0"
+
+
+def one_at_a_time():
+    """Context for calling threaded (prange) kernels: numba hands out their iterations one at a
+    time (dynamic scheduling) instead of one equal share per thread, so a thread that another
+    process (or an OpenBLAS worker still spinning after a matmul) delays takes fewer iterations
+    instead of holding up the call. Without numba, a no-op."""
+    return contextlib.nullcontext() if numba is None else numba.parallel_chunksize(1)
 
 
 def njit(*args, **kwargs):

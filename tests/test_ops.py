@@ -271,8 +271,9 @@ def test_attention_backward_numba_matches_reference(rng, monkeypatch, serial_wor
         assert_close(f"{name} numba vs plain", x, y, TWIN_ATOL)
 
 
-def test_fast_gelu_is_the_reference_expression_bit_for_bit(rng):
-    x = (rng.standard_normal((4, 33)) * 4).astype(np.float32)
+@pytest.mark.parametrize("shape", [(4, 33), (3, 70000)], ids=["serial", "threaded"])
+def test_fast_gelu_is_the_reference_expression_bit_for_bit(rng, shape):
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)  # (3, 70000): above SERIAL_ELEMENTS
     y, cache = ops.gelu_forward(x)
     y_fast, cache_fast = fast_ops.gelu_forward(x)
     assert np.array_equal(y, y_fast)

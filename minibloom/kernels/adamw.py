@@ -24,17 +24,9 @@ square root and after the bias correction of v, as torch does (not inside the sq
 The scalars arrive already rounded to float32 by the caller.
 """
 
-import contextlib
-
 import numpy as np
 
-from minibloom.jit import njit, numba, prange
-
-
-def chunks_one_at_a_time():
-    """numba's dynamic scheduling for the next threaded loop: iterations handed out one by one."""
-    return contextlib.nullcontext() if numba is None else numba.parallel_chunksize(1)
-
+from minibloom.jit import njit, one_at_a_time, prange
 
 SERIAL_ELEMENTS = 1 << 16  # up to this many elements, the calling thread does the whole update
 CHUNK = 1 << 15  # elements per work item of the threaded loop (128 KiB of each array)
@@ -82,5 +74,5 @@ def adamw_update(p, g, m, v, *, decay, one_minus_b1, b2, one_minus_b2, bc2_sqrt,
     if p.size <= SERIAL_ELEMENTS:
         _adamw_serial(*args, *scalars)
         return
-    with chunks_one_at_a_time():
+    with one_at_a_time():
         _adamw_threaded(*args, *scalars)

@@ -33,7 +33,7 @@ backward when a keep-mask is present).
 
 import numpy as np
 
-from minibloom.jit import njit, prange
+from minibloom.jit import njit, one_at_a_time, prange
 
 # Multiply-adds (B * H * T * S * D) up to which the forward runs on one thread (a decode step).
 SERIAL_WORK = 1 << 22
@@ -144,9 +144,11 @@ def attention(q, k, v, alibi, visible, inv):
     # A prompt or a training batch: both products in BLAS, the softmax in two threaded passes
     # and NumPy's SIMD exp between them (numba's exp is a scalar call per key, ~8x slower).
     np.matmul(q, k.swapaxes(-1, -2), out=probs)  # (B, H, T, S) scores
-    _mask_scale_shift(probs, alibi, visible, f(inv), fmin)
+    with one_at_a_time():  # (b, h) pairs to whichever thread is free
+        _mask_scale_shift(probs, alibi, visible, f(inv), fmin)
     np.exp(probs, out=probs)
-    _normalise(probs)
+    with one_at_a_time():
+        _normalise(probs)
     np.matmul(probs, v, out=ctx)  # (B, H, T, D)
     return probs, ctx
 
@@ -185,7 +187,8 @@ def attention_backward(dctx, q, k, v, probs, inv):
     f = q.dtype.type
     dv = np.matmul(probs.swapaxes(-1, -2), dctx)  # (B, H, S, D)
     dp = np.matmul(dctx, v.swapaxes(-1, -2))  # (B, H, T, S) dprobs
-    _softmax_backward(dp, probs, f(inv))  # -> dscores, in place
+    with one_at_a_time():  # (b, h) pairs to whichever thread is free
+        _softmax_backward(dp, probs, f(inv))  # -> dscores, in place
     dq = np.matmul(dp, k)  # (B, H, T, D)
     dk = np.matmul(dp.swapaxes(-1, -2), q)  # (B, H, S, D)
     return dq, dk, dv

@@ -11,11 +11,11 @@ reference. Each function here has a test that it equals its reference twin
                          in place
     lm_head_forward      the same for the tied head; many rows with a float16 E: E widened in
                          chunks of rows instead of all at once (bloom-560m's E is 1 GB in float32)
-    gelu_forward/_backward  the reference expressions evaluated in place, in the same order
-                         (no numba: NumPy's tanh is SIMD, a numba loop calls the scalar tanhf;
-                         measured 4x slower forward, 1.5x backward on (8, 128, 4096) float32)
-    attention_forward/_backward  the numba loops of kernels/attention.py (no dropout; with a
-                         dropout mask the reference runs)
+    gelu_forward/_backward  kernels/gelu.py: the reference expressions in threaded numba passes
+                         around NumPy's SIMD tanh (numba's own tanh is a scalar call), the
+                         same operations in the same order: bit for bit the reference
+    attention_forward/_backward  kernels/attention.py: BLAS products and a fused threaded
+                         softmax (no dropout; with a dropout mask the reference runs)
 
 float64 inputs (the `compare` truth) always take the reference path or the same NumPy
 expressions in float64: the numba loops are float32 only, so they hand float64 to ops.py.
@@ -29,11 +29,9 @@ import numpy as np
 
 from minibloom import ops
 from minibloom.kernels import attention as attention_kernels
+from minibloom.kernels import gelu as gelu_kernels
 from minibloom.kernels.matvec16 import matvec16
 from minibloom.ops import (
-    GELU_C0,
-    GELU_C1,
-    GELU_C2,
     AttentionCache,
     DropoutCache,
     GeluCache,
@@ -82,36 +80,17 @@ def lm_head_forward(hidden, E):
 
 
 def gelu_forward(x):
-    """ops.gelu_forward evaluated in place: x * 0.5 * (1 + tanh(C0 * x * (1 + C1 * x * x)))."""
-    u = GELU_C1 * x
-    u *= x
-    u += 1.0  # 1 + 0.044715 x^2
-    u *= GELU_C0 * x
-    np.tanh(u, out=u)
-    u += 1.0
-    y = x * 0.5
-    y *= u
-    return y, GeluCache(x)
+    """ops.gelu_forward, bit for bit: threaded numba passes around NumPy's tanh (kernels/gelu.py)."""
+    if x.dtype != np.float32:
+        return ops.gelu_forward(x)
+    return gelu_kernels.gelu(x), GeluCache(x)
 
 
 def gelu_backward(dy, cache):
-    """ops.gelu_backward evaluated in place (the same terms in the same order)."""
-    x = cache.x
-    t = GELU_C1 * x
-    t *= x
-    t += 1.0
-    t *= GELU_C0 * x
-    np.tanh(t, out=t)
-    slope = GELU_C2 * x
-    slope *= x
-    slope += GELU_C0  # 0.79788456 + 0.1070322243 x^2
-    slope *= 1.0 - t * t
-    slope *= 0.5 * x
-    t += 1.0
-    t *= 0.5
-    slope += t
-    slope *= dy
-    return slope
+    """ops.gelu_backward, bit for bit: the same passes (kernels/gelu.py)."""
+    if cache.x.dtype != np.float32:
+        return ops.gelu_backward(dy, cache)
+    return gelu_kernels.gelu_backward(dy, cache.x)
 
 
 def attention_forward(q, k, v, alibi, visible, dropout_p=0.0, rng=None):
