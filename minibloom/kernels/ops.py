@@ -17,6 +17,9 @@ reference. Each function here has a test that it equals its reference twin
     attention_forward/_backward  kernels/attention.py: BLAS products and a fused threaded
                          softmax (no dropout; with a dropout mask the reference runs)
 
+The backward ops also switch glibc malloc to keeping freed memory, once per process
+(kernels/malloc.py): a training step frees and reallocates the same arrays every step.
+
 float64 inputs (the `compare` truth) always take the reference path or the same NumPy
 expressions in float64: the numba loops are float32 only, so they hand float64 to ops.py.
 
@@ -30,6 +33,7 @@ import numpy as np
 from minibloom import ops
 from minibloom.kernels import attention as attention_kernels
 from minibloom.kernels import gelu as gelu_kernels
+from minibloom.kernels.malloc import keep_freed_memory
 from minibloom.kernels.matvec16 import matvec16
 from minibloom.ops import (
     AttentionCache,
@@ -88,6 +92,7 @@ def gelu_forward(x):
 
 def gelu_backward(dy, cache):
     """ops.gelu_backward, bit for bit: the same passes (kernels/gelu.py)."""
+    keep_freed_memory()  # training: reuse the step's arrays from the heap (kernels/malloc.py)
     if cache.x.dtype != np.float32:
         return ops.gelu_backward(dy, cache)
     return gelu_kernels.gelu_backward(dy, cache.x)
@@ -106,6 +111,7 @@ def attention_forward(q, k, v, alibi, visible, dropout_p=0.0, rng=None):
 
 def attention_backward(dctx, cache):
     """ops.attention_backward with the numba loop (no dropout; with a keep-mask the reference runs)."""
+    keep_freed_memory()  # training: reuse the step's arrays from the heap (kernels/malloc.py)
     q, k, v, probs, dcache = cache
     if dcache.keep is not None or q.dtype != np.float32:
         return ops.attention_backward(dctx, cache)
