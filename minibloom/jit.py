@@ -12,7 +12,6 @@ read-only install with a read-only home), numba refuses to cache; `njit` then co
 cache instead of failing the import.
 """
 
-import contextlib
 import os
 
 try:
@@ -33,7 +32,17 @@ def one_at_a_time():
     time (dynamic scheduling) instead of one equal share per thread, so a thread that another
     process (or an OpenBLAS worker still spinning after a matmul) delays takes fewer iterations
     instead of holding up the call. Without numba, a no-op."""
-    return contextlib.nullcontext() if numba is None else numba.parallel_chunksize(1)
+    return _NoNumba() if numba is None else numba.parallel_chunksize(1)
+
+
+class _NoNumba:
+    """one_at_a_time() without numba: a context that does nothing."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def njit(*args, **kwargs):
