@@ -11,6 +11,8 @@ reference. Each function here has a test that it equals its reference twin
                          in place
     lm_head_forward      the same for the tied head; many rows with a float16 E: E widened in
                          chunks of rows instead of all at once (bloom-560m's E is 1 GB in float32)
+    layernorm_forward/_backward  kernels/layernorm.py: one threaded pass over the rows (more
+                         than one chunk of kernels/layernorm.ROWS rows; fewer take the reference)
     gelu_forward/_backward  kernels/gelu.py: the reference expressions in threaded numba passes
                          around NumPy's SIMD tanh (numba's own tanh is a scalar call), the
                          same operations in the same order: bit for bit the reference
@@ -33,12 +35,14 @@ import numpy as np
 from minibloom import ops
 from minibloom.kernels import attention as attention_kernels
 from minibloom.kernels import gelu as gelu_kernels
+from minibloom.kernels import layernorm as layernorm_kernels
 from minibloom.kernels.malloc import keep_freed_memory
 from minibloom.kernels.matvec16 import matvec16
 from minibloom.ops import (
     AttentionCache,
     DropoutCache,
     GeluCache,
+    LayerNormCache,
     LinearCache,
     widen,
 )
@@ -81,6 +85,25 @@ def lm_head_forward(hidden, E):
             h @ E[start : start + HEAD_CHUNK_ROWS].astype(hidden.dtype).T
         )
     return out.reshape(B, T, -1)  # (B*T, V) -> (B, T, V)
+
+
+def layernorm_forward(x, w, b, eps):
+    """ops.layernorm_forward in one threaded numba pass over the rows (kernels/layernorm.py).
+
+    A few rows (a decode step: one row-chunk or less) take the reference, as float64 does."""
+    if x.dtype != np.float32 or x.size <= layernorm_kernels.ROWS * x.shape[-1]:
+        return ops.layernorm_forward(x, w, b, eps)
+    w, b = widen(w, x), widen(b, x)
+    y, norm, rstd = layernorm_kernels.layernorm(x, w, b, eps)
+    return y, LayerNormCache(norm, rstd, w)
+
+
+def layernorm_backward(dy, cache):
+    """ops.layernorm_backward in one threaded numba pass (kernels/layernorm.py)."""
+    norm, rstd, w = cache
+    if norm.dtype != np.float32 or norm.size <= layernorm_kernels.ROWS * norm.shape[-1]:
+        return ops.layernorm_backward(dy, cache)
+    return layernorm_kernels.layernorm_backward(dy, norm, rstd, w)
 
 
 def gelu_forward(x):
