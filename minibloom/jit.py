@@ -27,6 +27,24 @@ def use_numba() -> bool:
     return numba is not None and os.environ.get("MINIBLOOM_NUMBA", "1") != "0"
 
 
+def one_at_a_time():
+    """Context for calling threaded (prange) kernels: numba hands out their iterations one at a
+    time (dynamic scheduling) instead of one equal share per thread, so a thread that another
+    process (or an OpenBLAS worker still spinning after a matmul) delays takes fewer iterations
+    instead of holding up the call. Without numba, a no-op."""
+    return _NoNumba() if numba is None else numba.parallel_chunksize(1)
+
+
+class _NoNumba:
+    """one_at_a_time() without numba: a context that does nothing."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
 def njit(*args, **kwargs):
     """`numba.njit` with minibloom's defaults: cached to disk, nogil, fastmath off.
 

@@ -225,7 +225,9 @@ def test_gelu_uses_hf_constant_and_order():
     assert_close("gelu vs HF expression", y, expected, 1e-7)
 
 
-def test_attention_numba_matches_reference(rng):
+@pytest.mark.parametrize("serial_work", [1 << 62, 0], ids=["loop", "blas"])
+def test_attention_numba_matches_reference(rng, monkeypatch, serial_work):
+    monkeypatch.setattr(attention_kernels, "SERIAL_WORK", serial_work)  # both forward paths
     q, k, v, alibi, visible = (
         a.astype(np.float32) if a.dtype == np.float64 else a
         for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8)
@@ -248,7 +250,9 @@ def test_attention_numba_matches_reference(rng):
     assert np.array_equal(pc, pa) and np.array_equal(cc, ca)
 
 
-def test_attention_backward_numba_matches_reference(rng):
+@pytest.mark.parametrize("serial_work", [1 << 62, 0], ids=["loop", "blas"])
+def test_attention_backward_numba_matches_reference(rng, monkeypatch, serial_work):
+    monkeypatch.setattr(attention_kernels, "SERIAL_WORK", serial_work)  # both forward paths
     q, k, v, alibi, visible = (
         a.astype(np.float32) if a.dtype == np.float64 else a
         for a in _attention_inputs(rng, B=2, H=4, T=6, P=3, D=8)
@@ -267,8 +271,9 @@ def test_attention_backward_numba_matches_reference(rng):
         assert_close(f"{name} numba vs plain", x, y, TWIN_ATOL)
 
 
-def test_fast_gelu_is_the_reference_expression_bit_for_bit(rng):
-    x = (rng.standard_normal((4, 33)) * 4).astype(np.float32)
+@pytest.mark.parametrize("shape", [(4, 33), (3, 70000)], ids=["serial", "threaded"])
+def test_fast_gelu_is_the_reference_expression_bit_for_bit(rng, shape):
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)  # (3, 70000): above SERIAL_ELEMENTS
     y, cache = ops.gelu_forward(x)
     y_fast, cache_fast = fast_ops.gelu_forward(x)
     assert np.array_equal(y, y_fast)
@@ -302,3 +307,28 @@ def test_lm_head_backward(rng):
         lambda d, c: ops.lm_head_backward(d, *c),
         (hidden, E),
     )
+
+
+@pytest.mark.parametrize("shape", [(2, 100, 37), (3, 90, 64)])
+def test_fast_layernorm_matches_reference(rng, shape):
+    """More rows than one chunk (the threaded pass), a ragged last chunk, C off the 16 lanes."""
+    from minibloom.kernels import layernorm as layernorm_kernels
+
+    assert shape[0] * shape[1] > layernorm_kernels.ROWS
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+    w, b = (rng.standard_normal(shape[-1]).astype(np.float32) for _ in range(2))
+    dy = rng.standard_normal(shape).astype(np.float32)
+    y, cache = ops.layernorm_forward(x, w, b, 1e-5)
+    y_fast, cache_fast = fast_ops.layernorm_forward(x, w, b, 1e-5)
+    assert y_fast.dtype == cache_fast.norm.dtype == cache_fast.rstd.dtype == np.float32
+    assert cache_fast.rstd.shape == cache.rstd.shape
+    assert_close("layernorm y", y_fast, y, 1e-5)  # |y| up to ~10: float32 rounding
+    assert_close("layernorm norm", cache_fast.norm, cache.norm, 2e-6)
+    assert_close("layernorm rstd", cache_fast.rstd, cache.rstd, 1e-6)
+    for name, a, r in zip(
+        ("dx", "dw", "db"),
+        fast_ops.layernorm_backward(dy, cache_fast),
+        ops.layernorm_backward(dy, cache),
+    ):
+        assert a.dtype == np.float32 and a.shape == r.shape
+        assert_close(f"layernorm {name}", a, r, 2e-5 * max(1.0, float(np.abs(r).max())))

@@ -264,3 +264,31 @@ def test_bad_arguments():
         AdamW(1e-3).apply(p, {})
     with pytest.raises(ArgumentError, match="w: expected float32"):
         AdamW(1e-3).apply(p, {"w": np.zeros(3)})
+
+
+def test_adamw_threaded_chunks_equal_the_serial_loop_bit_for_bit(monkeypatch):
+    monkeypatch.setattr(adamw_kernel, "SERIAL_ELEMENTS", 0)  # the threaded loop, whatever the size
+    rng = np.random.default_rng(5)
+    n = 3 * adamw_kernel.CHUNK + 17  # four chunks, the last one ragged
+    start = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    start[2] = np.abs(start[2])
+    g = rng.standard_normal(n).astype(np.float32)
+    f32 = np.float32
+    scalars = dict(
+        decay=f32(0.999),
+        one_minus_b1=f32(0.1),
+        b2=f32(0.999),
+        one_minus_b2=f32(0.001),
+        bc2_sqrt=f32(0.05),
+        eps=f32(1e-8),
+        step_size=f32(0.01),
+    )
+    a = [x.copy() for x in start]
+    b = [x.copy() for x in start]
+    adamw_kernel.adamw_update(a[0], g, a[1], a[2], **scalars)  # threaded chunks
+    adamw_kernel._adamw_serial(b[0], g, b[1], b[2], *scalars.values())
+    c = [x.copy() for x in start]
+    optim.adamw_update(c[0], g, c[1], c[2], **scalars)
+    for name, x, y, z in zip("pmv", a, b, c):
+        assert np.array_equal(x, y), name
+        assert_close(f"threaded vs reference {name}", x, z, atol=0, rtol=2e-7)

@@ -12,11 +12,16 @@ reference. Each function here has a test that it equals its reference twin
                          the bias is added in place
     lm_head_forward      the same for the tied head; many rows with a 16-bit E: E widened in
                          chunks of rows instead of all at once (bloom-560m's E is 1 GB in float32)
-    gelu_forward/_backward  the reference expressions evaluated in place, in the same order
-                         (no numba: NumPy's tanh is SIMD, a numba loop calls the scalar tanhf;
-                         measured 4x slower forward, 1.5x backward on (8, 128, 4096) float32)
-    attention_forward/_backward  the numba loops of kernels/attention.py (no dropout; with a
-                         dropout mask the reference runs)
+    layernorm_forward/_backward  kernels/layernorm.py: one threaded pass over the rows (more
+                         than one chunk of kernels/layernorm.ROWS rows; fewer take the reference)
+    gelu_forward/_backward  kernels/gelu.py: the reference expressions in threaded numba passes
+                         around NumPy's SIMD tanh (numba's own tanh is a scalar call), the
+                         same operations in the same order: bit for bit the reference
+    attention_forward/_backward  kernels/attention.py: BLAS products and a fused threaded
+                         softmax (no dropout; with a dropout mask the reference runs)
+
+The backward ops also switch glibc malloc to keeping freed memory, once per process
+(kernels/malloc.py): a training step frees and reallocates the same arrays every step.
 
 float64 inputs (the `compare` truth) always take the reference path or the same NumPy
 expressions in float64: the numba loops are float32 only, so they hand float64 to ops.py.
@@ -30,15 +35,16 @@ import numpy as np
 
 from minibloom import ops
 from minibloom.kernels import attention as attention_kernels
+from minibloom.kernels import gelu as gelu_kernels
+from minibloom.kernels import layernorm as layernorm_kernels
+from minibloom.kernels.malloc import keep_freed_memory
 from minibloom.kernels.matvec16 import matvec16, matvec32
 from minibloom.ops import (
     BF16_WORDS,
-    GELU_C0,
-    GELU_C1,
-    GELU_C2,
     AttentionCache,
     DropoutCache,
     GeluCache,
+    LayerNormCache,
     LinearCache,
     widen,
 )
@@ -92,37 +98,38 @@ def lm_head_forward(hidden, E):
     return out.reshape(B, T, -1)  # (B*T, V) -> (B, T, V)
 
 
+def layernorm_forward(x, w, b, eps):
+    """ops.layernorm_forward in one threaded numba pass over the rows (kernels/layernorm.py).
+
+    A few rows (a decode step: one row-chunk or less) take the reference, as float64 does."""
+    if x.dtype != np.float32 or x.size <= layernorm_kernels.ROWS * x.shape[-1]:
+        return ops.layernorm_forward(x, w, b, eps)
+    w, b = widen(w, x), widen(b, x)
+    y, norm, rstd = layernorm_kernels.layernorm(x, w, b, eps)
+    return y, LayerNormCache(norm, rstd, w)
+
+
+def layernorm_backward(dy, cache):
+    """ops.layernorm_backward in one threaded numba pass (kernels/layernorm.py)."""
+    norm, rstd, w = cache
+    if norm.dtype != np.float32 or norm.size <= layernorm_kernels.ROWS * norm.shape[-1]:
+        return ops.layernorm_backward(dy, cache)
+    return layernorm_kernels.layernorm_backward(dy, norm, rstd, w)
+
+
 def gelu_forward(x):
-    """ops.gelu_forward evaluated in place: x * 0.5 * (1 + tanh(C0 * x * (1 + C1 * x * x)))."""
-    u = GELU_C1 * x
-    u *= x
-    u += 1.0  # 1 + 0.044715 x^2
-    u *= GELU_C0 * x
-    np.tanh(u, out=u)
-    u += 1.0
-    y = x * 0.5
-    y *= u
-    return y, GeluCache(x)
+    """ops.gelu_forward, bit for bit: threaded numba passes around NumPy's tanh (kernels/gelu.py)."""
+    if x.dtype != np.float32:
+        return ops.gelu_forward(x)
+    return gelu_kernels.gelu(x), GeluCache(x)
 
 
 def gelu_backward(dy, cache):
-    """ops.gelu_backward evaluated in place (the same terms in the same order)."""
-    x = cache.x
-    t = GELU_C1 * x
-    t *= x
-    t += 1.0
-    t *= GELU_C0 * x
-    np.tanh(t, out=t)
-    slope = GELU_C2 * x
-    slope *= x
-    slope += GELU_C0  # 0.79788456 + 0.1070322243 x^2
-    slope *= 1.0 - t * t
-    slope *= 0.5 * x
-    t += 1.0
-    t *= 0.5
-    slope += t
-    slope *= dy
-    return slope
+    """ops.gelu_backward, bit for bit: the same passes (kernels/gelu.py)."""
+    keep_freed_memory()  # training: reuse the step's arrays from the heap (kernels/malloc.py)
+    if cache.x.dtype != np.float32:
+        return ops.gelu_backward(dy, cache)
+    return gelu_kernels.gelu_backward(dy, cache.x)
 
 
 def attention_forward(q, k, v, alibi, visible, dropout_p=0.0, rng=None):
@@ -138,6 +145,7 @@ def attention_forward(q, k, v, alibi, visible, dropout_p=0.0, rng=None):
 
 def attention_backward(dctx, cache):
     """ops.attention_backward with the numba loop (no dropout; with a keep-mask the reference runs)."""
+    keep_freed_memory()  # training: reuse the step's arrays from the heap (kernels/malloc.py)
     q, k, v, probs, dcache = cache
     if dcache.keep is not None or q.dtype != np.float32:
         return ops.attention_backward(dctx, cache)
