@@ -7,6 +7,7 @@ from conftest import assert_close
 
 from minibloom import losses, ops
 from minibloom.kernels import attention as attention_kernels
+from minibloom.kernels import gemm
 from minibloom.kernels import ops as fast_ops
 
 EPS = 1e-6  # central-difference step (float64)
@@ -277,13 +278,52 @@ def test_fast_gelu_is_the_reference_expression_bit_for_bit(rng):
 
 
 @pytest.mark.parametrize("rows, dtype", [(2, np.float32), (40, np.float32), (40, np.float16)])
-def test_fast_linear_and_head_equal_the_reference(rng, rows, dtype):
-    """Float32 weights, and float16 weights with many rows, take the same BLAS call as the reference
-    (the few-row float16 path is compared in test_decode_paths.py)."""
+def test_fast_linear_and_head_equal_the_reference(rng, rows, dtype, monkeypatch):
+    """Few float32 rows take the reference's BLAS call (the few-row float16 path is compared in
+    test_decode_paths.py); many rows take kernels/gemm.py's chunked product, here in chunks of 5
+    output columns spread over 2 threads: each output is still one BLAS dot product over the whole
+    input axis, but BLAS may block it differently for a chunk, so float32 rounding."""
+    monkeypatch.setattr(gemm, "CHUNK_COLS", 5)
+    monkeypatch.setattr(gemm, "threads", lambda: 2)
     x = rng.standard_normal((rows, 1, 16)).astype(np.float32)
     W, b = rng.standard_normal((24, 16)).astype(dtype), rng.standard_normal(24).astype(dtype)
-    assert np.array_equal(fast_ops.linear_forward(x, W, b)[0], ops.linear_forward(x, W, b)[0])
-    assert np.array_equal(fast_ops.lm_head_forward(x, W), ops.lm_head_forward(x, W))
+    y_fast, cache_fast = fast_ops.linear_forward(x, W, b)
+    y, cache = ops.linear_forward(x, W, b)
+    assert y_fast.dtype == np.float32 and y_fast.shape == y.shape == (rows, 1, 24)
+    assert cache_fast.W.dtype == np.float32 and np.array_equal(cache_fast.W, cache.W)
+    assert_close("linear chunked vs reference", y_fast, y, 1e-6, rtol=1e-6)
+    head_fast, head = fast_ops.lm_head_forward(x, W), ops.lm_head_forward(x, W)
+    assert head_fast.dtype == np.float32 and head_fast.shape == head.shape
+    assert_close("head chunked vs reference", head_fast, head, 1e-6, rtol=1e-6)
+    if rows == 2:
+        assert np.array_equal(y_fast, y) and np.array_equal(head_fast, head)
+
+
+def test_gemm_split_takes_every_chunk_once_and_reraises(rng, monkeypatch):
+    """The chunked product over 3 threads covers a ragged last chunk; a worker's error reaches
+    the caller."""
+    monkeypatch.setattr(gemm, "CHUNK_COLS", 7)
+    monkeypatch.setattr(gemm, "threads", lambda: 3)
+    x = rng.standard_normal((30, 8)).astype(np.float32)
+    W = rng.standard_normal((50, 8)).astype(np.float32)
+    assert_close("split product", gemm.times_weight_t_split(x, W), x @ W.T, 1e-6, rtol=1e-6)
+
+    def fail(rows, out):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        gemm.elementwise_split(fail, x)
+
+
+def test_fast_gelu_in_row_chunks_is_bit_for_bit(rng, monkeypatch):
+    """Many rows: the same expression over chunks of 3 rows on 2 threads, elementwise so exact."""
+    monkeypatch.setattr(gemm, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(gemm, "threads", lambda: 2)
+    x = (rng.standard_normal((2, 20, 33)) * 4).astype(np.float32)
+    y, cache = ops.gelu_forward(x)
+    y_fast, cache_fast = fast_ops.gelu_forward(x)
+    assert y_fast.shape == x.shape and cache_fast.x is x
+    assert np.array_equal(y, y_fast)
 
 
 def test_lm_head_backward(rng):

@@ -29,6 +29,7 @@ import numpy as np
 
 from minibloom import ops
 from minibloom.kernels import attention as attention_kernels
+from minibloom.kernels import gemm
 from minibloom.kernels.matvec16 import matvec16
 from minibloom.ops import (
     GELU_C0,
@@ -57,9 +58,19 @@ def times_weight_t(x2, W):
     return x2 @ widen(W, x2).T  # one BLAS call for the whole batch
 
 
+def _split(x2):
+    """Many float32 rows (a prefill, a scoring pass): the product is split into chunks (gemm.py)."""
+    return x2.dtype == np.float32 and x2.shape[0] > MATVEC16_ROWS
+
+
 def linear_forward(x, W, b):
-    """ops.linear_forward: y = x @ W.T + b, with the matvec16 path for few rows of float16 W."""
+    """ops.linear_forward: y = x @ W.T + b, with the matvec16 path for few rows of float16 W and
+    the chunked product of kernels/gemm.py (bias added per chunk) for many rows."""
     x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in)
+    if _split(x2):
+        W = widen(W, x)  # float32, kept for the backward
+        y = gemm.times_weight_t_split(x2, W, b)  # (N, out)
+        return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)  # (N, out) -> (..., out)
     if not _reads_16_bit(x2, W):
         W = widen(W, x)  # float32 for BLAS and for the backward
     y = times_weight_t(x2, W)  # (N, out)
@@ -71,6 +82,8 @@ def lm_head_forward(hidden, E):
     """ops.lm_head_forward: logits = hidden @ E.T, reading a float16 E without widening it whole."""
     B, T, C = hidden.shape
     h = hidden.reshape(B * T, C)  # one (B*T, C) @ (C, V) call: E is read once, not B times
+    if _split(h):  # E (a float16 one too) read in chunks of rows that stay in cache
+        return gemm.times_weight_t_split(h, E).reshape(B, T, -1)  # (B*T, V) -> (B, T, V)
     if E.dtype == hidden.dtype or B * T <= MATVEC16_ROWS:
         return times_weight_t(h, E).reshape(B, T, -1)  # (B*T, V) -> (B, T, V)
     out = np.empty((B * T, E.shape[0]), dtype=hidden.dtype)
@@ -81,8 +94,25 @@ def lm_head_forward(hidden, E):
     return out.reshape(B, T, -1)  # (B*T, V) -> (B, T, V)
 
 
+def _gelu_rows(x, y):
+    """y = gelu(x) for one chunk of rows, the expression of gelu_forward in the same order."""
+    u = np.multiply(x, GELU_C1, dtype=x.dtype)
+    u *= x
+    u += 1.0  # 1 + 0.044715 x^2
+    t = np.multiply(x, GELU_C0, dtype=x.dtype)
+    u *= t
+    np.tanh(u, out=u)
+    u += 1.0
+    np.multiply(x, 0.5, out=y)
+    y *= u
+
+
 def gelu_forward(x):
-    """ops.gelu_forward evaluated in place: x * 0.5 * (1 + tanh(C0 * x * (1 + C1 * x * x)))."""
+    """ops.gelu_forward evaluated in place: x * 0.5 * (1 + tanh(C0 * x * (1 + C1 * x * x))).
+
+    float32 with many rows: the same passes over chunks of rows, in parallel (kernels/gemm.py)."""
+    if x.dtype == np.float32 and x.ndim >= 2 and x.size // x.shape[-1] > MATVEC16_ROWS:
+        return gemm.elementwise_split(_gelu_rows, x), GeluCache(x)
     u = GELU_C1 * x
     u *= x
     u += 1.0  # 1 + 0.044715 x^2
