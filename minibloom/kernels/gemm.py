@@ -11,11 +11,11 @@ columns are cut into chunks of CHUNK_COLS (one chunk of W stays in cache), and `
 so a slowed thread simply takes fewer chunks. Each chunk also gets its bias added while it is in
 cache, and a float16 W is widened one chunk at a time (no float32 copy of the whole matrix).
 
-The thread count is OpenBLAS's (OPENBLAS_NUM_THREADS, or its default); worker threads set their
-own OpenBLAS count to 1 with `openblas_set_num_threads_local` (OpenBLAS >= 0.3.27, as bundled by
-NumPy 2), and the calling thread does so only for the duration of a call. When NumPy's BLAS is
-not an OpenBLAS that has it (MKL, Accelerate, older OpenBLAS), every function here is one plain
-NumPy call.
+The thread count is OpenBLAS's (OPENBLAS_NUM_THREADS, or its default). During a split call
+OpenBLAS is set to 1 thread (openblas_set_num_threads; the count is process-wide, so split calls
+take a lock and the count is restored when the call ends), so each worker's BLAS call runs in
+that worker. When NumPy's BLAS is not an OpenBLAS found in numpy.libs (MKL, Accelerate, a system
+BLAS), every function here is one plain NumPy call.
 
 Each output element is one BLAS dot product over the whole `in` axis, as in `x2 @ W.T`; BLAS
 may block that sum differently for a chunk than for the whole matrix, so results equal the
@@ -36,76 +36,74 @@ CHUNK_ROWS = 16  # rows per task of elementwise_split: (16, 4096) float32 = 256 
 
 
 def _find_openblas():
-    """(set_num_threads_local, get_num_threads) of NumPy's bundled OpenBLAS, or None."""
+    """(set_num_threads, get_num_threads) of NumPy's bundled OpenBLAS, or None."""
     here = os.path.dirname(np.__file__)
+    prefixes = ("scipy_openblas_", "openblas_")  # NumPy 2's wheels, then a plain OpenBLAS
     for path in glob.glob(os.path.join(here, os.pardir, "numpy.libs", "*openblas*.so*")):
         try:
             lib = ctypes.CDLL(path)
-            local = lib.openblas_set_num_threads_local
-        except (OSError, AttributeError):
+        except OSError:
             continue
-        get = next(
-            (
-                getattr(lib, name)
-                for name in (
-                    "scipy_openblas_get_num_threads64_",
-                    "openblas_get_num_threads64_",
-                    "openblas_get_num_threads",
-                )
-                if hasattr(lib, name)
-            ),
-            None,
-        )
-        if get is None:
-            continue
-        local.argtypes, local.restype = [ctypes.c_int], ctypes.c_int
-        get.argtypes, get.restype = [], ctypes.c_int
-        return local, get
+        for prefix in prefixes:
+            for suffix in ("64_", ""):
+                set_, get = (f"{prefix}{verb}_num_threads{suffix}" for verb in ("set", "get"))
+                if hasattr(lib, set_) and hasattr(lib, get):
+                    set_, get = getattr(lib, set_), getattr(lib, get)
+                    set_.argtypes, set_.restype = [ctypes.c_int], None
+                    get.argtypes, get.restype = [], ctypes.c_int
+                    return set_, get
     return None
 
 
 _BLAS = _find_openblas()
 _pool = None
-_pool_lock = threading.Lock()
+_lock = threading.Lock()  # one split call at a time: it sets OpenBLAS's (process-wide) count
 
 
 def threads():
-    """How many threads a split product uses: OpenBLAS's own thread count (1 without OpenBLAS)."""
+    """How many threads a split call uses: OpenBLAS's own thread count (1 without OpenBLAS)."""
     return 1 if _BLAS is None else max(1, _BLAS[1]())
 
 
 def _workers(n):
-    """The persistent pool of n - 1 helper threads (the caller is the n-th), each with 1 BLAS thread."""
+    """The persistent pool of n - 1 helper threads (the calling thread is the n-th)."""
     global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers != n - 1:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(n - 1, "minibloom-gemm", initializer=_BLAS[0], initargs=(1,))
-        return _pool
+    if _pool is None or _pool._max_workers != n - 1:
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+        _pool = ThreadPoolExecutor(n - 1, "minibloom-gemm")
+    return _pool
 
 
 def _run(task, n_tasks):
-    """task(i) for i in range(n_tasks), spread over threads() workers taking the next free i."""
-    n = min(threads(), n_tasks)
-    if n <= 1:
-        for i in range(n_tasks):
-            task(i)
-        return
-    counter = itertools.count()  # next() on it is atomic under the GIL
+    """task(i) for i in range(n_tasks), spread over threads() workers taking the next free i.
 
-    def work():
-        for i in iter(counter.__next__, None):
-            if i >= n_tasks:
-                return
-            task(i)
+    OpenBLAS's thread count is process-wide (openblas_set_num_threads_local is too, in the
+    pthreads builds NumPy ships), so it is 1 while the workers run and restored afterwards."""
+    with _lock:
+        before = threads()
+        n = min(before, n_tasks)
+        if n <= 1:
+            for i in range(n_tasks):
+                task(i)
+            return
+        counter = itertools.count()  # next() on it is atomic under the GIL
 
-    futures = [_workers(n).submit(work) for _ in range(n - 1)]
-    previous = _BLAS[0](1)  # the calling thread works too, with one BLAS thread
-    try:
-        work()
-    finally:
-        _BLAS[0](previous)
+        def work():
+            for i in iter(counter.__next__, None):
+                if i >= n_tasks:
+                    return
+                task(i)
+
+        futures = []
+        _BLAS[0](1)  # each worker's BLAS calls run in that worker's thread, single-threaded
+        try:
+            futures = [_workers(n).submit(work) for _ in range(n - 1)]
+            work()  # the calling thread takes chunks too
+        finally:
+            for f in futures:
+                f.exception()  # wait for every worker before the count is restored
+            _BLAS[0](before)
         for f in futures:
             f.result()  # re-raises a worker's exception
 
