@@ -6,7 +6,8 @@
 `x2 @ W.T` as one multi-threaded OpenBLAS call splits the work into one equal part per thread
 up front: when another process takes a core, the thread on that core finishes last and the whole
 product waits for it (measured: half speed with one busy process on 2 cores). Here the output
-columns are cut into chunks of CHUNK_COLS (one chunk of W stays in cache), and `threads` workers
+columns are cut into chunks (at least TASKS_PER_THREAD per thread, CHUNK_COLS to MAX_CHUNK_COLS
+columns each: 16 chunks of 256 for bloom-560m's MLP, 62 of 4096 for its head), and the workers
 (the calling thread and a persistent pool) each run single-threaded BLAS on the next free chunk,
 so a slowed thread simply takes fewer chunks. Each chunk also gets its bias added while it is in
 cache, and a float16 W is widened one chunk at a time (no float32 copy of the whole matrix).
@@ -31,7 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-CHUNK_COLS = 256  # output columns (rows of W) per task: 1 MB of a (., 1024) float32 W
+CHUNK_COLS = 256  # fewest output columns (rows of W) per task: 1 MB of a (., 1024) float32 W
+MAX_CHUNK_COLS = 4096  # most per task (the LM head: fewer, larger BLAS calls repack x less often)
+TASKS_PER_THREAD = 8  # at least this many tasks per thread when W is large enough (balance)
 CHUNK_ROWS = 16  # rows per task of elementwise_split: (16, 4096) float32 = 256 KB
 
 
@@ -118,16 +121,17 @@ def times_weight_t_split(x2, W, b=None):
         return y
     y = np.empty((N, out), dtype=x2.dtype)
     bias = None if b is None else np.asarray(b, dtype=x2.dtype)
+    width = min(MAX_CHUNK_COLS, max(CHUNK_COLS, out // (TASKS_PER_THREAD * threads())))
 
     def task(i):
-        cols = slice(i * CHUNK_COLS, min(out, (i + 1) * CHUNK_COLS))
+        cols = slice(i * width, min(out, (i + 1) * width))
         Wc = np.asarray(W[cols], dtype=x2.dtype)  # a float16 W widened one chunk at a time
         yc = y[:, cols]  # (N, chunk), a strided view: BLAS writes it in place
         np.matmul(x2, Wc.T, out=yc)
         if bias is not None:
             yc += bias[cols]
 
-    _run(task, -(-out // CHUNK_COLS))
+    _run(task, -(-out // width))
     return y
 
 

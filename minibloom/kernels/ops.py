@@ -3,15 +3,21 @@
 minibloom/dispatch.py hands these out in place of the reference ops (minibloom/ops.py) when the
 fast tier is on (numba installed and MINIBLOOM_NUMBA not "0"); every other op comes from the
 reference. Each function here has a test that it equals its reference twin
-(tests/test_ops.py, tests/test_decode_paths.py).
+(tests/test_ops.py, tests/test_decode_paths.py); the chunked products are compared at float32
+rounding (BLAS may block a chunk's sums differently), the chunked GeLU bit for bit.
 
-    linear_forward       a float16 weight and at most MATVEC16_ROWS rows (a decode step): the
-                         matvec16 kernel reads the 16-bit words and widens them row by row inside
-                         the dot products (half the bytes of widening W first); the bias is added
-                         in place
-    lm_head_forward      the same for the tied head; many rows with a float16 E: E widened in
-                         chunks of rows instead of all at once (bloom-560m's E is 1 GB in float32)
-    gelu_forward/_backward  the reference expressions evaluated in place, in the same order
+    linear_forward       many float32 rows (more than MATVEC16_ROWS: a prefill, a scoring
+                         pass): kernels/gemm.py's product in column chunks taken in turn by the
+                         threads, the bias added per chunk; a float16 weight and at most
+                         MATVEC16_ROWS rows (a decode step): the matvec16 kernel reads the 16-bit
+                         words and widens them row by row inside the dot products (half the
+                         bytes of widening W first); the bias is added in place
+    lm_head_forward      the same for the tied head (many rows: E, a float16 E too, read in
+                         chunks of rows; no float32 copy of E is made)
+    gelu_forward         many float32 rows: the reference expression evaluated in place over
+                         chunks of rows, in parallel (gemm.elementwise_split: NumPy's ufuncs
+                         release the GIL); few rows: the same passes on the whole array
+    gelu_backward        the reference expression evaluated in place, in the same order
                          (no numba: NumPy's tanh is SIMD, a numba loop calls the scalar tanhf;
                          measured 4x slower forward, 1.5x backward on (8, 128, 4096) float32)
     attention_forward/_backward  the numba loops of kernels/attention.py (no dropout; with a
