@@ -255,7 +255,8 @@ def test_hidden_states_like_hf_and_keras_call():
     lm = BloomCausalLM(bb)
     logits = lm.predict({"token_ids": ids, "padding_mask": mask}, batch_size=1)
     assert logits.dtype == np.float32 and logits.shape == (2, 6, 23)
-    assert_close("predict vs logits", logits, bb.logits(r.hidden), 1e-6)
+    # batch_size=1: BLAS sees 6 rows instead of 12 and may block the sums differently (AVX-512)
+    assert_close("predict vs logits", logits, bb.logits(r.hidden), 1e-6, rtol=1e-5)
 
 
 def test_loss_reductions_and_default_weights():
