@@ -84,8 +84,7 @@ def _run(task, n_tasks):
     OpenBLAS's thread count is process-wide (openblas_set_num_threads_local is too, in the
     pthreads builds NumPy ships), so it is 1 while the workers run and restored afterwards."""
     with _lock:
-        before = threads()
-        n = min(before, n_tasks)
+        n = min(threads(), n_tasks)
         if n <= 1:
             for i in range(n_tasks):
                 task(i)
@@ -99,6 +98,7 @@ def _run(task, n_tasks):
                 task(i)
 
         futures = []
+        before = _BLAS[1]()
         _BLAS[0](1)  # each worker's BLAS calls run in that worker's thread, single-threaded
         try:
             futures = [_workers(n).submit(work) for _ in range(n - 1)]
