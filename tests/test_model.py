@@ -238,7 +238,9 @@ def test_half_precision_weights_widened_per_layer_equal_converted_up_front(monke
         monkeypatch.setattr(fast_ops, "HEAD_CHUNK_ROWS", 5)
         # each logit is the same float32 dot product, but BLAS may block columns differently
         # for a 5-row chunk of E than for all of it (seen on AVX-512 OpenBLAS): float32 rounding
-        assert_close("float16 head in chunks vs float32", bb16.logits(many), bb32.logits(many), 1e-6)
+        assert_close(
+            "float16 head in chunks vs float32", bb16.logits(many), bb32.logits(many), 1e-6
+        )
 
 
 def test_hidden_states_like_hf_and_keras_call():
