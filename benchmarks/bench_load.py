@@ -1,6 +1,6 @@
 """Load time and peak memory of a bloom-560m-shaped F16 checkpoint: minibloom vs transformers.
 
-    python benchmarks/bench_load.py [--dir DIR] [--keep]
+    python benchmarks/bench_load.py [--dir DIR] [--keep] [--repeat 3] [--threads 2] [--contended]
 
 Writes a bloom-560m-shaped checkpoint (24 layers, hidden 1024, 16 heads, vocabulary 250880,
 random weights stored as F16, ~1.1 GB) once into a temporary directory (or --dir), reads it once
@@ -15,15 +15,19 @@ Each subprocess times only the load call (imports excluded) and reports its peak
 /proc/self/status, which starts afresh at exec (ru_maxrss does not: on Linux a child inherits the
 parent's peak across fork + exec, which would charge it for the parent's memory); ru_maxrss
 where /proc is missing. Both include the imported libraries (torch alone is a few hundred MB).
-Each case runs --repeat times, alternating libraries, and the fastest run is reported (the
-machine may be shared). Ratios are minibloom / transformers for the same in-memory dtype: below 1 means minibloom is faster/smaller.
+Each case runs --repeat times, the libraries taking turns and alternating which goes first
+(benchmarks/common.py's interleave); the median time and the largest peak are reported. Both run
+under common.thread_env (the same thread count, passive OpenMP waiting, no hub lookups);
+`--contended` runs them beside one busy process. The machine line (CPU, load average, busy
+process or not) is printed at the start and the end. Ratios are minibloom / transformers for the
+same in-memory dtype: below 1 means minibloom is faster/smaller.
 
-`load_case(...)` is importable so benchmarks/bench_forward.py can report the same numbers.
+`write_checkpoint`, `warm_page_cache` and `load_case` are importable: benchmarks/bench_forward.py
+reports the float32 load row with them.
 """
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -33,7 +37,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
+
+from common import add_common_args, contended, interleave, machine_line, median, thread_env  # noqa: E402
 
 SHAPE = dict(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16)
 
@@ -88,16 +95,38 @@ def write_checkpoint(directory: Path) -> Path:
     return directory
 
 
-def load_case(directory, library: str, dtype: str) -> dict:
+def warm_page_cache(directory):
+    """Read every safetensors file once, so each load starts from a warm page cache."""
+    for f in Path(directory).glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+
+
+def load_case(directory, library: str, dtype: str, threads: int = 2) -> dict:
     """Load `directory` with `library` ("minibloom" or "transformers") in a fresh process."""
     code = (_MINIBLOOM if library == "minibloom" else _TRANSFORMERS).replace("{peak_mb}", _PEAK_MB)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run(
-        [sys.executable, "-c", code, str(directory), dtype], capture_output=True, text=True, env=env
+        [sys.executable, "-c", code, str(directory), dtype],
+        capture_output=True,
+        text=True,
+        env=thread_env(threads),
     )
     if out.returncode:
         raise RuntimeError(f"{library} {dtype} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load_row(directory, dtype, repeat, threads):
+    """{library: (median seconds, largest peak MB)} over `repeat` interleaved loads."""
+    runs = {"minibloom": [], "transformers": []}
+    for _, order in interleave(repeat, runs):
+        for library in order:
+            runs[library].append(load_case(directory, library, dtype, threads))
+    return {
+        lib: (median([r["seconds"] for r in rs]), max(r["peak_rss_mb"] for r in rs))
+        for lib, rs in runs.items()
+    }
 
 
 def main(argv=None) -> int:
@@ -115,8 +144,9 @@ def main(argv=None) -> int:
         "--repeat",
         type=int,
         default=3,
-        help="runs per case, alternating libraries; the fastest is reported",
+        help="loads per case and library, interleaved; the median is reported",
     )
+    add_common_args(ap)
     args = ap.parse_args(argv)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="bench_load_")) / "bloom-560m-f16"
     try:
@@ -124,25 +154,21 @@ def main(argv=None) -> int:
             print(f"writing a bloom-560m-shaped F16 checkpoint to {directory} ...")
             write_checkpoint(directory)
         size = (directory / "model.safetensors").stat().st_size
-        with open(directory / "model.safetensors", "rb") as f:  # warm the page cache for every case
-            while f.read(1 << 24):
-                pass
-        print(f"checkpoint: {size / 1e9:.2f} GB F16, {SHAPE}")
-        print(
-            f"{'in-memory dtype':<16} {'minibloom s':>12} {'transformers s':>15} {'ratio':>7} {'mb RSS MB':>10} {'tf RSS MB':>10} {'ratio':>7}"
-        )
-        for dtype in ("float32", "float16"):
-            runs = {"minibloom": [], "transformers": []}
-            for _ in range(args.repeat):  # alternate, so background load hits both alike
-                for library in runs:
-                    runs[library].append(load_case(directory, library, dtype))
-            ours, theirs = (
-                min(runs[lib], key=lambda r: r["seconds"]) for lib in ("minibloom", "transformers")
-            )
+        warm_page_cache(directory)
+        with contended(args.contended) as busy:
+            print(machine_line(busy), flush=True)
+            print(f"checkpoint: {size / 1e9:.2f} GB F16, {SHAPE}; {args.threads} threads")
             print(
-                f"{dtype:<16} {ours['seconds']:12.3f} {theirs['seconds']:15.3f} {ours['seconds'] / theirs['seconds']:7.2f} "
-                f"{ours['peak_rss_mb']:10.0f} {theirs['peak_rss_mb']:10.0f} {ours['peak_rss_mb'] / theirs['peak_rss_mb']:7.2f}"
+                f"{'in-memory dtype':<16} {'minibloom s':>12} {'transformers s':>15} {'ratio':>7} {'mb RSS MB':>10} {'tf RSS MB':>10} {'ratio':>7}"
             )
+            for dtype in ("float32", "float16"):
+                row = load_row(directory, dtype, args.repeat, args.threads)
+                (ms, mm), (ts, tm) = row["minibloom"], row["transformers"]
+                print(
+                    f"{dtype:<16} {ms:12.3f} {ts:15.3f} {ms / ts:7.2f} {mm:10.0f} {tm:10.0f} {mm / tm:7.2f}",
+                    flush=True,
+                )
+            print(machine_line(busy), flush=True)
     finally:
         if args.dir is None and not args.keep:
             shutil.rmtree(directory.parent, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Tokenizer speed: minibloom vs HF `tokenizers` (single thread) vs `tiktoken`, in one run.
 
     python benchmarks/bench_tokenizer.py [--data DIR] [--tokenizer tokenizer.json] [--big-vocab 50000]
+                                         [--repeats 3] [--contended]
 
 Encodes the full UDHR (every language, texts joined by newlines) + tinyshakespeare, about 7 MB of
 UTF-8, with the same tokenizer in all three libraries, checks that all give identical ids, and prints
@@ -9,8 +10,11 @@ trained by HF on this very data, so pieces merge deeply). To show that the speed
 table closer to BLOOM's 250k, the run then trains a second tokenizer (HF BpeTrainer, `--big-vocab`
 tokens, same texts and pipeline as the golden one) and times it too.
 
-Times are CPU seconds (time.process_time; the fastest of `--repeats` runs), so that other processes
-on a shared machine count less; the load average is printed at the start and the end.
+Times are CPU seconds (time.process_time; the median of `--repeats` rounds, the three libraries
+taking turns in each round and alternating which goes first, benchmarks/common.py's interleave),
+so that other processes on a shared machine count less. The machine line (CPU, load average,
+busy process or not) is printed at the start and the end; `--contended` runs beside one busy
+process. Every encoder here runs on one thread (`--threads` only sets the thread environment).
 
 - minibloom: `encode` on one long string, and `encode_batch` over lines; the first call's cost is
   measured in fresh processes, once compiling the numba kernels (empty NUMBA_CACHE_DIR) and once
@@ -36,7 +40,10 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
+
+from common import add_common_args, contended, interleave, machine_line, median, set_threads  # noqa: E402
 
 from minibloom.tokenizer import (  # noqa: E402
     SPLIT_EXCLUDED,  # noqa: E402
@@ -51,15 +58,12 @@ def load_text(data_dir: Path) -> str:
     return "\n".join(udhr) + "\n" + (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")
 
 
-def timed(fn, *args, repeats: int = 1):
-    """(result, seconds): the least CPU time (time.process_time) of `repeats` calls. CPU time, not
-    wall time, because the machine is shared: it does not count time spent waiting for a core."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        out = fn(*args)
-        best = min(best, time.process_time() - start)
-    return out, best
+def timed(fn, *args):
+    """(result, CPU seconds) of one call. CPU time (time.process_time), not wall time, because
+    the machine is shared: it does not count time spent waiting for a core."""
+    start = time.process_time()
+    out = fn(*args)
+    return out, time.process_time() - start
 
 
 def first_call_seconds(tokenizer: Path, cold: bool) -> float:
@@ -112,43 +116,58 @@ def big_tokenizer(vocab_size: int, directory: Path) -> Path:
 
 
 def compare(tokenizer_path: Path, text: str, lines: list, repeats: int) -> None:
-    """Time the three libraries on one tokenizer; check identical ids; print MB/s and ratios."""
+    """Time the three libraries on one tokenizer, interleaved; check identical ids; print MB/s."""
     from tokenizers import Tokenizer
 
     mb = len(text.encode("utf-8")) / 1e6
     tok = BloomTokenizer.from_file(tokenizer_path)
     tok.encode("warm up")
-    print(
-        f"\ntokenizer {tokenizer_path.name}: {tok.vocabulary_size()} tokens (CPU seconds, best of {repeats}; HF once)"
-    )
-    rows = []
-    ids, t = timed(tok.encode, text, repeats=repeats)
-    rows.append(("minibloom encode (one string)", t))
-    batch, t = timed(tok.encode_batch, lines, repeats=repeats)
-    rows.append(("minibloom encode_batch (lines)", t))
-
     hf = Tokenizer.from_file(str(tokenizer_path))
-    hf_one, t = timed(hf.encode, text)
-    rows.append(("HF tokenizers encode (one string)", t))
-    hf_batch, t = timed(hf.encode_batch, lines)
-    rows.append(("HF tokenizers encode_batch (lines)", t))
-    assert hf_one.ids == ids, "HF ids differ on the long string"
-    assert [e.ids for e in hf_batch] == batch, "HF ids differ on lines"
-
     enc = tiktoken_encoding(tok)
     enc.encode_ordinary("warm up")
-    tk_ids, t = timed(enc.encode_ordinary, text, repeats=repeats)
-    rows.append(("tiktoken encode_ordinary (one string)", t))
-    tk_batch, t = timed(lambda: enc.encode_ordinary_batch(lines, num_threads=1), repeats=repeats)
-    rows.append(("tiktoken encode_ordinary_batch (lines)", t))
-    assert tk_ids == ids, "tiktoken ids differ (split pattern or ranks not equivalent)"
-    assert tk_batch == batch, "tiktoken ids differ on lines"
+    print(
+        f"\ntokenizer {tokenizer_path.name}: {tok.vocabulary_size()} tokens "
+        f"(CPU seconds, median of {repeats} interleaved rounds)"
+    )
+    cases = {  # library -> [(row name, function)]
+        "minibloom": [
+            ("minibloom encode (one string)", lambda: tok.encode(text)),
+            ("minibloom encode_batch (lines)", lambda: tok.encode_batch(lines)),
+        ],
+        "HF tokenizers": [
+            ("HF tokenizers encode (one string)", lambda: hf.encode(text).ids),
+            ("HF tokenizers encode_batch (lines)", lambda: [e.ids for e in hf.encode_batch(lines)]),
+        ],
+        "tiktoken": [
+            ("tiktoken encode_ordinary (one string)", lambda: enc.encode_ordinary(text)),
+            (
+                "tiktoken encode_ordinary_batch (lines)",
+                lambda: enc.encode_ordinary_batch(lines, num_threads=1),
+            ),
+        ],
+    }
+    times = {name: [] for rows in cases.values() for name, _ in rows}
+    results = {}
+    for _, order in interleave(repeats, cases):
+        for library in order:
+            for name, fn in cases[library]:
+                results[name], t = timed(fn)
+                times[name].append(t)
+    ids, batch = results["minibloom encode (one string)"], results["minibloom encode_batch (lines)"]
+    assert results["HF tokenizers encode (one string)"] == ids, "HF ids differ on the long string"
+    assert results["HF tokenizers encode_batch (lines)"] == batch, "HF ids differ on lines"
+    assert results["tiktoken encode_ordinary (one string)"] == ids, (
+        "tiktoken ids differ (split pattern or ranks not equivalent)"
+    )
+    assert results["tiktoken encode_ordinary_batch (lines)"] == batch, (
+        "tiktoken ids differ on lines"
+    )
 
     print(
         f"all three give identical ids ({len(ids)} tokens, {mb * 1e6 / len(ids):.2f} bytes/token)"
     )
-    base = dict(rows)
-    for name, t in rows:
+    base = {name: median(ts) for name, ts in times.items()}
+    for name, t in base.items():
         print(f"  {name:<40} {t:7.2f} s {mb / t:8.2f} MB/s")
     one, lots = base["minibloom encode (one string)"], base["minibloom encode_batch (lines)"]
     print(
@@ -187,31 +206,34 @@ def main(argv=None):
         "--repeats",
         type=int,
         default=3,
-        help="timed runs of minibloom and tiktoken (the fastest counts)",
+        help="interleaved timed rounds of every library (the median counts)",
     )
     ap.add_argument(
         "--skip-first-call",
         action="store_true",
         help="do not time the first call in fresh processes",
     )
+    add_common_args(ap, threads=1)
     args = ap.parse_args(argv)
+    set_threads(args.threads)
+    os.environ["RAYON_NUM_THREADS"] = "1"  # HF tokenizers on one thread, like the others
 
     text = load_text(args.data)
     lines = text.split("\n")
     mb = len(text.encode("utf-8")) / 1e6
-    print(
-        f"corpus: {mb:.2f} MB UTF-8, {len(lines)} lines; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
-    )
-    if not args.skip_first_call:
-        print(
-            f"minibloom first call: {first_call_seconds(args.tokenizer, cold=True):.2f} s compiling numba, "
-            f"{first_call_seconds(args.tokenizer, cold=False):.3f} s from numba's cache"
-        )
-    compare(args.tokenizer, text, lines, args.repeats)
-    if args.big_vocab:
-        with tempfile.TemporaryDirectory() as tmp:
-            compare(big_tokenizer(args.big_vocab, Path(tmp)), text, lines, args.repeats)
-    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    with contended(args.contended) as busy:
+        print(machine_line(busy), flush=True)
+        print(f"corpus: {mb:.2f} MB UTF-8, {len(lines)} lines")
+        if not args.skip_first_call:
+            print(
+                f"minibloom first call: {first_call_seconds(args.tokenizer, cold=True):.2f} s compiling numba, "
+                f"{first_call_seconds(args.tokenizer, cold=False):.3f} s from numba's cache"
+            )
+        compare(args.tokenizer, text, lines, args.repeats)
+        if args.big_vocab:
+            with tempfile.TemporaryDirectory() as tmp:
+                compare(big_tokenizer(args.big_vocab, Path(tmp)), text, lines, args.repeats)
+        print(machine_line(busy), flush=True)
 
 
 if __name__ == "__main__":

@@ -299,13 +299,13 @@ class BloomCausalLM:
             "predict fewer rows or shorter sequences at a time",
         )
         step = max(B, 1) if batch_size is None else int(batch_size)
-        outs = [
-            self.backbone.logits(
-                self.backbone.forward(ids[i : i + step], mask[i : i + step]).hidden
-            )
-            for i in range(0, B, step)
-        ]
-        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+        if step >= B:  # one chunk: its logits are the result, no copy
+            return self.backbone.logits(self.backbone.forward(ids, mask).hidden)
+        out = np.empty((B, T, self.backbone.config.vocab_size), dtype=np.float32)
+        for i in range(0, B, step):  # each chunk's logits written into place, never concatenated
+            hidden = self.backbone.forward(ids[i : i + step], mask[i : i + step]).hidden
+            out[i : i + step] = self.backbone.logits(hidden)
+        return out
 
     def loss_and_grads(self, x, y, sample_weight=None, reduction="mean", rng=None):
         """Cross-entropy loss and the gradient of every parameter: (loss float, grads dict like params).

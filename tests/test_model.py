@@ -210,7 +210,7 @@ def test_left_padded_row_equals_prompt_alone():
 def test_half_precision_weights_widened_per_layer_equal_converted_up_front(monkeypatch, numba):
     """B * T = 12 rows: with the fast tier, float16 weights go through the matvec16 kernel, which
     sums in another order (float32 rounding); the reference widens, then multiplies: bit-exact."""
-    from minibloom.kernels import ops as fast_ops
+    from minibloom.kernels import gemm
 
     monkeypatch.setenv("MINIBLOOM_NUMBA", numba)
     bb16 = tiny()
@@ -234,8 +234,9 @@ def test_half_precision_weights_widened_per_layer_equal_converted_up_front(monke
         )
         many = np.concatenate(
             [h32] * 2, axis=1
-        )  # 24 rows > MATVEC16_ROWS: the head widens E in chunks
-        monkeypatch.setattr(fast_ops, "HEAD_CHUNK_ROWS", 5)
+        )  # 24 rows > MATVEC16_ROWS: the head widens E chunk by chunk (kernels/gemm.py)
+        monkeypatch.setattr(gemm, "CHUNK_COLS", 5)
+        monkeypatch.setattr(gemm, "threads", lambda: 2)
         # each logit is the same float32 dot product, but BLAS may block columns differently
         # for a 5-row chunk of E than for all of it (seen on AVX-512 OpenBLAS): float32 rounding
         assert_close(

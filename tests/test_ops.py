@@ -7,6 +7,7 @@ from conftest import assert_close
 
 from minibloom import losses, ops
 from minibloom.kernels import attention as attention_kernels
+from minibloom.kernels import gemm
 from minibloom.kernels import ops as fast_ops
 
 EPS = 1e-6  # central-difference step (float64)
@@ -282,21 +283,49 @@ def test_fast_gelu_is_the_reference_expression_bit_for_bit(rng, shape):
 
 
 @pytest.mark.parametrize("rows, dtype", [(2, np.float32), (40, np.float32), (40, np.float16)])
-def test_fast_linear_and_head_equal_the_reference(rng, rows, dtype):
-    """Many rows take the same BLAS call as the reference: bit for bit. A few rows of float32
-    weights (a decode step) take the matvec32 tiles: float32 rounding (the few-row 16-bit path is
-    compared in test_decode_paths.py)."""
+def test_fast_linear_and_head_equal_the_reference(rng, rows, dtype, monkeypatch):
+    """A few rows of float32 weights (a decode step) take the matvec32 tiles (the few-row 16-bit
+    path is compared in test_decode_paths.py); many rows take kernels/gemm.py's chunked product,
+    here in chunks of 5 output columns spread over 2 threads: each output is still one BLAS dot
+    product over the whole input axis, but BLAS may block it differently for a chunk. Both:
+    float32 rounding."""
+    monkeypatch.setattr(gemm, "CHUNK_COLS", 5)
+    monkeypatch.setattr(gemm, "threads", lambda: 2)
     x = rng.standard_normal((rows, 1, 16)).astype(np.float32)
     W, b = rng.standard_normal((24, 16)).astype(dtype), rng.standard_normal(24).astype(dtype)
-    pairs = [
-        (fast_ops.linear_forward(x, W, b)[0], ops.linear_forward(x, W, b)[0]),
-        (fast_ops.lm_head_forward(x, W), ops.lm_head_forward(x, W)),
-    ]
-    for fast, ref in pairs:
-        if rows <= fast_ops.MATVEC16_ROWS:
-            assert_close("few-row float32 matvec32 vs BLAS", fast, ref, 1e-6, 1e-6)
-        else:
-            assert np.array_equal(fast, ref)
+    y_fast, cache_fast = fast_ops.linear_forward(x, W, b)
+    y, cache = ops.linear_forward(x, W, b)
+    assert y_fast.dtype == np.float32 and y_fast.shape == y.shape == (rows, 1, 24)
+    assert_close("linear fast vs reference", y_fast, y, 1e-6, rtol=1e-6)
+    head_fast, head = fast_ops.lm_head_forward(x, W), ops.lm_head_forward(x, W)
+    assert head_fast.dtype == np.float32 and head_fast.shape == head.shape
+    assert_close("head fast vs reference", head_fast, head, 1e-6, rtol=1e-6)
+    if rows > fast_ops.MATVEC16_ROWS:  # the chunked path keeps the widened W for the backward
+        assert cache_fast.W.dtype == np.float32 and np.array_equal(cache_fast.W, cache.W)
+
+
+def test_gemm_split_takes_every_chunk_once_and_reraises(rng, monkeypatch):
+    """The chunked product over 3 threads covers a ragged last chunk, reads bfloat16 words as
+    bfloat16, and a worker's error reaches the caller."""
+    monkeypatch.setattr(gemm, "CHUNK_COLS", 7)
+    monkeypatch.setattr(gemm, "threads", lambda: 3)
+    x = rng.standard_normal((30, 8)).astype(np.float32)
+    W = rng.standard_normal((50, 8)).astype(np.float32)
+    assert_close("split product", gemm.times_weight_t_split(x, W), x @ W.T, 1e-6, rtol=1e-6)
+    words = (W.view(np.uint32) >> 16).astype(np.uint16)  # bfloat16 words (truncated)
+    assert_close(
+        "split product, bfloat16 words",
+        gemm.times_weight_t_split(x, words),
+        x @ ops.widen(words, x).T,
+        1e-6,
+        rtol=1e-6,
+    )
+
+    def fail(i):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        gemm._run(fail, 9)
 
 
 def test_lm_head_backward(rng):

@@ -3,15 +3,18 @@
 minibloom/dispatch.py hands these out in place of the reference ops (minibloom/ops.py) when the
 fast tier is on (numba installed and MINIBLOOM_NUMBA not "0"); every other op comes from the
 reference. Each function here has a test that it equals its reference twin
-(tests/test_ops.py, tests/test_decode_paths.py).
+(tests/test_ops.py, tests/test_decode_paths.py); the chunked products are compared at float32
+rounding (BLAS may block a chunk's sums differently), the chunked GeLU bit for bit.
 
     linear_forward       at most MATVEC16_ROWS rows (a decode step): a 16-bit weight (float16, or
                          bfloat16 words) is read by the matvec16 kernel, which widens it inside
                          the dot products (half the bytes of widening W first); a float32 weight
                          by matvec32, the same tiles (faster than BLAS's x @ W.T for few rows);
-                         the bias is added in place
-    lm_head_forward      the same for the tied head; many rows with a 16-bit E: E widened in
-                         chunks of rows instead of all at once (bloom-560m's E is 1 GB in float32)
+                         the bias is added in place. Many float32 rows (a prefill, a scoring
+                         pass): kernels/gemm.py's product in column chunks taken in turn by the
+                         threads, the bias added per chunk
+    lm_head_forward      the same for the tied head (many rows: E, a 16-bit E too, read in chunks
+                         of rows; no float32 copy of E is made)
     layernorm_forward/_backward  kernels/layernorm.py: one threaded pass over the rows (more
                          than one chunk of kernels/layernorm.ROWS rows; fewer take the reference)
     gelu_forward/_backward  kernels/gelu.py: the reference expressions in threaded numba passes
@@ -36,6 +39,7 @@ import numpy as np
 from minibloom import ops
 from minibloom.kernels import attention as attention_kernels
 from minibloom.kernels import gelu as gelu_kernels
+from minibloom.kernels import gemm
 from minibloom.kernels import layernorm as layernorm_kernels
 from minibloom.kernels.malloc import keep_freed_memory
 from minibloom.kernels.matvec16 import matvec16, matvec32
@@ -74,9 +78,19 @@ def times_weight_t(x2, W):
     return x2 @ widen(W, x2).T  # one BLAS call for the whole batch
 
 
+def _split(x2):
+    """Many float32 rows (a prefill, a scoring pass): the product is split into chunks (gemm.py)."""
+    return x2.dtype == np.float32 and x2.shape[0] > MATVEC16_ROWS
+
+
 def linear_forward(x, W, b):
-    """ops.linear_forward: y = x @ W.T + b, with the matvec16 path for few rows of float16 W."""
+    """ops.linear_forward: y = x @ W.T + b, with the matvec16 path for few rows of float16 W and
+    the chunked product of kernels/gemm.py (bias added per chunk) for many rows."""
     x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in)
+    if _split(x2):
+        W = widen(W, x)  # float32, kept for the backward
+        y = gemm.times_weight_t_split(x2, W, b)  # (N, out)
+        return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)  # (N, out) -> (..., out)
     if not _reads_16_bit(x2, W):
         W = widen(W, x)  # float32 for BLAS and for the backward
     y = times_weight_t(x2, W)  # (N, out)
@@ -88,6 +102,8 @@ def lm_head_forward(hidden, E):
     """ops.lm_head_forward: logits = hidden @ E.T, reading a float16 E without widening it whole."""
     B, T, C = hidden.shape
     h = hidden.reshape(B * T, C)  # one (B*T, C) @ (C, V) call: E is read once, not B times
+    if _split(h):  # E (a float16 one too) read in chunks of rows that stay in cache
+        return gemm.times_weight_t_split(h, E).reshape(B, T, -1)  # (B*T, V) -> (B, T, V)
     if E.dtype == hidden.dtype or B * T <= MATVEC16_ROWS:
         return times_weight_t(h, E).reshape(B, T, -1)  # (B*T, V) -> (B, T, V)
     out = np.empty((B * T, E.shape[0]), dtype=hidden.dtype)
