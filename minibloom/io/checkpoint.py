@@ -227,16 +227,24 @@ def _list(items, n=5) -> str:
     return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
+# 16-bit words whose exponent bits are all ones hold an inf or a NaN
+_SPECIAL_EXPONENT = {np.dtype(np.float16): 0x7C00, np.dtype(np.uint16): 0x7F80}  # uint16: BF16
+
+
 def _first_nonfinite(x: np.ndarray):
-    """(index, value) of the first NaN/inf in x, or None. Cheap when all is well: min and max
-    propagate NaN and expose +-inf without allocating anything; only a bad tensor is searched."""
-    if x.dtype == np.uint16:  # bfloat16 words: nan/inf have the all-ones exponent
-        flat = x.reshape(-1)
+    """(index, value) of the first NaN/inf in x, or None. Cheap when all is well: 16-bit tensors
+    (float16, bfloat16 words) are checked as integers, in blocks (NumPy's float16 min/max is a
+    slow scalar loop); float32/float64 by min and max, which propagate NaN and expose +-inf
+    without allocating anything. Only a bad tensor is searched."""
+    mask = _SPECIAL_EXPONENT.get(x.dtype)
+    if mask is not None:
+        flat = x.reshape(-1).view(np.uint16)
         for start in range(0, flat.size, 1 << 20):  # in blocks: no full-size temporary
-            bad = np.flatnonzero((flat[start : start + (1 << 20)] & 0x7F80) == 0x7F80)
+            bad = np.flatnonzero((flat[start : start + (1 << 20)] & mask) == mask)
             if bad.size:
                 idx = np.unravel_index(start + int(bad[0]), x.shape)
-                value = bf16_to_f32(np.array([x[idx]], dtype=np.uint16))[0]
+                word = np.array([x[idx]], dtype=x.dtype)
+                value = bf16_to_f32(word)[0] if x.dtype == np.uint16 else word[0]
                 return tuple(int(i) for i in idx), float(value)
         return None
     if x.size == 0 or (np.isfinite(x.min()) and np.isfinite(x.max())):
