@@ -69,13 +69,19 @@ def contended(on):
 
 
 def cpu_model():
+    """The model name, with the family and model numbers when the name alone is vague (a cloud
+    CPU may say just "AMD EPYC": family 25 is Zen 3 / Zen 4, family 26 Zen 5)."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return "unknown CPU"
+        return "unknown CPU"
+    name = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name
 
 
 def cpu_flags():
