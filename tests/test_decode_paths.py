@@ -170,12 +170,24 @@ def test_matvec16_serial_threaded_and_plain_agree(monkeypatch, kind):
         else W.astype(np.float16).view(np.uint16)
     )
     x = rng.standard_normal((2, 70)).astype(np.float32)
+    b = rng.standard_normal(W.shape[0]).astype(np.float32)  # a bias in the weight's format
+    b16 = (b.view(np.uint32) >> 16).astype(np.uint16) if kind == "BF16" else b.astype(np.float16)
     results = {}
     for name, serial_work in (("serial", 1 << 62), ("threaded", 0)):
         monkeypatch.setattr(mv, "SERIAL_WORK", serial_work)
         results[name] = mv.matvec16(x, w16, kind)
+        results[name + " + b"] = mv.matvec16(x, w16, kind, b16)
     results["plain"] = mv.matvec16_plain(x, w16, kind)
     assert np.array_equal(results["serial"], results["threaded"])  # the same chunk loop
+    assert np.array_equal(results["serial + b"], results["threaded + b"])
+    b_plain = mv.widen16(b16.view(np.uint16), kind)
+    assert_close(
+        f"matvec16 {kind} + b vs plain",
+        results["serial + b"],
+        results["plain"] + b_plain,
+        1e-6,
+        1e-5,
+    )
     assert_close(
         f"matvec16 {kind} serial vs plain", results["serial"], results["plain"], 1e-6, 1e-5
     )
@@ -191,12 +203,16 @@ def test_matvec32_serial_threaded_and_blas_agree(monkeypatch, rows):
     rng = np.random.default_rng(rows)
     W = rng.standard_normal((mv.CHUNK * 5 + 3, 70)).astype(np.float32)
     x = rng.standard_normal((rows, 70)).astype(np.float32)
+    b = rng.standard_normal(W.shape[0]).astype(np.float32)
     results = {}
     for name, serial_work in (("serial", 1 << 62), ("threaded", 0)):
         monkeypatch.setattr(mv, "SERIAL_WORK", serial_work)
         results[name] = mv.matvec32(x, W)
+        results[name + " + b"] = mv.matvec32(x, W, b)
     assert np.array_equal(results["serial"], results["threaded"])  # the same tiles
+    assert np.array_equal(results["serial + b"], results["threaded + b"])
     assert_close("matvec32 vs BLAS", results["serial"], x @ W.T, 1e-5, 1e-6)
+    assert_close("matvec32 + b vs BLAS", results["serial + b"], x @ W.T + b, 1e-5, 1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -207,8 +223,13 @@ def test_decode_size_linear_and_head_agree_with_the_reference(monkeypatch, dtype
 
     rng = np.random.default_rng(2)
     W32 = (0.1 * rng.standard_normal((200, 48))).astype(np.float32)
-    W = {"float32": W32, "float16": W32.astype(np.float16), "bfloat16": f32_to_bf16(W32)}[dtype]
-    b = np.zeros(200, dtype=W.dtype)
+    b32 = rng.standard_normal(200).astype(np.float32)
+    cast = {
+        "float32": lambda a: a,
+        "float16": lambda a: a.astype(np.float16),
+        "bfloat16": f32_to_bf16,
+    }
+    W, b = cast[dtype](W32), cast[dtype](b32)  # the bias added by the kernel, in its dtype
     x = rng.standard_normal((4, 2, 48)).astype(np.float32)  # 8 rows
     fast, cache = fast_ops.linear_forward(x, W, b)
     assert cache.W.dtype == W.dtype  # read as stored, not widened

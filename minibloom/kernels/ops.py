@@ -10,9 +10,9 @@ rounding (BLAS may block a chunk's sums differently), the chunked GeLU bit for b
                          bfloat16 words) is read by the matvec16 kernel, which widens it inside
                          the dot products (half the bytes of widening W first); a float32 weight
                          by matvec32, the same tiles (faster than BLAS's x @ W.T for few rows);
-                         the bias is added in place. Many float32 rows (a prefill, a scoring
-                         pass): kernels/gemm.py's product in column chunks taken in turn by the
-                         threads, the bias added per chunk
+                         the kernel adds the bias to each sum as it stores it. Many float32
+                         rows (a prefill, a scoring pass): kernels/gemm.py's product in column
+                         chunks taken in turn by the threads, the bias added per chunk
     lm_head_forward      the same for the tied head (many rows: E, a 16-bit E too, read in chunks
                          of rows; no float32 copy of E is made)
     layernorm_forward/_backward  kernels/layernorm.py: one threaded pass over the rows (more
@@ -69,13 +69,17 @@ def _reads_16_bit(x2, W):
     return W.dtype in _KINDS and _few_rows(x2)
 
 
-def times_weight_t(x2, W):
-    """x2 @ W.T for x2 (N, in) float32 and W (out, in) in its stored dtype -> (N, out) float32."""
+def times_weight_t(x2, W, b=None):
+    """x2 @ W.T (+ b) for x2 (N, in) float32 and W (out, in), b (out,) in their stored dtypes ->
+    (N, out) float32. The matvec kernels add b to each sum before storing it."""
     if _reads_16_bit(x2, W):
-        return matvec16(x2, W.view(np.uint16), _KINDS[W.dtype])
+        return matvec16(x2, W.view(np.uint16), _KINDS[W.dtype], b)
     if W.dtype == np.float32 and _few_rows(x2):
-        return matvec32(x2, W)
-    return x2 @ widen(W, x2).T  # one BLAS call for the whole batch
+        return matvec32(x2, W, b)
+    y = x2 @ widen(W, x2).T  # one BLAS call for the whole batch
+    if b is not None:
+        y += widen(b, x2)
+    return y
 
 
 def _split(x2):
@@ -93,8 +97,7 @@ def linear_forward(x, W, b):
         return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)  # (N, out) -> (..., out)
     if not _reads_16_bit(x2, W):
         W = widen(W, x)  # float32 for BLAS and for the backward
-    y = times_weight_t(x2, W)  # (N, out)
-    y += widen(b, x)
+    y = times_weight_t(x2, W, b)  # (N, out), the bias added in the kernel
     return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)  # (N, out) -> (..., out)
 
 
