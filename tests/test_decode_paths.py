@@ -46,23 +46,43 @@ def test_attention_serial_threaded_and_plain_agree(monkeypatch, T):
     q, k, v, alibi, visible = _cached_attention_inputs(np.random.default_rng(T), T=T)
     assert not k.flags.c_contiguous  # a strided view, as KVCache.write returns
     results = {}
-    for name, serial_work in (("serial", 1 << 62), ("threaded", 0)):
+    # (SERIAL_WORK, DECODE_THREADED_WORK): with T = 1 the first two take the decode loop (one
+    # dot product per key) on one thread and on all threads; the last one BLAS + fused softmax
+    for name, serial_work, decode_threaded in (
+        ("serial", 1 << 62, 1 << 62),
+        ("serial, decode threaded", 1 << 62, 0),
+        ("threaded", 0, 0),
+    ):
         monkeypatch.setattr(attention_kernels, "SERIAL_WORK", serial_work)
+        monkeypatch.setattr(attention_kernels, "DECODE_THREADED_WORK", decode_threaded)
         results[name] = attention_kernels.attention(q, k, v, alibi, visible, 1 / np.sqrt(8))
     ctx, cache = ops.attention_forward(q, k, v, alibi, visible)  # the reference
-    results["plain"] = cache.probs, ctx
-    (ps, cs), (pt, ct), (pp, cp) = results["serial"], results["threaded"], results["plain"]
-    assert ps.dtype == cs.dtype == np.float32
-    assert pt.dtype == ct.dtype == np.float32
-    for name, (p, c) in (("serial", (ps, cs)), ("threaded", (pt, ct))):
+    pp, cp = cache.probs, ctx
+    for name, (p, c) in results.items():
+        assert p.dtype == c.dtype == np.float32
         assert_close(f"probs {name} vs plain", p, pp, TWIN_ATOL)
         assert_close(f"ctx {name} vs plain", c, cp, TWIN_ATOL)
         assert (p[~np.broadcast_to(visible[:, None], p.shape)] == 0).all()  # pads get no weight
 
 
-def test_decode_step_attention_runs_on_one_thread_and_prompt_on_many():
+def test_decode_attention_reads_the_cache_rows_in_place_or_copies():
+    """The decode loop reads k/v as whole (B, H, S_max, D) cache layers when the view allows it
+    (KVCache.write's views), else a contiguous copy; the first S keys are k's either way."""
+    big = np.random.default_rng(0).standard_normal((2, 3, 4, 9, 8)).astype(np.float32)
+    k = big[1, :, :, :5]  # a KVCache.write view: layer 1, 5 of 9 positions
+    rows = attention_kernels._whole_rows(k)
+    assert rows.shape == (3, 4, 9, 8) and rows.flags.c_contiguous and np.shares_memory(rows, big)
+    np.testing.assert_array_equal(rows[:, :, :5], k)
+    other = big[1, :, :2, :5]  # not every head: no whole layer to read, so a copy
+    copied = attention_kernels._whole_rows(other)
+    assert copied.shape == other.shape and not np.shares_memory(copied, big)
+    np.testing.assert_array_equal(copied, other)
+
+
+def test_decode_step_attention_takes_the_decode_loop_and_prompt_blas():
     B, H, D, S = 8, 16, 64, 192  # bloom-560m at batch 8, one new token after 191 cached
     assert B * H * 1 * S * D <= attention_kernels.SERIAL_WORK
+    assert 1 * H * 1 * 129 * D >= attention_kernels.DECODE_THREADED_WORK  # threaded from B = 1
     assert 1 * H * 128 * 128 * D > attention_kernels.SERIAL_WORK  # a 128-token prompt
 
 
