@@ -257,3 +257,27 @@ def test_decode_size_linear_and_head_agree_with_the_reference(monkeypatch, dtype
     assert_close(
         f"head {dtype}", fast_ops.lm_head_forward(x, W), ops.lm_head_forward(x, W), 1e-6, 1e-6
     )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_decode_layernorm_agrees_with_the_reference(dtype, rows):
+    """kernels/decode.py's few-row LayerNorm (w, b read as stored) vs ops.layernorm_forward."""
+    from minibloom.io.safetensors import f32_to_bf16
+
+    rng = np.random.default_rng(rows)
+    x = (3 + 2 * rng.standard_normal((rows, 1, 70))).astype(np.float32)
+    w32, b32 = rng.standard_normal((2, 70)).astype(np.float32)
+    cast = {
+        "float32": lambda a: a,
+        "float16": lambda a: a.astype(np.float16),
+        "bfloat16": f32_to_bf16,
+    }
+    w, b = cast[dtype](w32), cast[dtype](b32)
+    y, cache = fast_ops.layernorm_forward(x, w, b, 1e-5)
+    y_ref, cache_ref = ops.layernorm_forward(x, w, b, 1e-5)
+    assert y.shape == y_ref.shape and cache.rstd.shape == cache_ref.rstd.shape
+    assert_close(f"layernorm {dtype} y", y, y_ref, 1e-5, 1e-6)
+    assert_close(f"layernorm {dtype} norm", cache.norm, cache_ref.norm, 1e-5, 1e-6)
+    assert_close(f"layernorm {dtype} rstd", cache.rstd, cache_ref.rstd, 1e-6, 1e-6)
+    np.testing.assert_array_equal(cache.w, cache_ref.w)  # widened, for a backward

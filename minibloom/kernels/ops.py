@@ -16,7 +16,10 @@ rounding (BLAS may block a chunk's sums differently), the chunked GeLU bit for b
     lm_head_forward      the same for the tied head (many rows: E, a 16-bit E too, read in chunks
                          of rows; no float32 copy of E is made)
     layernorm_forward/_backward  kernels/layernorm.py: one threaded pass over the rows (more
-                         than one chunk of kernels/layernorm.ROWS rows; fewer take the reference)
+                         than one chunk of kernels/layernorm.ROWS rows); the forward of a decode
+                         step's few rows: kernels/decode.py's loop on the calling thread (w, b
+                         read as stored); between the two, and the backward's few rows: the
+                         reference
     gelu_forward/_backward  kernels/gelu.py: the reference expressions in threaded numba passes
                          around NumPy's SIMD tanh (numba's own tanh is a scalar call), the
                          same operations in the same order: bit for bit the reference
@@ -38,6 +41,7 @@ import numpy as np
 
 from minibloom import ops
 from minibloom.kernels import attention as attention_kernels
+from minibloom.kernels import decode as decode_kernels
 from minibloom.kernels import gelu as gelu_kernels
 from minibloom.kernels import gemm
 from minibloom.kernels import layernorm as layernorm_kernels
@@ -59,6 +63,7 @@ from minibloom.ops import (
 MATVEC16_ROWS = 16
 HEAD_CHUNK_ROWS = 32768  # rows of a 16-bit E widened at a time by lm_head_forward
 _KINDS = {np.dtype(np.float16): "F16", BF16_WORDS: "BF16"}  # in-memory dtype -> matvec16 kind
+_WORD_DTYPES = (np.dtype(np.float32), *_KINDS)  # parameter dtypes the decode loops read as stored
 
 
 def _few_rows(x2):
@@ -120,8 +125,15 @@ def lm_head_forward(hidden, E):
 def layernorm_forward(x, w, b, eps):
     """ops.layernorm_forward in one threaded numba pass over the rows (kernels/layernorm.py).
 
-    A few rows (a decode step: one row-chunk or less) take the reference, as float64 does."""
-    if x.dtype != np.float32 or x.size <= layernorm_kernels.ROWS * x.shape[-1]:
+    A few rows (a decode step, up to decode.ROWS) take kernels/decode.py's loop on the calling
+    thread; float64 takes the reference."""
+    if x.dtype != np.float32:
+        return ops.layernorm_forward(x, w, b, eps)
+    few = x.size <= decode_kernels.ROWS * x.shape[-1]
+    if few and w.dtype in _WORD_DTYPES and b.dtype in _WORD_DTYPES:
+        y, norm, rstd = decode_kernels.layernorm(x, w, b, eps)
+        return y, LayerNormCache(norm, rstd, widen(w, x))
+    if x.size <= layernorm_kernels.ROWS * x.shape[-1]:
         return ops.layernorm_forward(x, w, b, eps)
     w, b = widen(w, x), widen(b, x)
     y, norm, rstd = layernorm_kernels.layernorm(x, w, b, eps)
