@@ -27,7 +27,12 @@ Work splitting: the output rows come in chunks of CHUNK rows; each thread takes 
 from a shared counter (an atomic fetch-and-add, `_fetch_add`) until none are left, so when
 another process takes a core from one of our threads, the other threads do the remaining chunks
 instead of waiting at the end for the stalled thread's fixed share. Small matrices (`SERIAL_WORK`
-multiply-adds, a tiny model) run on the calling thread: waking threads would cost more.
+multiply-adds: a tiny model; bloom-560m's 1024 x 1024 dense is above it and runs threaded) run on
+the calling thread: waking threads would cost more.
+
+Bias: an optional b (O,), float32 or in the weight's 16-bit words, is added to each sum as the
+tile stores it (one float32 addition, as `x @ W.T + b`), so a decode-step linear is one call
+with no widened copy of b and no second pass over y.
 
 Without numba (the reference tier), `njit` is the identity and the intrinsics have Python
 stand-ins, so this module still imports and its loops still run (slowly) in the twin tests.
