@@ -46,23 +46,43 @@ def test_attention_serial_threaded_and_plain_agree(monkeypatch, T):
     q, k, v, alibi, visible = _cached_attention_inputs(np.random.default_rng(T), T=T)
     assert not k.flags.c_contiguous  # a strided view, as KVCache.write returns
     results = {}
-    for name, serial_work in (("serial", 1 << 62), ("threaded", 0)):
+    # (SERIAL_WORK, DECODE_THREADED_WORK): with T = 1 the first two take the decode loop (one
+    # dot product per key) on one thread and on all threads; the last one BLAS + fused softmax
+    for name, serial_work, decode_threaded in (
+        ("serial", 1 << 62, 1 << 62),
+        ("serial, decode threaded", 1 << 62, 0),
+        ("threaded", 0, 0),
+    ):
         monkeypatch.setattr(attention_kernels, "SERIAL_WORK", serial_work)
+        monkeypatch.setattr(attention_kernels, "DECODE_THREADED_WORK", decode_threaded)
         results[name] = attention_kernels.attention(q, k, v, alibi, visible, 1 / np.sqrt(8))
     ctx, cache = ops.attention_forward(q, k, v, alibi, visible)  # the reference
-    results["plain"] = cache.probs, ctx
-    (ps, cs), (pt, ct), (pp, cp) = results["serial"], results["threaded"], results["plain"]
-    assert ps.dtype == cs.dtype == np.float32
-    assert pt.dtype == ct.dtype == np.float32
-    for name, (p, c) in (("serial", (ps, cs)), ("threaded", (pt, ct))):
+    pp, cp = cache.probs, ctx
+    for name, (p, c) in results.items():
+        assert p.dtype == c.dtype == np.float32
         assert_close(f"probs {name} vs plain", p, pp, TWIN_ATOL)
         assert_close(f"ctx {name} vs plain", c, cp, TWIN_ATOL)
         assert (p[~np.broadcast_to(visible[:, None], p.shape)] == 0).all()  # pads get no weight
 
 
-def test_decode_step_attention_runs_on_one_thread_and_prompt_on_many():
+def test_decode_attention_reads_the_cache_rows_in_place_or_copies():
+    """The decode loop reads k/v as whole (B, H, S_max, D) cache layers when the view allows it
+    (KVCache.write's views), else a contiguous copy; the first S keys are k's either way."""
+    big = np.random.default_rng(0).standard_normal((2, 3, 4, 9, 8)).astype(np.float32)
+    k = big[1, :, :, :5]  # a KVCache.write view: layer 1, 5 of 9 positions
+    rows = attention_kernels._whole_rows(k)
+    assert rows.shape == (3, 4, 9, 8) and rows.flags.c_contiguous and np.shares_memory(rows, big)
+    np.testing.assert_array_equal(rows[:, :, :5], k)
+    other = big[1, :, :2, :5]  # not every head: no whole layer to read, so a copy
+    copied = attention_kernels._whole_rows(other)
+    assert copied.shape == other.shape and not np.shares_memory(copied, big)
+    np.testing.assert_array_equal(copied, other)
+
+
+def test_decode_step_attention_takes_the_decode_loop_and_prompt_blas():
     B, H, D, S = 8, 16, 64, 192  # bloom-560m at batch 8, one new token after 191 cached
     assert B * H * 1 * S * D <= attention_kernels.SERIAL_WORK
+    assert 1 * H * 1 * 129 * D >= attention_kernels.DECODE_THREADED_WORK  # threaded from B = 1
     assert 1 * H * 128 * 128 * D > attention_kernels.SERIAL_WORK  # a 128-token prompt
 
 
@@ -170,12 +190,24 @@ def test_matvec16_serial_threaded_and_plain_agree(monkeypatch, kind):
         else W.astype(np.float16).view(np.uint16)
     )
     x = rng.standard_normal((2, 70)).astype(np.float32)
+    b = rng.standard_normal(W.shape[0]).astype(np.float32)  # a bias in the weight's format
+    b16 = (b.view(np.uint32) >> 16).astype(np.uint16) if kind == "BF16" else b.astype(np.float16)
     results = {}
     for name, serial_work in (("serial", 1 << 62), ("threaded", 0)):
         monkeypatch.setattr(mv, "SERIAL_WORK", serial_work)
         results[name] = mv.matvec16(x, w16, kind)
+        results[name + " + b"] = mv.matvec16(x, w16, kind, b16)
     results["plain"] = mv.matvec16_plain(x, w16, kind)
     assert np.array_equal(results["serial"], results["threaded"])  # the same chunk loop
+    assert np.array_equal(results["serial + b"], results["threaded + b"])
+    b_plain = mv.widen16(b16.view(np.uint16), kind)
+    assert_close(
+        f"matvec16 {kind} + b vs plain",
+        results["serial + b"],
+        results["plain"] + b_plain,
+        1e-6,
+        1e-5,
+    )
     assert_close(
         f"matvec16 {kind} serial vs plain", results["serial"], results["plain"], 1e-6, 1e-5
     )
@@ -191,12 +223,16 @@ def test_matvec32_serial_threaded_and_blas_agree(monkeypatch, rows):
     rng = np.random.default_rng(rows)
     W = rng.standard_normal((mv.CHUNK * 5 + 3, 70)).astype(np.float32)
     x = rng.standard_normal((rows, 70)).astype(np.float32)
+    b = rng.standard_normal(W.shape[0]).astype(np.float32)
     results = {}
     for name, serial_work in (("serial", 1 << 62), ("threaded", 0)):
         monkeypatch.setattr(mv, "SERIAL_WORK", serial_work)
         results[name] = mv.matvec32(x, W)
+        results[name + " + b"] = mv.matvec32(x, W, b)
     assert np.array_equal(results["serial"], results["threaded"])  # the same tiles
+    assert np.array_equal(results["serial + b"], results["threaded + b"])
     assert_close("matvec32 vs BLAS", results["serial"], x @ W.T, 1e-5, 1e-6)
+    assert_close("matvec32 + b vs BLAS", results["serial + b"], x @ W.T + b, 1e-5, 1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -207,8 +243,13 @@ def test_decode_size_linear_and_head_agree_with_the_reference(monkeypatch, dtype
 
     rng = np.random.default_rng(2)
     W32 = (0.1 * rng.standard_normal((200, 48))).astype(np.float32)
-    W = {"float32": W32, "float16": W32.astype(np.float16), "bfloat16": f32_to_bf16(W32)}[dtype]
-    b = np.zeros(200, dtype=W.dtype)
+    b32 = rng.standard_normal(200).astype(np.float32)
+    cast = {
+        "float32": lambda a: a,
+        "float16": lambda a: a.astype(np.float16),
+        "bfloat16": f32_to_bf16,
+    }
+    W, b = cast[dtype](W32), cast[dtype](b32)  # the bias added by the kernel, in its dtype
     x = rng.standard_normal((4, 2, 48)).astype(np.float32)  # 8 rows
     fast, cache = fast_ops.linear_forward(x, W, b)
     assert cache.W.dtype == W.dtype  # read as stored, not widened
@@ -216,3 +257,27 @@ def test_decode_size_linear_and_head_agree_with_the_reference(monkeypatch, dtype
     assert_close(
         f"head {dtype}", fast_ops.lm_head_forward(x, W), ops.lm_head_forward(x, W), 1e-6, 1e-6
     )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_decode_layernorm_agrees_with_the_reference(dtype, rows):
+    """kernels/decode.py's few-row LayerNorm (w, b read as stored) vs ops.layernorm_forward."""
+    from minibloom.io.safetensors import f32_to_bf16
+
+    rng = np.random.default_rng(rows)
+    x = (3 + 2 * rng.standard_normal((rows, 1, 70))).astype(np.float32)
+    w32, b32 = rng.standard_normal((2, 70)).astype(np.float32)
+    cast = {
+        "float32": lambda a: a,
+        "float16": lambda a: a.astype(np.float16),
+        "bfloat16": f32_to_bf16,
+    }
+    w, b = cast[dtype](w32), cast[dtype](b32)
+    y, cache = fast_ops.layernorm_forward(x, w, b, 1e-5)
+    y_ref, cache_ref = ops.layernorm_forward(x, w, b, 1e-5)
+    assert y.shape == y_ref.shape and cache.rstd.shape == cache_ref.rstd.shape
+    assert_close(f"layernorm {dtype} y", y, y_ref, 1e-5, 1e-6)
+    assert_close(f"layernorm {dtype} norm", cache.norm, cache_ref.norm, 1e-5, 1e-6)
+    assert_close(f"layernorm {dtype} rstd", cache.rstd, cache_ref.rstd, 1e-6, 1e-6)
+    np.testing.assert_array_equal(cache.w, cache_ref.w)  # widened, for a backward

@@ -20,10 +20,16 @@ stacked matmuls and one fused numba pass for dscores = probs * (dprobs - rowsum)
 skips the keys after the query. Measured on (8, 4, 256, 64), 2 threads: forward 2.2x, backward
 2x the NumPy twin's speed (and 3.6x / 2.4x the per-key numba loops these replaced).
 
-Small calls (a decode step: one query per row, up to `SERIAL_WORK` multiply-adds) run one numba
-loop per (b, h) pair on the calling thread: waking BLAS or numba threads costs more there than
-the work (~3 ms per layer measured on a busy machine). Its innermost loops run along contiguous
-memory without a reduction (k is transposed once per pair), which the compiler vectorises.
+A decode step (one query per row, T = 1, up to `SERIAL_WORK` multiply-adds) runs one numba loop
+per (b, h) pair: one dot product per cached key along the head dimension, then the softmax and
+the weighted sum of values. It reads k and v where KVCache keeps them: the views KVCache.write
+returns are turned back into the whole C-contiguous cache layer (`_whole_rows`, after checking
+the bounds), so the loops see unit strides and vectorise (a strided view does not, 3x slower).
+From `DECODE_THREADED_WORK` multiply-adds on (bloom-560m: any batch) the pairs are shared by the
+threads through an atomic counter, as in kernels/matvec16.py (~2x on one row at 160 positions).
+Other small calls (a few queries) run a per-pair loop on the calling thread: waking BLAS or
+numba threads costs more there than the work. Its innermost loops run along contiguous memory
+without a reduction (k is transposed once per pair), which the compiler vectorises.
 
 Both agree with the twin to float32 rounding (~1e-7; sums run in a different order).
 
@@ -34,9 +40,101 @@ backward when a keep-mask is present).
 import numpy as np
 
 from minibloom.jit import njit, one_at_a_time, prange
+from minibloom.kernels.matvec16 import _fetch_add, _num_threads
 
 # Multiply-adds (B * H * T * S * D) up to which the forward runs on one thread (a decode step).
 SERIAL_WORK = 1 << 22
+# One query per row (T = 1, a decode step) with at least this many multiply-adds: the (b, h)
+# pairs are shared by the threads (the keys and values read, 8 bytes per multiply-add, are then
+# more than the cost of waking them).
+DECODE_THREADED_WORK = 1 << 16
+
+
+@njit(fastmath={"reassoc", "contract"})
+def _dot(a, b):
+    """a . b for two float32 vectors (D,), summed in any order (vectorised)."""
+    acc = a[0] - a[0]
+    for i in range(a.shape[0]):
+        acc += a[i] * b[i]
+    return acc
+
+
+@njit(fastmath={"reassoc", "contract"})
+def _axpy(c, p, v):
+    """c += p * v for vectors (D,)."""
+    for i in range(c.shape[0]):
+        c[i] += p * v[i]
+
+
+@njit
+def _decode_pair(q, k, v, S, alibi, visible, inv, fmin, probs, ctx, b, h):
+    """_attention_pair for one query (T = 1, it sees every cached key): one dot product per key
+    along the contiguous head dimension, no transposed copy of k. k, v: (B, H, S_max, D)
+    C-contiguous (the whole cache layer), of which keys [0, S) are read."""
+    s = probs[b, h, 0]  # (S,) scores, then probabilities
+    qv = q[b, h, 0]  # (D,)
+    m = fmin
+    for j in range(S):
+        x = alibi[b, h, j] + _dot(qv, k[b, h, j]) * inv if visible[b, 0, j] else fmin
+        s[j] = x
+        if x > m:
+            m = x
+    total = s[0] - s[0]  # zero in the array's dtype
+    for j in range(S):
+        s[j] = np.exp(s[j] - m)
+        total += s[j]
+    c = ctx[b, h, 0]  # (D,)
+    c[:] = 0
+    for j in range(S):
+        s[j] = s[j] / total
+        if s[j] != 0:  # hidden keys have probability exactly 0
+            _axpy(c, s[j], v[b, h, j])
+
+
+@njit
+def _decode_serial(q, k, v, S, alibi, visible, inv, fmin, probs, ctx):
+    B, H = q.shape[0], q.shape[1]
+    for bh in range(B * H):
+        _decode_pair(q, k, v, S, alibi, visible, inv, fmin, probs, ctx, bh // H, bh % H)
+
+
+@njit(parallel=True)
+def _decode_threaded(q, k, v, S, alibi, visible, inv, fmin, probs, ctx, counter, workers):
+    """The pairs taken in turn from a shared counter (see kernels/matvec16.py's work splitting)."""
+    B, H = q.shape[0], q.shape[1]
+    for _ in prange(workers):
+        bh = _fetch_add(counter)
+        while bh < B * H:
+            _decode_pair(q, k, v, S, alibi, visible, inv, fmin, probs, ctx, bh // H, bh % H)
+            bh = _fetch_add(counter)
+
+
+def _whole_rows(k):
+    """k (B, H, S, D), a view of the first S positions of a C-contiguous (B, H, S_max, D) buffer
+    (what KVCache.write returns) -> that (B, H, S_max, D) buffer as a C-contiguous array, which
+    numba's loops read with unit stride (vectorised); any other k -> a C-contiguous copy.
+    The buffer is only reconstructed after checking that it lies inside k's base array."""
+    B, H, S, D = k.shape
+    item = k.itemsize
+    if k.flags.c_contiguous:
+        return k
+    row = D * item
+    st = k.strides
+    root = k
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if st[3] == item and st[2] == row and st[1] % row == 0 and st[0] == H * st[1]:
+        s_max = st[1] // row
+        start = k.__array_interface__["data"][0]
+        base = root.__array_interface__["data"][0]
+        if (
+            root.flags.c_contiguous
+            and s_max >= S
+            and base <= start
+            and start + B * st[0] <= base + root.nbytes
+        ):
+            return np.ndarray((B, H, s_max, D), k.dtype, buffer=root, offset=start - base)
+    return np.ascontiguousarray(k)
 
 
 @njit
@@ -135,6 +233,25 @@ def attention(q, k, v, alibi, visible, inv):
     fmin = f(np.finfo(q.dtype).min)
     probs = np.empty((B, H, T, S), dtype=q.dtype)
     ctx = np.empty((B, H, T, D), dtype=q.dtype)
+    if T == 1 and B * H * S * D <= SERIAL_WORK:  # a decode step
+        k_rows, v_rows = _whole_rows(k), _whole_rows(v)
+        args = (
+            np.ascontiguousarray(q),
+            k_rows,
+            v_rows,
+            S,
+            alibi,
+            visible,
+            f(inv),
+            fmin,
+            probs,
+            ctx,
+        )
+        if B * H * S * D < DECODE_THREADED_WORK:
+            _decode_serial(*args)
+        else:
+            _decode_threaded(*args, np.zeros(1, dtype=np.int64), _num_threads())
+        return probs, ctx
     if B * H * T * S * D <= SERIAL_WORK:
         # A decode step (one query per row) is a few hundred thousand multiply-adds: less than
         # what waking the worker threads costs on a busy machine (measured ~3 ms per layer), so

@@ -27,7 +27,12 @@ Work splitting: the output rows come in chunks of CHUNK rows; each thread takes 
 from a shared counter (an atomic fetch-and-add, `_fetch_add`) until none are left, so when
 another process takes a core from one of our threads, the other threads do the remaining chunks
 instead of waiting at the end for the stalled thread's fixed share. Small matrices (`SERIAL_WORK`
-multiply-adds, a tiny model) run on the calling thread: waking threads would cost more.
+multiply-adds: a tiny model; bloom-560m's 1024 x 1024 dense is above it and runs threaded) run on
+the calling thread: waking threads would cost more.
+
+Bias: an optional b (O,), float32 or in the weight's 16-bit words, is added to each sum as the
+tile stores it (one float32 addition, as `x @ W.T + b`), so a decode-step linear is one call
+with no widened copy of b and no second pass over y.
 
 Without numba (the reference tier), `njit` is the identity and the intrinsics have Python
 stand-ins, so this module still imports and its loops still run (slowly) in the twin tests.
@@ -156,12 +161,12 @@ def _widen_row(row, vals, is_bf16):
 
 
 CHUNK = 32  # output rows per task (a multiple of 4, the tile height)
-SERIAL_WORK = 1 << 20  # multiply-adds (N * O * C) up to which the calling thread does it all
+SERIAL_WORK = 1 << 18  # multiply-adds (N * O * C) up to which the calling thread does it all
 
 
 @njit(fastmath={"reassoc", "contract"})
-def _tile4x4(x, w, out, o, n):
-    """out[n:n+4, o:o+4] = x[n:n+4] @ w[o:o+4].T: 16 float32 sums, each weight read once."""
+def _tile4x4(x, w, b, has_b, out, o, n):
+    """out[n:n+4, o:o+4] = x[n:n+4] @ w[o:o+4].T (+ b[o:o+4]): 16 float32 sums, each weight read once."""
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
     a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
     w0, w1, w2, w3 = w[o], w[o + 1], w[o + 2], w[o + 3]
@@ -185,6 +190,12 @@ def _tile4x4(x, w, out, o, n):
         a31 += v1 * u3
         a32 += v2 * u3
         a33 += v3 * u3
+    if has_b:
+        b0, b1, b2, b3 = as_float(b[o]), as_float(b[o + 1]), as_float(b[o + 2]), as_float(b[o + 3])
+        a00, a01, a02, a03 = a00 + b0, a01 + b1, a02 + b2, a03 + b3
+        a10, a11, a12, a13 = a10 + b0, a11 + b1, a12 + b2, a13 + b3
+        a20, a21, a22, a23 = a20 + b0, a21 + b1, a22 + b2, a23 + b3
+        a30, a31, a32, a33 = a30 + b0, a31 + b1, a32 + b2, a33 + b3
     out[n, o], out[n, o + 1], out[n, o + 2], out[n, o + 3] = a00, a01, a02, a03
     out[n + 1, o], out[n + 1, o + 1], out[n + 1, o + 2], out[n + 1, o + 3] = a10, a11, a12, a13
     out[n + 2, o], out[n + 2, o + 1], out[n + 2, o + 2], out[n + 2, o + 3] = a20, a21, a22, a23
@@ -192,8 +203,8 @@ def _tile4x4(x, w, out, o, n):
 
 
 @njit(fastmath={"reassoc", "contract"})
-def _tile4x1(x, w, out, o, n):
-    """out[n, o:o+4] = x[n] @ w[o:o+4].T."""
+def _tile4x1(x, w, b, has_b, out, o, n):
+    """out[n, o:o+4] = x[n] @ w[o:o+4].T (+ b[o:o+4])."""
     a0 = a1 = a2 = a3 = np.float32(0.0)
     w0, w1, w2, w3 = w[o], w[o + 1], w[o + 2], w[o + 3]
     xn = x[n]
@@ -203,21 +214,26 @@ def _tile4x1(x, w, out, o, n):
         a1 += as_float(w1[i]) * u
         a2 += as_float(w2[i]) * u
         a3 += as_float(w3[i]) * u
+    if has_b:
+        a0, a1 = a0 + as_float(b[o]), a1 + as_float(b[o + 1])
+        a2, a3 = a2 + as_float(b[o + 2]), a3 + as_float(b[o + 3])
     out[n, o], out[n, o + 1], out[n, o + 2], out[n, o + 3] = a0, a1, a2, a3
 
 
 @njit(fastmath={"reassoc", "contract"})
-def _tile1x1(x, w, out, o, n):
-    """out[n, o] = x[n] . w[o] (the last O % 4 outputs)."""
+def _tile1x1(x, w, b, has_b, out, o, n):
+    """out[n, o] = x[n] . w[o] (+ b[o]) (the last O % 4 outputs)."""
     acc = np.float32(0.0)
     wo, xn = w[o], x[n]
     for i in range(x.shape[1]):
         acc += as_float(wo[i]) * xn[i]
+    if has_b:
+        acc += as_float(b[o])
     out[n, o] = acc
 
 
 @njit
-def _chunk(x, w, out, c):
+def _chunk(x, w, b, has_b, out, c):
     """Outputs [c * CHUNK, (c + 1) * CHUNK) of all N rows, in tiles of 4 outputs x 4 rows."""
     N = x.shape[0]
     end = min(w.shape[0], (c + 1) * CHUNK)
@@ -225,41 +241,57 @@ def _chunk(x, w, out, c):
     while o + 4 <= end:
         n = 0
         while n + 4 <= N:
-            _tile4x4(x, w, out, o, n)
+            _tile4x4(x, w, b, has_b, out, o, n)
             n += 4
         while n < N:
-            _tile4x1(x, w, out, o, n)
+            _tile4x1(x, w, b, has_b, out, o, n)
             n += 1
         o += 4
     while o < end:
         for n in range(N):
-            _tile1x1(x, w, out, o, n)
+            _tile1x1(x, w, b, has_b, out, o, n)
         o += 1
 
 
 @njit(parallel=True)
-def _matvec_numba(x, w, out, counter, workers):
+def _matvec_numba(x, w, b, has_b, out, counter, workers):
     chunks = (w.shape[0] + CHUNK - 1) // CHUNK
     for _ in prange(workers):  # one worker per thread; each takes chunks until none are left
         c = _fetch_add(counter)
         while c < chunks:
-            _chunk(x, w, out, c)
+            _chunk(x, w, b, has_b, out, c)
             c = _fetch_add(counter)
 
 
 @njit
-def _matvec_serial(x, w, out):
+def _matvec_serial(x, w, b, has_b, out):
     for c in range((w.shape[0] + CHUNK - 1) // CHUNK):  # the same chunks, on the calling thread
-        _chunk(x, w, out, c)
+        _chunk(x, w, b, has_b, out, c)
 
 
-def _matvec(x, w):
+_NO_BIAS = np.zeros(1, dtype=np.float32)
+
+
+def _bias_words(b, o):
+    """b (O,) as the kernel reads it: float32, or its 16-bit words (uint16 BF16, int16 F16)."""
+    if b is None:
+        return _NO_BIAS, False
+    assert b.shape == (o,), (b.shape, o)
+    if b.dtype == np.float16:
+        return np.ascontiguousarray(b).view(np.int16), True
+    if b.dtype == np.uint16 or b.dtype == np.float32:
+        return np.ascontiguousarray(b), True
+    return np.ascontiguousarray(b, dtype=np.float32), True
+
+
+def _matvec(x, w, b=None):
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    b, has_b = _bias_words(b, w.shape[0])
     if x.shape[0] * w.size <= SERIAL_WORK:  # a tiny model: the calling thread does it all
-        _matvec_serial(x, w, out)
+        _matvec_serial(x, w, b, has_b, out)
     else:
-        _matvec_numba(x, w, out, np.zeros(1, dtype=np.int64), _num_threads())
+        _matvec_numba(x, w, b, has_b, out, np.zeros(1, dtype=np.int64), _num_threads())
     return out
 
 
@@ -277,8 +309,11 @@ def matvec16_plain(x, w, kind):
     return x @ widen16(w, kind).T
 
 
-def matvec16(x, w, kind):
-    """x (N, C) float32, w (O, C) uint16 holding F16 or BF16 bit patterns -> (N, O) float32."""
+def matvec16(x, w, kind, b=None):
+    """x (N, C) float32, w (O, C) uint16 holding F16 or BF16 bit patterns -> (N, O) float32.
+
+    b: None, or a bias (O,) (float32, float16, or uint16 BF16 words) added to each sum before it
+    is stored (one float32 rounding, as `x @ W.T + b`)."""
     assert x.dtype == np.float32 and x.ndim == 2, (x.dtype, x.shape)
     assert w.dtype == np.uint16 and w.ndim == 2 and w.shape[1] == x.shape[1], (
         w.dtype,
@@ -287,11 +322,11 @@ def matvec16(x, w, kind):
     )
     if kind not in ("F16", "BF16"):
         raise ValueError(f"kind must be 'F16' or 'BF16', found {kind!r}")
-    return _matvec(x, w if kind == "BF16" else w.view(np.int16))  # the word type names the kind
+    return _matvec(x, w if kind == "BF16" else w.view(np.int16), b)  # word type = kind
 
 
-def matvec32(x, w):
-    """x (N, C) float32, w (O, C) float32 -> x @ w.T (N, O), the same tiles without widening."""
+def matvec32(x, w, b=None):
+    """x (N, C) float32, w (O, C) float32 -> x @ w.T (+ b) (N, O), the same tiles, no widening."""
     assert x.dtype == w.dtype == np.float32 and x.ndim == w.ndim == 2, (x.dtype, w.dtype)
     assert w.shape[1] == x.shape[1], (w.shape, x.shape)
-    return _matvec(x, w)
+    return _matvec(x, w, b)

@@ -10,13 +10,16 @@ rounding (BLAS may block a chunk's sums differently), the chunked GeLU bit for b
                          bfloat16 words) is read by the matvec16 kernel, which widens it inside
                          the dot products (half the bytes of widening W first); a float32 weight
                          by matvec32, the same tiles (faster than BLAS's x @ W.T for few rows);
-                         the bias is added in place. Many float32 rows (a prefill, a scoring
-                         pass): kernels/gemm.py's product in column chunks taken in turn by the
-                         threads, the bias added per chunk
+                         the kernel adds the bias to each sum as it stores it. Many float32
+                         rows (a prefill, a scoring pass): kernels/gemm.py's product in column
+                         chunks taken in turn by the threads, the bias added per chunk
     lm_head_forward      the same for the tied head (many rows: E, a 16-bit E too, read in chunks
                          of rows; no float32 copy of E is made)
     layernorm_forward/_backward  kernels/layernorm.py: one threaded pass over the rows (more
-                         than one chunk of kernels/layernorm.ROWS rows; fewer take the reference)
+                         than one chunk of kernels/layernorm.ROWS rows); the forward of a decode
+                         step's few rows: kernels/decode.py's loop on the calling thread (w, b
+                         read as stored); between the two, and the backward's few rows: the
+                         reference
     gelu_forward/_backward  kernels/gelu.py: the reference expressions in threaded numba passes
                          around NumPy's SIMD tanh (numba's own tanh is a scalar call), the
                          same operations in the same order: bit for bit the reference
@@ -38,6 +41,7 @@ import numpy as np
 
 from minibloom import ops
 from minibloom.kernels import attention as attention_kernels
+from minibloom.kernels import decode as decode_kernels
 from minibloom.kernels import gelu as gelu_kernels
 from minibloom.kernels import gemm
 from minibloom.kernels import layernorm as layernorm_kernels
@@ -59,6 +63,7 @@ from minibloom.ops import (
 MATVEC16_ROWS = 16
 HEAD_CHUNK_ROWS = 32768  # rows of a 16-bit E widened at a time by lm_head_forward
 _KINDS = {np.dtype(np.float16): "F16", BF16_WORDS: "BF16"}  # in-memory dtype -> matvec16 kind
+_WORD_DTYPES = (np.dtype(np.float32), *_KINDS)  # parameter dtypes the decode loops read as stored
 
 
 def _few_rows(x2):
@@ -69,13 +74,17 @@ def _reads_16_bit(x2, W):
     return W.dtype in _KINDS and _few_rows(x2)
 
 
-def times_weight_t(x2, W):
-    """x2 @ W.T for x2 (N, in) float32 and W (out, in) in its stored dtype -> (N, out) float32."""
+def times_weight_t(x2, W, b=None):
+    """x2 @ W.T (+ b) for x2 (N, in) float32 and W (out, in), b (out,) in their stored dtypes ->
+    (N, out) float32. The matvec kernels add b to each sum before storing it."""
     if _reads_16_bit(x2, W):
-        return matvec16(x2, W.view(np.uint16), _KINDS[W.dtype])
+        return matvec16(x2, W.view(np.uint16), _KINDS[W.dtype], b)
     if W.dtype == np.float32 and _few_rows(x2):
-        return matvec32(x2, W)
-    return x2 @ widen(W, x2).T  # one BLAS call for the whole batch
+        return matvec32(x2, W, b)
+    y = x2 @ widen(W, x2).T  # one BLAS call for the whole batch
+    if b is not None:
+        y += widen(b, x2)
+    return y
 
 
 def _split(x2):
@@ -93,8 +102,7 @@ def linear_forward(x, W, b):
         return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)  # (N, out) -> (..., out)
     if not _reads_16_bit(x2, W):
         W = widen(W, x)  # float32 for BLAS and for the backward
-    y = times_weight_t(x2, W)  # (N, out)
-    y += widen(b, x)
+    y = times_weight_t(x2, W, b)  # (N, out), the bias added in the kernel
     return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)  # (N, out) -> (..., out)
 
 
@@ -117,8 +125,15 @@ def lm_head_forward(hidden, E):
 def layernorm_forward(x, w, b, eps):
     """ops.layernorm_forward in one threaded numba pass over the rows (kernels/layernorm.py).
 
-    A few rows (a decode step: one row-chunk or less) take the reference, as float64 does."""
-    if x.dtype != np.float32 or x.size <= layernorm_kernels.ROWS * x.shape[-1]:
+    A few rows (a decode step, up to decode.ROWS) take kernels/decode.py's loop on the calling
+    thread; float64 takes the reference."""
+    if x.dtype != np.float32:
+        return ops.layernorm_forward(x, w, b, eps)
+    few = x.size <= decode_kernels.ROWS * x.shape[-1]
+    if few and w.dtype in _WORD_DTYPES and b.dtype in _WORD_DTYPES:
+        y, norm, rstd = decode_kernels.layernorm(x, w, b, eps)
+        return y, LayerNormCache(norm, rstd, widen(w, x))
+    if x.size <= layernorm_kernels.ROWS * x.shape[-1]:
         return ops.layernorm_forward(x, w, b, eps)
     w, b = widen(w, x), widen(b, x)
     y, norm, rstd = layernorm_kernels.layernorm(x, w, b, eps)
