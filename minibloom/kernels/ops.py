@@ -12,7 +12,8 @@ rounding (BLAS may block a chunk's sums differently), the chunked GeLU bit for b
                          by matvec32, the same tiles (faster than BLAS's x @ W.T for few rows);
                          the bias is added in place. Many float32 rows (a prefill, a scoring
                          pass): kernels/gemm.py's product in column chunks taken in turn by the
-                         threads, the bias added per chunk
+                         threads, the bias added per chunk (a 16-bit W widened per chunk, in
+                         the threads, into the float32 copy kept for the backward)
     lm_head_forward      the same for the tied head (many rows: E, a 16-bit E too, read in chunks
                          of rows; no float32 copy of E is made)
     layernorm_forward/_backward  kernels/layernorm.py: one threaded pass over the rows (more
@@ -88,8 +89,12 @@ def linear_forward(x, W, b):
     the chunked product of kernels/gemm.py (bias added per chunk) for many rows."""
     x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in)
     if _split(x2):
-        W = widen(W, x)  # float32, kept for the backward
-        y = gemm.times_weight_t_split(x2, W, b)  # (N, out)
+        if W.dtype != x2.dtype:  # 16-bit: widened chunk by chunk into Wf, kept for the backward
+            Wf = np.empty(W.shape, x2.dtype)
+            y = gemm.times_weight_t_split(x2, W, b, keep=Wf)  # (N, out)
+            W = Wf
+        else:
+            y = gemm.times_weight_t_split(x2, W, b)  # (N, out)
         return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)  # (N, out) -> (..., out)
     if not _reads_16_bit(x2, W):
         W = widen(W, x)  # float32 for BLAS and for the backward
