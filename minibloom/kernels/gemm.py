@@ -10,8 +10,7 @@ columns are cut into chunks (at least TASKS_PER_THREAD per thread, CHUNK_COLS to
 columns each: 16 chunks of 256 for bloom-560m's MLP, 62 of 4096 for its head), and the workers
 (the calling thread and a persistent pool) each run single-threaded BLAS on the next free chunk,
 so a slowed thread simply takes fewer chunks. Each chunk also gets its bias added while it is in
-cache, and a float16 W is widened one chunk at a time (no float32 copy of the whole matrix
-unless the caller asks to keep one: `keep`, which the chunks fill as they are widened).
+cache, and a float16 W is widened one chunk at a time (no float32 copy of the whole matrix).
 
 A large output (HUGE_BYTES or more: the LM head's logits, 1 GB at 8 x 128 tokens) is mapped
 with transparent huge pages requested (`empty`: mmap + madvise(MADV_HUGEPAGE)). Fresh 4 KB
@@ -137,19 +136,11 @@ def empty(shape, dtype=np.float32):
     return np.frombuffer(buffer, dtype).reshape(shape)
 
 
-def times_weight_t_split(x2, W, b=None, keep=None):
-    """x2 @ W.T (+ b) -> (N, out) float32, in column chunks. x2 (N, in) float32, W (out, in).
-
-    keep: None, or an (out, in) float32 array that receives W widened, chunk by chunk in the
-    tasks (a 16-bit W's chunk is widened while in cache and the product reads it from there),
-    for a caller that keeps the float32 W for the backward: the same values as widen(W), without
-    a separate single-threaded pass over the whole matrix."""
+def times_weight_t_split(x2, W, b=None):
+    """x2 @ W.T (+ b) -> (N, out) float32, in column chunks. x2 (N, in) float32, W (out, in)."""
     N, out = x2.shape[0], W.shape[0]
     if _BLAS is None:
-        Wf = widen(W, x2)
-        if keep is not None:
-            keep[...] = Wf
-        y = x2 @ Wf.T
+        y = x2 @ widen(W, x2).T
         if b is not None:
             y += widen(b, x2)
         return y
@@ -160,9 +151,6 @@ def times_weight_t_split(x2, W, b=None, keep=None):
     def task(i):
         cols = slice(i * width, min(out, (i + 1) * width))
         Wc = widen(W[cols], x2)  # a 16-bit W (float16, bfloat16 words) widened chunk by chunk
-        if keep is not None:
-            keep[cols] = Wc  # (chunk, in): contiguous rows, written while Wc is in cache
-            Wc = keep[cols]
         yc = y[:, cols]  # (N, chunk), a strided view: BLAS writes it in place
         np.matmul(x2, Wc.T, out=yc)
         if bias is not None:

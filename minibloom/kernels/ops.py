@@ -12,8 +12,9 @@ rounding (BLAS may block a chunk's sums differently), the chunked GeLU bit for b
                          by matvec32, the same tiles (faster than BLAS's x @ W.T for few rows);
                          the bias is added in place. Many float32 rows (a prefill, a scoring
                          pass): kernels/gemm.py's product in column chunks taken in turn by the
-                         threads, the bias added per chunk (a 16-bit W widened per chunk, in
-                         the threads, into the float32 copy kept for the backward)
+                         threads, the bias added per chunk; a 16-bit W is widened per chunk in
+                         the threads and its cache keeps W as stored (ops.linear_backward
+                         widens it): no float32 copy of the matrix is written
     lm_head_forward      the same for the tied head (many rows: E, a 16-bit E too, read in chunks
                          of rows; no float32 copy of E is made)
     layernorm_forward/_backward  kernels/layernorm.py: one threaded pass over the rows (more
@@ -89,12 +90,9 @@ def linear_forward(x, W, b):
     the chunked product of kernels/gemm.py (bias added per chunk) for many rows."""
     x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in)
     if _split(x2):
-        if W.dtype != x2.dtype:  # 16-bit: widened chunk by chunk into Wf, kept for the backward
-            Wf = np.empty(W.shape, x2.dtype)
-            y = gemm.times_weight_t_split(x2, W, b, keep=Wf)  # (N, out)
-            W = Wf
-        else:
-            y = gemm.times_weight_t_split(x2, W, b)  # (N, out)
+        # a 16-bit W is widened chunk by chunk in the threads (cache-sized pieces, never whole)
+        # and kept as stored in the cache: ops.linear_backward widens it if a backward comes
+        y = gemm.times_weight_t_split(x2, W, b)  # (N, out)
         return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)  # (N, out) -> (..., out)
     if not _reads_16_bit(x2, W):
         W = widen(W, x)  # float32 for BLAS and for the backward
