@@ -156,8 +156,11 @@ def linear_forward(x, W, b):
 
 
 def linear_backward(dy, cache):
-    """Gradients of `y = x @ W.T + b`, returned as (dx, dW, db): dx = dy @ W, dW = dy^T @ x, db = sum dy."""
+    """Gradients of `y = x @ W.T + b`, returned as (dx, dW, db): dx = dy @ W, dW = dy^T @ x, db = sum dy.
+
+    The cache's W may be 16-bit (the fast tier's many-row forward keeps it as stored)."""
     x, W = cache
+    W = widen(W, dy)  # float32 (no copy when it already is)
     n_out, n_in = W.shape
     dy2 = dy.reshape(-1, n_out)  # (..., out) -> (N, out)
     dx = (dy2 @ W).reshape(x.shape)  # (N, in) -> (..., in)

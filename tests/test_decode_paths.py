@@ -108,12 +108,17 @@ def test_linear_float16_few_rows_uses_matvec16_and_agrees(monkeypatch, rows):
 
 
 def test_linear_float16_many_rows_widens_for_blas(monkeypatch):
+    """Many rows: BLAS on W widened chunk by chunk; the cache keeps W as stored (no float32
+    copy), and the backward widens it."""
     rng = np.random.default_rng(0)
     W16 = rng.standard_normal((24, 32)).astype(np.float16)
     x = rng.standard_normal((fast_ops.MATVEC16_ROWS + 1, 32)).astype(np.float32)
     y, cache = fast_ops.linear_forward(x, W16, np.zeros(24, np.float32))
-    assert cache.W.dtype == np.float32
+    assert cache.W is W16
     assert np.array_equal(y, x @ W16.astype(np.float32).T)
+    dx, dW, _ = ops.linear_backward(np.ones_like(y), cache)
+    assert dx.dtype == dW.dtype == np.float32
+    assert np.array_equal(dx, np.ones_like(y) @ W16.astype(np.float32))
 
 
 def _tiny_float16():

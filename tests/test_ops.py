@@ -282,17 +282,24 @@ def test_fast_gelu_is_the_reference_expression_bit_for_bit(rng, shape):
     assert np.array_equal(ops.gelu_backward(dy, cache), fast_ops.gelu_backward(dy, cache_fast))
 
 
-@pytest.mark.parametrize("rows, dtype", [(2, np.float32), (40, np.float32), (40, np.float16)])
+@pytest.mark.parametrize(
+    "rows, dtype", [(2, np.float32), (40, np.float32), (40, np.float16), (40, "bfloat16")]
+)
 def test_fast_linear_and_head_equal_the_reference(rng, rows, dtype, monkeypatch):
     """A few rows of float32 weights (a decode step) take the matvec32 tiles (the few-row 16-bit
     path is compared in test_decode_paths.py); many rows take kernels/gemm.py's chunked product,
     here in chunks of 5 output columns spread over 2 threads: each output is still one BLAS dot
     product over the whole input axis, but BLAS may block it differently for a chunk. Both:
-    float32 rounding."""
+    float32 rounding. Weights and biases float32, float16 or bfloat16 words (the chunked path
+    widens both chunk by chunk and keeps W as stored in the cache for the backward)."""
     monkeypatch.setattr(gemm, "CHUNK_COLS", 5)
     monkeypatch.setattr(gemm, "threads", lambda: 2)
     x = rng.standard_normal((rows, 1, 16)).astype(np.float32)
-    W, b = rng.standard_normal((24, 16)).astype(dtype), rng.standard_normal(24).astype(dtype)
+    W, b = rng.standard_normal((24, 16)).astype(np.float32), rng.standard_normal(24)
+    if dtype == "bfloat16":  # bfloat16 words (truncated), the weight and the bias
+        W, b = ((a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16) for a in (W, b))
+    else:
+        W, b = W.astype(dtype), b.astype(dtype)
     y_fast, cache_fast = fast_ops.linear_forward(x, W, b)
     y, cache = ops.linear_forward(x, W, b)
     assert y_fast.dtype == np.float32 and y_fast.shape == y.shape == (rows, 1, 24)
@@ -300,8 +307,11 @@ def test_fast_linear_and_head_equal_the_reference(rng, rows, dtype, monkeypatch)
     head_fast, head = fast_ops.lm_head_forward(x, W), ops.lm_head_forward(x, W)
     assert head_fast.dtype == np.float32 and head_fast.shape == head.shape
     assert_close("head fast vs reference", head_fast, head, 1e-6, rtol=1e-6)
-    if rows > fast_ops.MATVEC16_ROWS:  # the chunked path keeps the widened W for the backward
-        assert cache_fast.W.dtype == np.float32 and np.array_equal(cache_fast.W, cache.W)
+    # the cache keeps W as stored (no float32 copy); the backward widens it: the same gradients
+    assert cache_fast.W is W and np.array_equal(ops.widen(cache_fast.W, x), cache.W)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    for fast, ref in zip(ops.linear_backward(dy, cache_fast), ops.linear_backward(dy, cache)):
+        assert np.array_equal(fast, ref)
 
 
 def test_gemm_split_takes_every_chunk_once_and_reraises(rng, monkeypatch):

@@ -12,7 +12,9 @@ rounding (BLAS may block a chunk's sums differently), the chunked GeLU bit for b
                          by matvec32, the same tiles (faster than BLAS's x @ W.T for few rows);
                          the kernel adds the bias to each sum as it stores it. Many float32
                          rows (a prefill, a scoring pass): kernels/gemm.py's product in column
-                         chunks taken in turn by the threads, the bias added per chunk
+                         chunks taken in turn by the threads, the bias added per chunk; a 16-bit
+                         W is widened per chunk in the threads and its cache keeps W as stored
+                         (ops.linear_backward widens it): no float32 copy of the matrix is written
     lm_head_forward      the same for the tied head (many rows: E, a 16-bit E too, read in chunks
                          of rows; no float32 copy of E is made)
     layernorm_forward/_backward  kernels/layernorm.py: one threaded pass over the rows (more
@@ -97,7 +99,8 @@ def linear_forward(x, W, b):
     the chunked product of kernels/gemm.py (bias added per chunk) for many rows."""
     x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in)
     if _split(x2):
-        W = widen(W, x)  # float32, kept for the backward
+        # a 16-bit W is widened chunk by chunk in the threads (cache-sized pieces, never whole)
+        # and kept as stored in the cache: ops.linear_backward widens it if a backward comes
         y = gemm.times_weight_t_split(x2, W, b)  # (N, out)
         return y.reshape(*x.shape[:-1], W.shape[0]), LinearCache(x, W)  # (N, out) -> (..., out)
     if not _reads_16_bit(x2, W):
