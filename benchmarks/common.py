@@ -6,7 +6,8 @@
   process for the whole run, to measure how each library holds up when another job takes a core).
 - `thread_env(threads)` is the environment both libraries run under: the same thread count for
   OpenBLAS, OpenMP (torch), MKL and numba, passive OpenMP waiting (idle spinning threads of one
-  library would otherwise steal a core from the other), and no hub lookups.
+  library would otherwise steal a core from the other), OpenBLAS's short idle timeout (what
+  `import minibloom` sets for the CLI) and no hub lookups.
 - `contended(on)` is a context manager that starts (and always stops) the busy process.
 - `machine_line()` names the CPU model, the core count, the load average and whether a busy
   process runs: print it at the start and the end of a run, so a table can be trusted or not.
@@ -43,6 +44,9 @@ def thread_env(threads, base=None):
     env = dict(os.environ if base is None else base)
     env.update({var: str(threads) for var in THREAD_VARS})
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # what `import minibloom` sets before NumPy loads (the CLI's setting: see minibloom/__init__.py);
+    # the workers import NumPy first. torch and CTranslate2 do not use NumPy's OpenBLAS.
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     env["HF_HUB_OFFLINE"] = "1"
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)

@@ -6,6 +6,15 @@ tour and docs/ARCHITECTURE.md for the module contract.
 
 __version__ = "0.1.0"  # the one source: setup.cfg reads it (version = attr: minibloom.__version__)
 
+import os
+
+# OpenBLAS's idle threads spin for 2**28 cycles (~0.1 s) after every threaded call, taking a core
+# from the fast tier's own threads (kernels/gemm.py's chunk workers, numba) that run right after:
+# measured on bloom-560m, a 128-token prefill took 0.78 s spinning and 0.46 s with a timeout of
+# 2**4 cycles. OpenBLAS reads this once, when NumPy loads it, so it takes effect when minibloom
+# is imported before NumPy (the CLI always is); a value already set wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 from minibloom import models  # keras-hub's names: minibloom.models.BloomCausalLM, ...
 from minibloom.causal_lm import BloomCausalLM
 from minibloom.config import BloomConfig
