@@ -43,7 +43,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from common import add_common_args, contended, interleave, machine_line, median, thread_env  # noqa: E402
+from common import (  # noqa: E402
+    PEAK_MB_SOURCE,
+    add_common_args,
+    contended,
+    interleave,
+    machine_line,
+    median,
+    thread_env,
+)
 
 PROMPT_LEN = 128
 LIBRARIES = ("minibloom", "transformers")
@@ -61,16 +69,7 @@ def reset_peak():
     except OSError:
         pass
 
-def peak_mb():
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
+{peak_mb}
 {setup}
 print("ready", flush=True)
 for line in sys.stdin:
@@ -120,7 +119,7 @@ class Worker:
     def __init__(self, library, directory, threads):
         self.library = library
         setup = _MINIBLOOM if library == "minibloom" else _TRANSFORMERS
-        code = _WORKER.replace("{setup}", setup)
+        code = _WORKER.replace("{setup}", setup).replace("{peak_mb}", PEAK_MB_SOURCE)
         args = [sys.executable, "-c", code, str(directory), str(PROMPT_LEN), str(threads)]
         self.proc = subprocess.Popen(
             args,

@@ -40,20 +40,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from common import add_common_args, contended, interleave, machine_line, median, thread_env  # noqa: E402
+from common import (  # noqa: E402
+    PEAK_MB_SOURCE,
+    add_common_args,
+    contended,
+    interleave,
+    machine_line,
+    median,
+    thread_env,
+)
 
 SHAPE = dict(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16)
 
-# Peak RSS of the child itself: VmHWM (ru_maxrss can include what the parent used before exec).
-_PEAK_MB = """def peak_mb():
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-"""
+_PEAK_MB = PEAK_MB_SOURCE
 
 _MINIBLOOM = """
 import json, resource, sys, time

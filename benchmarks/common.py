@@ -72,6 +72,20 @@ def contended(on):
         busy.wait()
 
 
+# The source of peak_mb() for a benchmark's subprocess: its peak RSS in MB, VmHWM from
+# /proc/self/status (it starts afresh at exec; ru_maxrss can include what the parent used before).
+PEAK_MB_SOURCE = """def peak_mb():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+
 def cpu_model():
     """The model name, with the family and model numbers when the name alone is vague (a cloud
     CPU may say just "AMD EPYC": family 25 is Zen 3 / Zen 4, family 26 Zen 5)."""

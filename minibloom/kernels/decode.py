@@ -3,39 +3,17 @@
 ops.layernorm_forward on one row of 1024 runs about ten NumPy calls (each a temporary, plus
 widening a 16-bit w and b), ~30 us, twice per layer and token; this loop does the same
 arithmetic in one pass over the row (~2 us). kernels/layernorm.py's threaded pass is for many
-rows; this is its few-row twin, with the same partial sums (`_row_dot`), so it also agrees with
-the reference to float32 rounding (tested in tests/test_decode_paths.py).
+rows; this runs the same row loop (`layernorm.layernorm_rows`) on the calling thread, with w and
+b as stored, so it also agrees with the reference to float32 rounding (tests/test_decode_paths.py).
 
 Leaves out: float64 (the reference runs), the backward (few-row caches hold the widened w).
 """
 
 import numpy as np
 
-from minibloom.jit import njit
-from minibloom.kernels.layernorm import _row_dot
-from minibloom.kernels.matvec16 import as_float
+from minibloom.kernels.layernorm import layernorm_rows
 
 ROWS = 16  # up to this many rows (B * T) take this loop
-
-
-@njit
-def layernorm_rows(x, w, b, eps, ones, y, norm, rstd):
-    """x (N, C) float32, w/b (C,) float32 or 16-bit words (see matvec16.as_float) -> y, norm
-    (N, C) and rstd (N,) filled in place, as ops.layernorm_forward computes them."""
-    N, C = x.shape
-    for i in range(N):
-        xi = x[i]
-        ni = norm[i]
-        mean = _row_dot(xi, ones, C) / C
-        for j in range(C):
-            ni[j] = xi[j] - mean  # xc
-        var = _row_dot(ni, ni, C) / C  # biased
-        r = np.float32(1.0) / np.sqrt(var + eps)
-        rstd[i] = r
-        for j in range(C):
-            n = ni[j] * r
-            ni[j] = n
-            y[i, j] = n * as_float(w[j]) + as_float(b[j])
 
 
 def _words(a):

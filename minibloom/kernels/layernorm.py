@@ -17,6 +17,7 @@ Leaves out: float64 (kernels/ops.py hands it to the reference).
 import numpy as np
 
 from minibloom.jit import njit, one_at_a_time, prange
+from minibloom.kernels.matvec16 import as_float
 
 LANES = 16  # partial sums per row sum (one AVX-512 register of float32)
 ROWS = 64  # rows per work item
@@ -38,23 +39,32 @@ def _row_dot(a, b, C):
     return total
 
 
+@njit
+def layernorm_rows(x, w, b, eps, ones, y, norm, rstd):
+    """x (N, C) float32, w/b (C,) float32 or 16-bit words (see matvec16.as_float) -> y, norm
+    (N, C) and rstd (N,) filled in place, as ops.layernorm_forward computes them."""
+    N, C = x.shape
+    for i in range(N):
+        xi = x[i]
+        ni = norm[i]
+        mean = _row_dot(xi, ones, C) / C
+        for j in range(C):
+            ni[j] = xi[j] - mean  # xc
+        var = _row_dot(ni, ni, C) / C  # biased
+        r = np.float32(1.0) / np.sqrt(var + eps)
+        rstd[i] = r
+        for j in range(C):
+            n = ni[j] * r
+            ni[j] = n
+            y[i, j] = n * as_float(w[j]) + as_float(b[j])
+
+
 @njit(parallel=True)
 def _forward(x, w, b, eps, ones, y, norm, rstd):
-    N, C = x.shape
-    for c in prange((N + ROWS - 1) // ROWS):
-        for i in range(c * ROWS, min(c * ROWS + ROWS, N)):
-            xi = x[i]
-            ni = norm[i]
-            mean = _row_dot(xi, ones, C) / C
-            for j in range(C):
-                ni[j] = xi[j] - mean  # xc
-            var = _row_dot(ni, ni, C) / C  # biased
-            r = np.float32(1.0) / np.sqrt(var + eps)
-            rstd[i] = r
-            for j in range(C):
-                n = ni[j] * r
-                ni[j] = n
-                y[i, j] = n * w[j] + b[j]
+    N = x.shape[0]
+    for c in prange((N + ROWS - 1) // ROWS):  # chunks of ROWS rows, one task each
+        lo, hi = c * ROWS, min(c * ROWS + ROWS, N)
+        layernorm_rows(x[lo:hi], w, b, eps, ones, y[lo:hi], norm[lo:hi], rstd[lo:hi])
 
 
 @njit(parallel=True)
