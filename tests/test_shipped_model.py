@@ -156,3 +156,17 @@ def test_a_wheel_installed_in_a_fresh_venv_ships_the_model(tmp_path):
     assert str(venv) in presets  # found under the venv's share/minibloom/weights
     text = run(py, "-m", "minibloom", "generate", "ROMEO:", "--max-new-tokens", "8", cwd=elsewhere)
     assert text.startswith("ROMEO:") and len(text) > len("ROMEO:\n")
+
+
+def test_a_weights_directory_without_a_model_does_not_hide_the_shipped_one(tmp_path, monkeypatch):
+    """A candidate that merely exists (another package's weights/ in site-packages, an empty
+    share/minibloom/weights left by an uninstall) is passed over for one that holds a model."""
+    from minibloom.io import presets
+
+    (tmp_path / "repo" / "weights").mkdir(parents=True)  # exists, holds no model
+    shipped = tmp_path / "prefix" / "share" / "minibloom" / "weights"
+    (shipped / "tiny").mkdir(parents=True)
+    (shipped / "tiny" / "config.json").write_text("{}")
+    monkeypatch.setattr(presets, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    assert presets._find_weights_dir() == shipped

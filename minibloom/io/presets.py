@@ -62,7 +62,10 @@ def _find_weights_dir() -> Path:
     for base in (sys.prefix, sysconfig.get_path("data"), getattr(site, "USER_BASE", None)):
         if base:
             candidates.append(Path(base) / "share" / "minibloom" / "weights")
-    return next((d for d in candidates if d.is_dir()), candidates[0])
+    # the first that holds a model: a directory that merely exists (another package's top-level
+    # weights/ in site-packages, an empty share/ left by an uninstall) must not hide the real one
+    holds_model = lambda d: (d / "config.json").is_file() or any(d.glob("*/config.json"))
+    return next((d for d in candidates if holds_model(d)), candidates[0])
 
 
 WEIGHTS_DIR = _find_weights_dir()
