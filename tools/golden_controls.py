@@ -84,8 +84,17 @@ def make(out_dir: Path) -> None:
             dict(stop_strings=[text.strip() or text]),
         ]
 
+    def case(search, text, ids, mask, kw, res, changed):
+        out = dict(kind=search, text=text, token_ids=ids, padding_mask=mask, kwargs=kw)
+        out["sequences"] = res.sequences.tolist()
+        if search == "beam":
+            out["sequences_scores"] = res.sequences_scores.tolist()
+        out["changed"] = changed
+        return out
+
     cases = []
     for ids, mask, text in singles + [batch]:
+        plain = {}  # (search, eos) -> the uncontrolled sequences, run once for all controls
         for control in controls_for(ids, mask):
             for search in ("greedy", "beam"):
                 # without a stop id the model runs past </s> into the next sentence and repeats
@@ -93,39 +102,17 @@ def make(out_dir: Path) -> None:
                 for eos in (EOS, None):
                     beam = dict(num_beams=3, num_return_sequences=3) if search == "beam" else {}
                     plain_kw = dict(max_new_tokens=NEW, eos_token_id=eos, **beam)
+                    if (search, eos) not in plain:
+                        plain[search, eos] = run(ids, mask, **plain_kw).sequences.tolist()
                     kw = dict(plain_kw, **control)
                     res = run(ids, mask, **kw)
-                    case = dict(
-                        kind=search,
-                        text=text,
-                        token_ids=ids,
-                        padding_mask=mask,
-                        kwargs=kw,
-                        sequences=res.sequences.tolist(),
-                    )
-                    if search == "beam":
-                        case["sequences_scores"] = res.sequences_scores.tolist()
-                    case["changed"] = (
-                        res.sequences.tolist() != run(ids, mask, **plain_kw).sequences.tolist()
-                    )
-                    cases.append(case)
+                    changed = res.sequences.tolist() != plain[search, eos]
+                    cases.append(case(search, text, ids, mask, kw, res, changed))
     # max_new_tokens on a left-padded batch without a stop id: every row gets exactly that many
     ids, mask, text = batch
     for search, beam in (("greedy", {}), ("beam", dict(num_beams=4, num_return_sequences=2))):
         kw = dict(max_new_tokens=7, eos_token_id=None, **beam)
-        res = run(ids, mask, **kw)
-        case = dict(
-            kind=search,
-            text=text,
-            token_ids=ids,
-            padding_mask=mask,
-            kwargs=kw,
-            sequences=res.sequences.tolist(),
-            changed=True,
-        )
-        if search == "beam":
-            case["sequences_scores"] = res.sequences_scores.tolist()
-        cases.append(case)
+        cases.append(case(search, text, ids, mask, kw, run(ids, mask, **kw), True))
 
     changed = sum(c["changed"] for c in cases)
     print(f"  {len(cases)} cases, {changed} differ from the uncontrolled run")
