@@ -267,7 +267,8 @@ def test_decode_size_linear_and_head_agree_with_the_reference(monkeypatch, dtype
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("rows", [1, 5])
 def test_decode_layernorm_agrees_with_the_reference(dtype, rows):
-    """kernels/decode.py's few-row LayerNorm (w, b read as stored) vs ops.layernorm_forward."""
+    """kernels/layernorm.py's few-row LayerNorm (the row loop on the calling thread, w and b read
+    as stored) vs ops.layernorm_forward."""
     from minibloom.io.safetensors import f32_to_bf16
 
     rng = np.random.default_rng(rows)

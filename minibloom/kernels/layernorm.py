@@ -90,16 +90,27 @@ def _backward(dy, norm, rstd, w, ones, dx, dw_parts, db_parts):
                 g[j] = (g[j] - mg - n[j] * mgn) * r
 
 
+def _words(a):
+    """A float32 or 16-bit parameter as the loops read it (float16 as int16 words, see as_float)."""
+    return a.view(np.int16) if a.dtype == np.float16 else a
+
+
 def layernorm(x, w, b, eps):
-    """(y, norm, rstd (..., 1)) of ops.layernorm_forward for float32 x (..., C), w, b (C,)."""
+    """(y, norm, rstd (..., 1)) of ops.layernorm_forward for float32 x (..., C); w, b (C,) float32,
+    float16 or bfloat16 words, read as stored. Up to ROWS rows (a decode step) the calling thread
+    runs the row loop alone (waking threads would cost more); more rows are split in chunks."""
     C = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, C)  # (N, C)
     N = x2.shape[0]
     y = np.empty_like(x2)
     norm = np.empty_like(x2)
-    rstd = np.empty(N, dtype=x2.dtype)
-    with one_at_a_time():
-        _forward(x2, w, b, x2.dtype.type(eps), np.ones(C, x2.dtype), y, norm, rstd)
+    rstd = np.empty(N, dtype=np.float32)
+    args = (x2, _words(w), _words(b), np.float32(eps), np.ones(C, np.float32), y, norm, rstd)
+    if N <= ROWS:
+        layernorm_rows(*args)
+    else:
+        with one_at_a_time():
+            _forward(*args)
     shape = x.shape[:-1]
     return y.reshape(x.shape), norm.reshape(x.shape), rstd.reshape(*shape, 1)
 

@@ -17,11 +17,10 @@ rounding (BLAS may block a chunk's sums differently), the chunked GeLU bit for b
                          (ops.linear_backward widens it): no float32 copy of the matrix is written
     lm_head_forward      the same for the tied head (many rows: E, a 16-bit E too, read in chunks
                          of rows; no float32 copy of E is made)
-    layernorm_forward/_backward  kernels/layernorm.py: one threaded pass over the rows (more
-                         than one chunk of kernels/layernorm.ROWS rows); the forward of a decode
-                         step's few rows: kernels/decode.py's loop on the calling thread (w, b
-                         read as stored); between the two, and the backward's few rows: the
-                         reference
+    layernorm_forward/_backward  kernels/layernorm.py: one threaded pass over chunks of rows;
+                         up to one chunk (kernels/layernorm.ROWS rows: a decode step) the same
+                         row loop on the calling thread; the forward reads w and b as stored;
+                         the backward of one chunk or less: the reference
     gelu_forward/_backward  kernels/gelu.py: the reference expressions in threaded numba passes
                          around NumPy's SIMD tanh (numba's own tanh is a scalar call), the
                          same operations in the same order: bit for bit the reference
@@ -43,7 +42,6 @@ import numpy as np
 
 from minibloom import ops
 from minibloom.kernels import attention as attention_kernels
-from minibloom.kernels import decode as decode_kernels
 from minibloom.kernels import gelu as gelu_kernels
 from minibloom.kernels import gemm
 from minibloom.kernels import layernorm as layernorm_kernels
@@ -126,21 +124,13 @@ def lm_head_forward(hidden, E):
 
 
 def layernorm_forward(x, w, b, eps):
-    """ops.layernorm_forward in one threaded numba pass over the rows (kernels/layernorm.py).
-
-    A few rows (a decode step, up to decode.ROWS) take kernels/decode.py's loop on the calling
-    thread; float64 takes the reference."""
-    if x.dtype != np.float32:
+    """ops.layernorm_forward in numba (kernels/layernorm.py): one threaded pass over chunks of
+    rows, or for a decode step's few rows the same row loop on the calling thread; w and b are
+    read as stored (float32, float16, bfloat16 words). float64 takes the reference."""
+    if x.dtype != np.float32 or w.dtype not in _WORD_DTYPES or b.dtype not in _WORD_DTYPES:
         return ops.layernorm_forward(x, w, b, eps)
-    few = x.size <= decode_kernels.ROWS * x.shape[-1]
-    if few and w.dtype in _WORD_DTYPES and b.dtype in _WORD_DTYPES:
-        y, norm, rstd = decode_kernels.layernorm(x, w, b, eps)
-        return y, LayerNormCache(norm, rstd, widen(w, x))
-    if x.size <= layernorm_kernels.ROWS * x.shape[-1]:
-        return ops.layernorm_forward(x, w, b, eps)
-    w, b = widen(w, x), widen(b, x)
     y, norm, rstd = layernorm_kernels.layernorm(x, w, b, eps)
-    return y, LayerNormCache(norm, rstd, w)
+    return y, LayerNormCache(norm, rstd, widen(w, x))
 
 
 def layernorm_backward(dy, cache):
